@@ -1,0 +1,150 @@
+"""Reference values from phasic 0.32.1's C library (liblibphasic.so).
+
+Never imports the ``phasic`` Python package (it flips JAX flags); only the C
+library is used, through the ``_core`` pybind11 extension.
+
+Graph description (shared with :func:`phasic_reference.adapter.describe`):
+
+* ``n_vertices`` -- number of vertices including the starting vertex 0;
+* ``src``, ``dst`` -- edge endpoints (vertex indices);
+* ``weight`` -- edge weights (rates; probabilities for discrete graphs);
+  the out-edges of vertex 0 are the initial distribution;
+* ``discrete`` -- discrete phase-type (DPH) graph.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["ReferenceGraph", "from_description"]
+
+
+def _opt(r):
+    return None if r is None else np.ascontiguousarray(r, dtype=np.float64)
+
+
+class ReferenceGraph:
+    """A C ``ptd_graph`` built from edge arrays; freed when this object dies."""
+
+    def __init__(self, n_vertices, src, dst, weight, discrete=False):
+        self._g = _core._Graph(
+            int(n_vertices),
+            np.ascontiguousarray(src, dtype=np.int64),
+            np.ascontiguousarray(dst, dtype=np.int64),
+            np.ascontiguousarray(weight, dtype=np.float64),
+            bool(discrete),
+        )
+
+    @classmethod
+    def parameterized(cls, n_vertices, src, dst, coefficients, weight=None, discrete=False):
+        """Parameterized C graph: edge weight = coefficients[e] @ theta (no constant term).
+
+        Edges out of the starting vertex 0 are initial-distribution (IPV) edges
+        with the fixed weight ``weight[e]`` (``weight`` is (E,), only its entries
+        at ``src == 0`` are used; default 1.0). Set theta with
+        :meth:`update_weights` before computing anything.
+        """
+        src = np.ascontiguousarray(src, dtype=np.int64)
+        coefficients = np.ascontiguousarray(coefficients, dtype=np.float64)
+        if coefficients.ndim != 2:
+            raise ValueError("coefficients must have shape (E, P)")
+        if weight is None:
+            weight = np.ones(len(src))
+        self = cls.__new__(cls)
+        self._g = _core._Graph(
+            int(n_vertices), src, np.ascontiguousarray(dst, dtype=np.int64),
+            coefficients, np.ascontiguousarray(weight, dtype=np.float64),
+            bool(discrete), True,
+        )
+        return self
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def n_vertices(self) -> int:
+        return self._g.n_vertices
+
+    @property
+    def discrete(self) -> bool:
+        return self._g.discrete
+
+    @property
+    def is_parameterized(self) -> bool:
+        return self._g.is_parameterized
+
+    # -- parameterized ------------------------------------------------------
+    def update_weights(self, theta) -> None:
+        """``ptd_graph_update_weights(graph, theta, P, use_log=false)``."""
+        self._g.update_weights(np.ascontiguousarray(theta, dtype=np.float64))
+
+    # -- moments --------------------------------------------------------------
+    def expected_waiting_time(self, rewards=None) -> np.ndarray:
+        """``ptd_expected_waiting_time(graph, rewards)``: one value per vertex (0 = start)."""
+        return self._g.expected_waiting_time(_opt(rewards))
+
+    def moments(self, k: int, rewards=None) -> np.ndarray:
+        """[m_1..m_k] with m_i = i! * (iterated expected waiting time)[0], as phasic does.
+
+        Continuous: m_i = E[T^i]. Discrete: NOT raw moments (see README).
+        """
+        return self._g.moments(int(k), _opt(rewards))
+
+    def expectation(self, rewards=None) -> float:
+        return float(self.moments(1, rewards)[0])
+
+    def variance(self, rewards=None) -> float:
+        """phasic's formula. Continuous: correct. Discrete: phasic's (wrong) DPH formula."""
+        return self._g.variance(_opt(rewards))
+
+    def covariance(self, rewards1, rewards2) -> float:
+        """phasic's formula. Continuous: correct. Discrete: phasic's (wrong, asymmetric) DPH formula."""
+        return self._g.covariance(_opt(rewards1), _opt(rewards2))
+
+    def reward_transform_expectation(self, rewards) -> float:
+        """``ptd_graph_reward_transform`` (discrete: ``ptd_graph_dph_reward_transform``,
+        integer rewards), then ``ptd_expected_waiting_time(transformed, NULL)[0]``."""
+        return self._g.reward_transform_expectation(_opt(rewards))
+
+    # -- distribution -------------------------------------------------------
+    def pdf(self, times, granularity: int = 0) -> np.ndarray:
+        t = np.asarray(times, dtype=np.float64)
+        return self._g.pdf_cdf(t.ravel(), int(granularity))[0].reshape(t.shape)
+
+    def cdf(self, times, granularity: int = 0) -> np.ndarray:
+        t = np.asarray(times, dtype=np.float64)
+        return self._g.pdf_cdf(t.ravel(), int(granularity))[1].reshape(t.shape)
+
+    def default_granularity(self) -> int:
+        """The granularity the C library picks for ``granularity=0``."""
+        return self._g.default_granularity()
+
+    def pmf(self, ks) -> np.ndarray:
+        k = np.asarray(ks, dtype=np.int64)
+        return self._g.pmf_cdf(k.ravel())[0].reshape(k.shape)
+
+    def dph_cdf(self, ks) -> np.ndarray:
+        k = np.asarray(ks, dtype=np.int64)
+        return self._g.pmf_cdf(k.ravel())[1].reshape(k.shape)
+
+    def defect(self) -> float:
+        """``ptd_defect(graph)``."""
+        return self._g.defect()
+
+    def sample(self, n: int, rewards=None, seed: int = 0) -> np.ndarray:
+        """``srand(seed)`` then n x ``ptd_random_sample`` (discrete: ``ptd_dph_random_sample``)."""
+        return self._g.sample(int(n), _opt(rewards), int(seed) & 0xFFFFFFFF)
+
+    # -- introspection --------------------------------------------------------
+    def edge_weights(self) -> np.ndarray:
+        """Current C edge weights, in vertex order then edge order."""
+        return self._g.edge_weights()
+
+    def cache_info(self) -> dict:
+        """Which cached elimination structures the C graph holds right now."""
+        return self._g.cache_info()
+
+
+def from_description(desc: dict) -> ReferenceGraph:
+    """Build a ReferenceGraph from the dict returned by ``adapter.describe``."""
+    return ReferenceGraph(desc["n_vertices"], desc["src"], desc["dst"], desc["weight"],
+                          discrete=desc.get("discrete", False))

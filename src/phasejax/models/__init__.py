@@ -1,0 +1,16 @@
+"""Graph builders for common phase-type models (each returns a :class:`phasejax.Graph`)."""
+
+from ._coalescent import kingman, sfs_rewards, two_island
+from ._queues import birth_death, mm1_capacity
+from ._simple import coxian, erlang, rabbit_flooding
+
+__all__ = [
+    "birth_death",
+    "coxian",
+    "erlang",
+    "kingman",
+    "mm1_capacity",
+    "rabbit_flooding",
+    "sfs_rewards",
+    "two_island",
+]
