@@ -23,11 +23,16 @@ import abc
 from math import comb, factorial
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from . import _sparse, _uniformization as _unif
 from ._compile import Model
 from ._solve import System, solve
+
+DEFAULT_TOL = 1e-12
+DEFAULT_MAX_STEPS = 4096
 
 
 class AbstractPhaseType(eqx.Module):
@@ -58,6 +63,18 @@ class AbstractPhaseType(eqx.Module):
             return jnp.ones_like(self.diag)
         rewards = jnp.asarray(rewards, self.diag.dtype)
         return self.model.from_vertices(jnp.moveaxis(rewards, -1, 0), self.diag.dtype)
+
+    @property
+    def exit(self) -> Float[Array, " n"]:
+        """Exit rate (continuous) or exit probability (discrete) of each transient state."""
+        to_absorption = jnp.where(self.model.dst == self.model.n_transient, self.rate, 0.0)
+        return _sparse.segment_sum(to_absorption, self.model.src, self.model.n_transient)
+
+    def _series(self, proj, n_steps, max_steps: int, lam=1.0):
+        """Rows ``(alpha P^k) @ proj``, ``k = 0..max_steps`` (zero past ``n_steps``)."""
+        m = self.model
+        lam = jax.lax.stop_gradient(jnp.asarray(lam, self.diag.dtype))
+        return _unif.series(self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, n_steps, max_steps)
 
     def defect(self) -> Float[Array, ""]:
         """Probability of absorption at time 0 (``1 - sum(alpha)``)."""
@@ -132,6 +149,86 @@ class PhaseType(AbstractPhaseType):
     def _moment_rhs(self, r, ms, rhss, k):
         return k * r * ms[k - 1]
 
+    def reward_scaled(self, rewards: ArrayLike) -> PhaseType:
+        """The distribution of ``Y = int r(X_t) dt`` for strictly positive rewards.
+
+        Time runs at speed ``1 / r_i`` in state ``i``: rates of state ``i`` are divided
+        by ``r_i`` (``S' = R^{-1} S``). Zero rewards need ``reward_transform``.
+        """
+        r = self._rewards(rewards)
+        r = eqx.error_if(r, jnp.any(r <= 0), "reward_scaled needs strictly positive rewards on transient states")
+        return PhaseType(self.model, self.rate / r[self.model.src], self.diag / r, self.alpha)
+
+    def _uniformized(self, t, proj, tol: float, max_steps: int):
+        """Series over the uniformized chain for times ``t`` (flattened)."""
+        t = _unif.check_times(jnp.ravel(jnp.asarray(t, self.diag.dtype)))
+        lam = jax.lax.stop_gradient(jnp.max(self.diag))
+        mu = lam * t
+        n_steps = _unif.steps_needed(jnp.max(mu, initial=0.0), tol, max_steps)
+        return self._series(proj, n_steps, max_steps, lam), mu, lam
+
+    def _log_mixture(self, t, proj, tol, max_steps):
+        coeffs, mu, _ = self._uniformized(t, proj, tol, max_steps)
+        return _unif.poisson_mix_log(coeffs, mu, tol).reshape(jnp.shape(t) + (proj.shape[1],))
+
+    def logpdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """``log f(t)``, ``f(t) = alpha exp(S t) s``, by uniformization (log space throughout).
+
+        Absolute truncation error of ``f`` at most ``tol * max(s)``; raises if more than
+        ``max_steps`` terms would be needed.
+        """
+        return self._log_mixture(t, self.exit[:, None], tol, max_steps)[..., 0]
+
+    def pdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """Density ``f(t) = alpha exp(S t) s`` (see :meth:`logpdf`)."""
+        return jnp.exp(self.logpdf(t, tol=tol, max_steps=max_steps))
+
+    def sf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """Survival ``P(T > t) = alpha exp(S t) 1`` (absolute error at most ``tol``)."""
+        ones = jnp.ones_like(self.diag)[:, None]
+        return jnp.exp(self._log_mixture(t, ones, tol, max_steps)[..., 0])
+
+    def cdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """``P(T <= t)``: defect plus ``sum_k Pois(k; Lambda t) P(absorbed within k jumps)``.
+
+        Computed from the cumulative exit (not ``1 - sf``) so small values keep their
+        relative precision.
+        """
+        coeffs, mu, lam = self._uniformized(t, self.exit[:, None], tol, max_steps)
+        absorbed = self.defect() + jnp.concatenate([jnp.zeros((1, 1), coeffs.dtype), jnp.cumsum(coeffs, 0)[:-1]]) / lam
+        log_mix = _unif.poisson_mix_log(jnp.clip(absorbed, 0.0, 1.0), mu, tol)
+        return jnp.exp(log_mix[:, 0]).reshape(jnp.shape(t))
+
+    def state_probability(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """``P(X_t = i)`` for each vertex, shape ``t.shape + (V,)``: ``alpha exp(S t)``.
+
+        Memory ``max_steps x n`` (the whole series is kept): meant for modest models.
+        """
+        coeffs, mu, _ = self._uniformized(t, jnp.eye(self.model.n_transient, dtype=self.diag.dtype), tol, max_steps)
+        probs = jnp.exp(_unif.poisson_mix_log(coeffs, mu, tol))
+        return jax.vmap(self.model.to_vertices)(probs).reshape(jnp.shape(t) + (-1,))
+
+    def accumulated_occupancy(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """Expected time spent in each vertex up to ``t``: ``int_0^t alpha exp(S u) du``.
+
+        Uses ``int_0^t Pois(k; Lambda u) du = P(N_{Lambda t} > k) / Lambda``.
+        """
+        coeffs, mu, lam = self._uniformized(t, jnp.eye(self.model.n_transient, dtype=self.diag.dtype), tol, max_steps)
+        occupancy = _unif.poisson_tail_mix(coeffs, mu) / lam
+        return jax.vmap(self.model.to_vertices)(occupancy).reshape(jnp.shape(t) + (-1,))
+
+    def laplace(self, s: ArrayLike, rewards: ArrayLike | None = None) -> Array:
+        """``E[exp(-s Y)] = defect + alpha (s R - S)^{-1} s_exit`` for ``s >= 0`` (one solve each)."""
+        r = self._rewards(rewards)
+
+        def one(si):
+            si = eqx.error_if(si, (si < 0) | jnp.isnan(si), "laplace needs s >= 0")
+            solve_ = self._solver(self.system.with_diag(self.diag + si * r))
+            return self.defect() + self.alpha @ solve_(self.exit)
+
+        s = jnp.asarray(s, self.diag.dtype)
+        return jax.vmap(one)(s.ravel()).reshape(s.shape)
+
 
 class DiscretePhaseType(AbstractPhaseType):
     """Discrete phase-type distribution ``DPH(alpha, T)``; ``tau >= 1`` counts steps."""
@@ -162,3 +259,42 @@ class DiscretePhaseType(AbstractPhaseType):
     def expected_visits(self) -> Float[Array, " V"]:
         """Expected number of visits to each vertex (``alpha U``)."""
         return self.expected_sojourn()
+
+    def _steps(self, k, proj, max_steps: int):
+        k = jnp.asarray(k)
+        k = eqx.error_if(k, jnp.any(k < 0), "step counts must be non-negative integers")
+        n_steps = eqx.error_if(
+            jnp.max(k, initial=0), jnp.max(k, initial=0) > max_steps, "step count exceeds max_steps: raise max_steps"
+        )
+        return self._series(proj, n_steps.astype(jnp.int32), max_steps), k
+
+    def pmf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """``P(tau = k) = alpha T^{k-1} t`` for ``k >= 1``; ``P(tau = 0)`` is the defect."""
+        coeffs, k = self._steps(k, self.exit[:, None], max_steps)
+        return jnp.where(k == 0, self.defect(), coeffs[jnp.maximum(k - 1, 0), 0])
+
+    def logpmf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """``log P(tau = k)``."""
+        return jnp.log(self.pmf(k, max_steps=max_steps))
+
+    def sf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """``P(tau > k) = alpha T^k 1``."""
+        coeffs, k = self._steps(k, jnp.ones_like(self.diag)[:, None], max_steps)
+        return coeffs[k, 0]
+
+    def cdf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """``P(tau <= k)`` = defect + cumulative pmf (keeps relative precision when small)."""
+        coeffs, k = self._steps(k, self.exit[:, None], max_steps)
+        cumulative = jnp.concatenate([jnp.zeros(1, coeffs.dtype), jnp.cumsum(coeffs[:, 0])])
+        return self.defect() + cumulative[k]
+
+    def state_probability(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """``P(X_k = i)`` per vertex (``alpha T^k``), shape ``k.shape + (V,)``."""
+        coeffs, k = self._steps(k, jnp.eye(self.model.n_transient, dtype=self.diag.dtype), max_steps)
+        return jax.vmap(self.model.to_vertices)(coeffs[k.ravel()]).reshape(k.shape + (-1,))
+
+    def expected_visits_until(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """Expected visits to each vertex during steps ``0..k-1``: ``sum_{j<k} alpha T^j``."""
+        coeffs, k = self._steps(k, jnp.eye(self.model.n_transient, dtype=self.diag.dtype), max_steps)
+        cumulative = jnp.concatenate([jnp.zeros((1,) + coeffs.shape[1:], coeffs.dtype), jnp.cumsum(coeffs, 0)])
+        return jax.vmap(self.model.to_vertices)(cumulative[k.ravel()]).reshape(k.shape + (-1,))

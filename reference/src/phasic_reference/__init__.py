@@ -24,20 +24,62 @@ def _opt(r):
     return None if r is None else np.ascontiguousarray(r, dtype=np.float64)
 
 
-class ReferenceGraph:
-    """A C ``ptd_graph`` built from edge arrays; freed when this object dies."""
+def _add_defect_edge(n_vertices, src, dst, weight, extra=None):
+    """Append an explicit edge 0 -> absorbing vertex carrying 1 - sum(IPV).
 
-    def __init__(self, n_vertices, src, dst, weight, discrete=False):
+    The C library treats the starting vertex like any other vertex in
+    ptd_expected_waiting_time / ptd_random_sample: its out-weights are
+    normalised to jump probabilities, so an initial distribution summing to
+    < 1 is silently *renormalised* there (E[T | no defect]), while the pdf/cdf
+    and pmf contexts use the raw weights (cdf(inf) = 1 - defect). An explicit
+    edge to an absorbing vertex makes both agree (T = 0 with prob. defect).
+    """
+    src = np.asarray(src, dtype=np.int64)
+    dst = np.asarray(dst, dtype=np.int64)
+    weight = np.asarray(weight, dtype=np.float64)
+    start = src == 0
+    defect = 1.0 - float(weight[start].sum())
+    if defect <= 1e-12:
+        return src, dst, weight, extra, 0.0
+    has_out = np.zeros(int(n_vertices), dtype=bool)
+    has_out[src] = True
+    absorbing = np.flatnonzero(~has_out[1:]) + 1
+    if absorbing.size == 0:
+        raise ValueError("initial distribution sums to < 1 but the graph has no absorbing vertex")
+    src = np.r_[src, 0]
+    dst = np.r_[dst, absorbing[0]]
+    weight = np.r_[weight, defect]
+    if extra is not None:
+        extra = np.vstack([extra, np.zeros((1, extra.shape[1]))])
+    return src, dst, weight, extra, defect
+
+
+class ReferenceGraph:
+    """A C ``ptd_graph`` built from edge arrays; freed when this object dies.
+
+    ``explicit_defect`` (default True): if the out-weights of vertex 0 sum to
+    less than 1, add an edge 0 -> (first absorbing vertex) with the missing
+    mass, so that moments, samples and the pdf/pmf all describe the same
+    defective distribution. With False the C library sees the raw graph
+    (moments and samples are then conditional on no defect; see README).
+    """
+
+    def __init__(self, n_vertices, src, dst, weight, discrete=False, explicit_defect=True):
+        src = np.ascontiguousarray(src, dtype=np.int64)
+        dst = np.ascontiguousarray(dst, dtype=np.int64)
+        weight = np.ascontiguousarray(weight, dtype=np.float64)
+        self.input_defect = 0.0
+        if explicit_defect:
+            src, dst, weight, _, self.input_defect = _add_defect_edge(n_vertices, src, dst, weight)
         self._g = _core._Graph(
             int(n_vertices),
-            np.ascontiguousarray(src, dtype=np.int64),
-            np.ascontiguousarray(dst, dtype=np.int64),
-            np.ascontiguousarray(weight, dtype=np.float64),
+            np.ascontiguousarray(src), np.ascontiguousarray(dst), np.ascontiguousarray(weight),
             bool(discrete),
         )
 
     @classmethod
-    def parameterized(cls, n_vertices, src, dst, coefficients, weight=None, discrete=False):
+    def parameterized(cls, n_vertices, src, dst, coefficients, weight=None, discrete=False,
+                      explicit_defect=True):
         """Parameterized C graph: edge weight = coefficients[e] @ theta (no constant term).
 
         Edges out of the starting vertex 0 are initial-distribution (IPV) edges
@@ -49,12 +91,19 @@ class ReferenceGraph:
         coefficients = np.ascontiguousarray(coefficients, dtype=np.float64)
         if coefficients.ndim != 2:
             raise ValueError("coefficients must have shape (E, P)")
+        dst = np.ascontiguousarray(dst, dtype=np.int64)
         if weight is None:
             weight = np.ones(len(src))
+        weight = np.asarray(weight, dtype=np.float64).copy()
+        weight[src != 0] = 0.0  # only IPV weights matter
         self = cls.__new__(cls)
+        self.input_defect = 0.0
+        if explicit_defect:
+            src, dst, weight, coefficients, self.input_defect = _add_defect_edge(
+                n_vertices, src, dst, weight, coefficients)
         self._g = _core._Graph(
-            int(n_vertices), src, np.ascontiguousarray(dst, dtype=np.int64),
-            coefficients, np.ascontiguousarray(weight, dtype=np.float64),
+            int(n_vertices), np.ascontiguousarray(src), np.ascontiguousarray(dst),
+            np.ascontiguousarray(coefficients), np.ascontiguousarray(weight),
             bool(discrete), True,
         )
         return self
@@ -127,7 +176,17 @@ class ReferenceGraph:
         return self._g.pmf_cdf(k.ravel())[1].reshape(k.shape)
 
     def defect(self) -> float:
-        """``ptd_defect(graph)``."""
+        """Not available: phasic 0.32.1's ``ptd_defect`` is a stub that always returns 0.0.
+
+        Use ``1 - cdf(large t)`` / ``1 - dph_cdf(large k)`` for the library's
+        view of the defect, or ``input_defect`` for the mass given on input.
+        ``c_defect_stub()`` calls the stub.
+        """
+        raise NotImplementedError(
+            "phasic 0.32.1's ptd_defect() is a stub returning 0.0; see README")
+
+    def c_defect_stub(self) -> float:
+        """``ptd_defect(graph)`` as shipped (always 0.0)."""
         return self._g.defect()
 
     def sample(self, n: int, rewards=None, seed: int = 0) -> np.ndarray:
