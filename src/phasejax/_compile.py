@@ -44,6 +44,16 @@ def _reach(n_vertices: int, frm: np.ndarray, to: np.ndarray, seeds: np.ndarray) 
     return seen
 
 
+def _out_edge_table(n: int, src: np.ndarray) -> np.ndarray:
+    """(n, max out-degree) table of each state's out-edges, padded with ``len(src)``."""
+    order = np.argsort(src, kind="stable")
+    degree = np.bincount(src, minlength=n)
+    table = np.full((n, max(int(degree.max(initial=0)), 1)), src.size, dtype=np.int32)
+    slot = np.arange(src.size) - np.repeat(np.cumsum(degree) - degree, degree)
+    table[src[order], slot] = order
+    return table
+
+
 class Model(eqx.Module):
     """A compiled phase-type model: static structure, parameters supplied per call.
 
@@ -59,6 +69,7 @@ class Model(eqx.Module):
     src: Int[Array, " e"]
     dst: Int[Array, " e"]
     edge_index: Int[Array, " e"]
+    out_edges: Int[Array, "n d"]
     init_dst: Int[Array, " e0"]
     init_index: Int[Array, " e0"]
     base: Float[Array, " E"]
@@ -185,6 +196,7 @@ def compile_graph(
     inner = np.flatnonzero((src > 0) & reachable[src])
     t_src, t_dst = position[src[inner]], position[dst[inner]]
     init = np.flatnonzero(from_start)
+    out_edges = _out_edge_table(n, t_src)
     if initial is not None:
         initial = np.asarray(initial, dtype=np.float64)
         if initial.shape != (v,) or np.any(initial < 0) or initial.sum() > 1 + 1e-12:
@@ -195,7 +207,7 @@ def compile_graph(
         if solver == "sweep" and blocks is None:
             raise ValueError("solver='sweep' needs an acyclic graph, but this graph has cycles")
         if blocks is not None:
-            solver = LevelSweep(blocks)
+            solver = LevelSweep(jnp.asarray(blocks))
         elif solver == "dense" or (solver == "auto" and n <= DENSE_LIMIT):
             solver = DenseLU()
         elif solver in ("krylov", "auto"):
@@ -203,14 +215,15 @@ def compile_graph(
         else:
             raise ValueError(f"unknown solver {solver!r}: use 'auto', 'sweep', 'dense' or 'krylov'")
     return Model(
-        src=t_src.astype(np.int32),
-        dst=t_dst.astype(np.int32),
-        edge_index=inner.astype(np.int32),
-        init_dst=position[dst[init]].astype(np.int32),
-        init_index=init.astype(np.int32),
+        src=jnp.asarray(t_src, jnp.int32),
+        dst=jnp.asarray(t_dst, jnp.int32),
+        edge_index=jnp.asarray(inner, jnp.int32),
+        out_edges=jnp.asarray(out_edges),
+        init_dst=jnp.asarray(position[dst[init]], jnp.int32),
+        init_index=jnp.asarray(init, jnp.int32),
         base=base,
         coefficients=coef,
-        transient_vertices=transient.astype(np.int32),
+        transient_vertices=jnp.asarray(transient, jnp.int32),
         solver=solver,
         initial=initial,
         rate_fn=linear_rates if rate_fn is None else rate_fn,

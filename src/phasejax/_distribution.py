@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from . import _sparse, _uniformization as _unif
+from ._sample import sample_paths
 from ._compile import Model
 from ._solve import System, solve
 
@@ -75,6 +76,19 @@ class AbstractPhaseType(eqx.Module):
         m = self.model
         lam = jax.lax.stop_gradient(jnp.asarray(lam, self.diag.dtype))
         return _unif.series(self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, n_steps, max_steps)
+
+    def sample(self, key, shape: tuple[int, ...] = (), rewards: ArrayLike | None = None, *, max_jumps: int = 1_000_000) -> Array:
+        """Draw absorption times (``rewards=None``), accumulated rewards (``(V,)``), or
+        a multivariate reward vector per draw (``(m, V)`` -> output ``shape + (m,)``).
+
+        Exact simulation of the jump chain (see :func:`phasejax._sample.sample_paths`).
+        """
+        r = self._rewards(rewards)
+        out = sample_paths(
+            key, tuple(shape), self.model.out_edges, self.model.dst, self.rate, self.diag,
+            self.alpha, r.reshape(r.shape[0], -1), self.model.discrete, max_jumps,
+        )
+        return out[..., 0] if r.ndim == 1 else out
 
     def defect(self) -> Float[Array, ""]:
         """Probability of absorption at time 0 (``1 - sum(alpha)``)."""
