@@ -245,8 +245,7 @@ class Graph:
           ``(state, probability)`` pairs.
         - `discrete`, `n_params`: as for :class:`Graph`.
         """
-        first = initial[0]
-        if np.ndim(first) == 0:
+        if isinstance(initial[0], (int, np.integer)):
             starts = [(tuple(initial), 1.0)]
         else:
             starts = [(tuple(s), float(p)) for s, p in initial]
@@ -256,7 +255,8 @@ class Graph:
         queue = [graph._index[graph._key(s)] for s, _ in starts]
         seen = set(queue)
         head = 0
-        states, find = graph._states, graph._find_or_create_index
+        states, find, key = graph._states, graph._find_or_create_index, graph._key
+        src, dst, base_weights, out, coefs = graph._src, graph._dst, graph._base, graph._out, graph._coef
         while head < len(queue):
             i = queue[head]
             head += 1
@@ -267,12 +267,47 @@ class Graph:
                     (nxt, base), coef = transition, None
                 else:
                     (nxt, coef), base = transition, 0.0
-                j = find(graph._key(nxt))
+                j = find(key(nxt))
                 if j not in seen:
                     seen.add(j)
                     queue.append(j)
-                graph.add_edge(i, j, base, coef)
+                if i == j:
+                    graph.add_edge(i, j, base)  # raises the self-loop error
+                e = len(src)
+                if coef is not None:
+                    coefs[e] = coef
+                src.append(i)
+                dst.append(j)
+                base_weights.append(base)
+                out[i].append(e)
+        graph._validate_edges()
         return graph
+
+    def _validate_edges(self) -> None:
+        """Vectorised checks of edges added without per-edge checks (``from_callback``)."""
+        base = np.asarray(self._base, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(base) | (base < 0))
+        if bad.size:
+            e = bad[0]
+            raise ValueError(
+                f"edge {self._states[self._src[e]]} -> {self._states[self._dst[e]]}: weight {float(base[e])} "
+                "is negative, NaN or infinite; rates and probabilities must be >= 0"
+            )
+        self._base = base.tolist()
+        if not self._coef:
+            return
+        try:
+            rows = np.asarray(list(self._coef.values()), dtype=np.float64)
+        except ValueError as err:
+            raise ValueError("parameterized edges have coefficient vectors of different lengths") from err
+        if rows.ndim != 2:
+            raise ValueError("coefficients must be flat sequences of numbers")
+        self._check_coefficients(rows[0], "parameterized edges")
+        if rows.shape[1] != self.n_params or not np.all(np.isfinite(rows)):
+            raise ValueError(
+                f"coefficients must be finite vectors of length n_params={self.n_params}, got shape {rows.shape}"
+            )
+        self._coef = dict(zip(self._coef, rows))
 
     @classmethod
     def from_matrices(

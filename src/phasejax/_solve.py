@@ -9,7 +9,7 @@ one interface and are chosen at compile time from the static structure:
   height by height. Edges are grouped by the height of their source into blocks of a
   static width; one ``lax.scan`` step handles one block. Exact, O(edges) work.
 - :class:`DenseLU`: the dense matrix factorised by lineax's LU (small cyclic graphs).
-- :class:`Krylov`: BiCGStab (lineax) on the Jacobi-preconditioned sparse operator
+- :class:`Krylov`: restarted GMRES (lineax) on the Jacobi-preconditioned sparse operator
   ``I - D^{-1} A`` (large cyclic graphs); never forms a matrix.
 
 Gradients never go through the solver's iterations: :func:`solve` wraps every solver
@@ -118,7 +118,10 @@ class DenseLU(AbstractSolver):
 
 
 class Krylov(AbstractSolver):
-    """BiCGStab on the Jacobi-preconditioned operator, matrix-free.
+    """Restarted GMRES on the Jacobi-preconditioned operator, matrix-free.
+
+    (GMRES rather than BiCGStab: on acyclic graphs the operator ``D^{-1} A`` is
+    nilpotent and BiCGStab breaks down; GMRES converges in at most height steps.)
 
     ``M x = b`` is solved as ``(I - D^{-1} A) x = D^{-1} b``; ``M^T y = b`` as
     ``(I - A^T D^{-1}) u = b`` with ``y = D^{-1} u``. A solve that does not reach
@@ -128,6 +131,7 @@ class Krylov(AbstractSolver):
     rtol: float = 1e-12
     atol: float = 1e-14
     max_steps: int = 20_000
+    restart: int = 50
 
     def raw_solve(self, system, state, rhs, transpose):
         src, dst, rate, diag = system.src, system.dst, system.rate, system.diag
@@ -139,7 +143,7 @@ class Krylov(AbstractSolver):
                 return x - _sparse.offdiag_matvec(src, dst, rate, x) / diag
         structure = jax.ShapeDtypeStruct((system.n,), rhs.dtype)
         op = lx.FunctionLinearOperator(operator, structure)
-        method = lx.BiCGStab(rtol=self.rtol, atol=self.atol, max_steps=self.max_steps)
+        method = lx.GMRES(rtol=self.rtol, atol=self.atol, max_steps=self.max_steps, restart=self.restart)
 
         def one(b):
             b = b if transpose else b / diag
