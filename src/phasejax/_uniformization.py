@@ -13,7 +13,8 @@ A discrete model is the case ``Lambda = 1`` with no Poisson mixing (``P = T``).
 Truncation. For ``mu = Lambda t`` the Poisson tails obey (Bernstein)
 ``P(N >= mu + x) <= exp(-x^2 / (2 (mu + x / 3)))`` and ``P(N <= mu - x) <= exp(-x^2 / (2 mu))``.
 With ``L = log(2 / tol)`` each observation sums only the window
-``[mu - sqrt(2 L mu), mu + L/3 + sqrt(L^2/9 + 2 L mu)]``: the dropped Poisson mass is at
+``[mu - sqrt(2 L mu), mu + L/3 + sqrt(L^2/9 + 2 L mu)]`` (observations sorted and batched
+so that a batch shares one loop over its windows): the dropped Poisson mass is at
 most ``tol``, so the absolute error is at most ``tol * max_k c_k`` (``tol`` for
 probabilities, ``tol * max exit rate`` for densities). The series runs until the
 largest right end; past ``max_steps`` it raises through ``eqx.error_if``.
@@ -49,26 +50,34 @@ def _step(rate, diag, src, dst, lam, v):
     return v - _sparse.rmatvec(src, dst, rate, diag, v) / lam
 
 
+UNROLL = 8  # series steps per loop iteration (amortises the per-iteration overhead)
+
+
 def _block(max_steps: int) -> int:
-    return max(1, math.isqrt(max_steps) + 1)
+    """Checkpoint spacing: about sqrt(max_steps), a multiple of ``UNROLL``."""
+    return UNROLL * max(1, -(-(math.isqrt(max_steps) + 1) // UNROLL))
 
 
 def _forward(rate, diag, proj, alpha, src, dst, lam, n_steps, max_steps):
     block = _block(max_steps)
     n, q = proj.shape
-    coeffs = jnp.zeros((max_steps + 1, q), proj.dtype)
+    coeffs = jnp.zeros((max_steps + 1 + UNROLL, q), proj.dtype)
     ckpt = jnp.zeros((max_steps // block + 1, n), alpha.dtype)
 
     def body(carry):
         k, v, coeffs, ckpt = carry
-        coeffs = coeffs.at[k].set(v @ proj)
         slot = k // block
         ckpt = ckpt.at[slot].set(jnp.where(k % block == 0, v, ckpt[slot]))
-        return k + 1, _step(rate, diag, src, dst, lam, v), coeffs, ckpt
+        rows = []
+        for u in range(UNROLL):
+            rows.append(jnp.where(k + u <= n_steps, v @ proj, 0.0))
+            v = _step(rate, diag, src, dst, lam, v)
+        coeffs = jax.lax.dynamic_update_slice_in_dim(coeffs, jnp.stack(rows), k, axis=0)
+        return k + UNROLL, v, coeffs, ckpt
 
     init = (jnp.asarray(0, n_steps.dtype), alpha, coeffs, ckpt)
     _, _, coeffs, ckpt = jax.lax.while_loop(lambda c: c[0] <= n_steps, body, init)
-    return coeffs, ckpt
+    return coeffs[: max_steps + 1], ckpt
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(8,))
@@ -108,7 +117,7 @@ def _series_bwd(max_steps, residuals, g):
         def recompute(v, _):
             return step(rate, diag, v=v), v
 
-        _, vs = jax.lax.scan(recompute, ckpt[b], None, length=block)
+        _, vs = jax.lax.scan(recompute, ckpt[b], None, length=block, unroll=UNROLL)
 
         def back(carry, j):
             w_next, d_rate, d_diag, d_proj = carry
@@ -128,7 +137,7 @@ def _series_bwd(max_steps, residuals, g):
             ), None
 
         (w, d_rate, d_diag, d_proj), _ = jax.lax.scan(
-            back, (w, d_rate, d_diag, d_proj), jnp.arange(block), reverse=True
+            back, (w, d_rate, d_diag, d_proj), jnp.arange(block), reverse=True, unroll=UNROLL
         )
         return b - 1, w, d_rate, d_diag, d_proj
 
@@ -156,12 +165,6 @@ def truncation_points(mu: Array, tol: float, xnp=jnp) -> tuple[Array, Array]:
     return xnp.maximum(left, 0.0).astype(xnp.int32), right.astype(xnp.int32)
 
 
-def window_width(max_steps: int, tol: float) -> int:
-    """Static window width covering ``[left, right]`` for every ``mu <= max_steps``."""
-    left, right = truncation_points(np.float64(max_steps), tol, np)
-    return int(min(max_steps + 1, int(right) - int(left) + 1))
-
-
 def steps_needed(mu_max: Array, tol: float, max_steps: int) -> Int[Array, ""]:
     """Series length for the largest ``mu``; raises if it exceeds ``max_steps``."""
     _, right = truncation_points(mu_max, tol)
@@ -177,29 +180,133 @@ def _safe_log(x):
     return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf)
 
 
-def poisson_mix_log(
-    coeffs: Float[Array, "K q"], mu: Float[Array, " t"], tol: float, batch_size: int = 4096
-) -> Float[Array, "t q"]:
-    """``log sum_k Pois(k; mu) c_k`` per observation, summing only its Poisson window.
+CHUNK = 32  # Poisson terms handled per loop step
+BATCH = 256  # observations per batch (sorted by mu, so a batch shares one window)
 
-    ``coeffs`` must be non-negative. Observations are processed in batches of
-    ``batch_size`` (memory ``batch_size x window``), each batch rematerialised in
-    the backward pass.
+
+def _windows(log_c, log_factorial, mu, tol):
+    """Per-batch loop over the union of its observations' Poisson windows.
+
+    Yields, through ``body(j, carry)`` closures, the terms ``log Pois(k; mu_i) + log c_k``
+    for ``k`` in chunks of ``CHUNK``, ``-inf`` outside each observation's own window.
     """
-    max_steps = coeffs.shape[0] - 1
-    width = window_width(max_steps, tol)
-    log_c = _safe_log(coeffs)
-    log_factorial = gammaln(jnp.arange(max_steps + 1, dtype=mu.dtype) + 1.0)
+    max_steps = log_c.shape[0] - 1
+    left, right = truncation_points(mu, tol)
+    lo, hi = jnp.min(left), jnp.max(right)
+    n_chunks = (hi - lo) // CHUNK + 1
+    log_mu = _safe_log(mu)
 
-    @jax.checkpoint
-    def one(m):
-        left, right = truncation_points(m, tol)
-        ks = jnp.minimum(left + jnp.arange(width), max_steps)
-        log_w = xlogy(ks.astype(m.dtype), m) - m - log_factorial[ks]
-        terms = jnp.where((ks <= right)[:, None], log_w[:, None] + log_c[ks], -jnp.inf)
-        return jax.nn.logsumexp(terms, axis=0)
+    def terms(j, shift=0):
+        ks = lo + j * CHUNK + jnp.arange(CHUNK)
+        kc = jnp.minimum(ks, max_steps)
+        log_w = jnp.where(mu[:, None] > 0, ks * log_mu[:, None], jnp.where(ks == 0, 0.0, -jnp.inf)[None])
+        log_w = log_w - mu[:, None] - log_factorial[kc]
+        inside = (ks >= left[:, None]) & (ks <= right[:, None]) & (ks <= max_steps)
+        log_coeff = log_c[jnp.minimum(kc + shift, max_steps)]
+        return kc, inside, log_w, jnp.where(inside[..., None], log_w[..., None] + log_coeff[None], -jnp.inf)
 
-    return jax.lax.map(one, mu, batch_size=min(batch_size, mu.shape[0]) or None)
+    return n_chunks, terms
+
+
+def _stream_logsumexp(n_chunks, term_fn, shape, dtype):
+    """``logsumexp`` over all chunks, accumulated with a running maximum."""
+
+    def body(j, carry):
+        m, acc = carry
+        t = term_fn(j)
+        new_m = jnp.maximum(m, jnp.max(t, axis=1))
+        safe_m = jnp.where(jnp.isfinite(new_m), new_m, 0.0)
+        acc = acc * jnp.exp(jnp.where(jnp.isfinite(m), m - safe_m, -jnp.inf)) + jnp.sum(jnp.exp(t - safe_m[:, None]), axis=1)
+        return new_m, acc
+
+    init = (jnp.full(shape, -jnp.inf, dtype), jnp.zeros(shape, dtype))
+    m, acc = jax.lax.fori_loop(0, n_chunks, body, init)
+    return jnp.where(acc > 0, jnp.where(jnp.isfinite(m), m, 0.0) + _safe_log(acc), -jnp.inf)
+
+
+def _batched(mu):
+    """Sort ``mu`` and cut it into batches of ``BATCH`` (padding repeats the largest)."""
+    order = jnp.argsort(mu)
+    sorted_mu = mu[order]
+    pad = (-mu.shape[0]) % BATCH
+    padded = jnp.concatenate([sorted_mu, jnp.broadcast_to(sorted_mu[-1:], (pad,))])
+    return order, padded.reshape(-1, BATCH)
+
+
+def _unbatch(values, order, n):
+    """Undo :func:`_batched` for per-observation ``values`` of shape (batches, BATCH, ...)."""
+    flat = values.reshape((-1,) + values.shape[2:])[:n]
+    return jnp.zeros_like(flat).at[order].set(flat)
+
+
+def _log_factorials(max_steps, dtype):
+    return gammaln(jnp.arange(max_steps + 1, dtype=dtype) + 1.0)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def poisson_mix_log(coeffs: Float[Array, "K q"], mu: Float[Array, " t"], tol: float) -> Float[Array, "t q"]:
+    """``log sum_k Pois(k; mu_i) c_k`` for every observation, summing only its Poisson window.
+
+    Observations are sorted by ``mu`` and processed in batches of 256 that share one
+    loop over the union of their windows, so the cost is about ``sum_i width(mu_i)``
+    with ``width(mu) ~ 2 sqrt(2 log(2/tol) mu)`` — never a dense times x steps matrix.
+    ``coeffs`` must be non-negative. Reverse mode (a custom VJP, the same windowed
+    loops) is exact in ``coeffs`` and in ``mu`` (``d/dmu = sum_k Pois(k; mu)(c_{k+1} - c_k)``).
+    """
+    return _mix_forward(coeffs, mu, tol)
+
+
+def _mix_forward(coeffs, mu, tol):
+    if mu.shape[0] == 0:
+        return jnp.zeros((0, coeffs.shape[1]), coeffs.dtype)
+    log_c, log_factorial = _safe_log(coeffs), _log_factorials(coeffs.shape[0] - 1, mu.dtype)
+    order, batches = _batched(mu)
+
+    def one_batch(mu_b):
+        n_chunks, terms = _windows(log_c, log_factorial, mu_b, tol)
+        return _stream_logsumexp(n_chunks, lambda j: terms(j)[3], (BATCH, coeffs.shape[1]), coeffs.dtype)
+
+    return _unbatch(jax.lax.map(one_batch, batches), order, mu.shape[0])
+
+
+def _mix_fwd(coeffs, mu, tol):
+    out = _mix_forward(coeffs, mu, tol)
+    return out, (coeffs, mu, out)
+
+
+def _mix_bwd(tol, residuals, g):
+    coeffs, mu, log_f = residuals
+    if mu.shape[0] == 0:
+        return jnp.zeros_like(coeffs), jnp.zeros_like(mu)
+    log_c, log_factorial = _safe_log(coeffs), _log_factorials(coeffs.shape[0] - 1, mu.dtype)
+    order, batches = _batched(mu)
+    # cotangent per observation, scaled by 1/f (zero where f = 0 and g = 0)
+    scale = jnp.where(jnp.isfinite(log_f), g * jnp.exp(-jnp.where(jnp.isfinite(log_f), log_f, 0.0)), 0.0)
+    pad = (-mu.shape[0]) % BATCH
+    scale_b = jnp.concatenate([scale[order], jnp.zeros((pad,) + scale.shape[1:], scale.dtype)]).reshape(batches.shape + scale.shape[1:])
+    g_b = jnp.concatenate([g[order], jnp.zeros((pad,) + g.shape[1:], g.dtype)]).reshape(batches.shape + g.shape[1:])
+    log_f_b = jnp.concatenate([log_f[order], jnp.zeros((pad,) + log_f.shape[1:], log_f.dtype)]).reshape(batches.shape + log_f.shape[1:])
+
+    def one_batch(d_coeffs, batch):
+        mu_b, scale_i, g_i, log_f_i = batch
+        n_chunks, terms = _windows(log_c, log_factorial, mu_b, tol)
+
+        def body(j, d_coeffs):
+            kc, inside, log_w, _ = terms(j)
+            w = jnp.where(inside, jnp.exp(log_w), 0.0)  # (BATCH, CHUNK)
+            return d_coeffs.at[kc].add(jnp.einsum("bc,bq->cq", w, scale_i))
+
+        d_coeffs = jax.lax.fori_loop(0, n_chunks, body, d_coeffs)
+        log_shifted = _stream_logsumexp(n_chunks, lambda j: terms(j, shift=1)[3], log_f_i.shape, log_f_i.dtype)
+        ratio = jnp.exp(log_shifted - jnp.where(jnp.isfinite(log_f_i), log_f_i, 0.0))
+        d_mu = jnp.sum(jnp.where(jnp.isfinite(log_f_i), g_i * (ratio - 1.0), 0.0), axis=-1)
+        return d_coeffs, d_mu
+
+    d_coeffs, d_mu = jax.lax.scan(one_batch, jnp.zeros_like(coeffs), (batches, scale_b, g_b, log_f_b))
+    return d_coeffs, _unbatch(d_mu, order, mu.shape[0])
+
+
+poisson_mix_log.defvjp(_mix_fwd, _mix_bwd)
 
 
 def poisson_tail_mix(coeffs: Float[Array, "K q"], mu: Float[Array, " t"]) -> Float[Array, "t q"]:
