@@ -1,6 +1,6 @@
 """phasejax: phase-type distributions from state-space graphs, in pure JAX."""
 
-from ._compile import Model, compile_graph, linear_rates
+from ._compile import Model, Structure, compile_graph, linear_rates, make_structure
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
 from ._graph import Graph, Matrices, Vertex
 from ._solve import AbstractSolver, DenseLU, Krylov, LevelSweep, System
@@ -17,9 +17,11 @@ __all__ = [
     "Matrices",
     "Model",
     "PhaseType",
+    "Structure",
     "System",
     "Vertex",
     "compile_graph",
     "linear_rates",
+    "make_structure",
     "models",
 ]

@@ -54,6 +54,81 @@ def _out_edge_table(n: int, src: np.ndarray) -> np.ndarray:
     return table
 
 
+class Structure(eqx.Module):
+    """The static part of a phase-type distribution: transient states and their edges.
+
+    ``src``/``dst`` index transient states ``0..n-1`` (``dst == n``: absorption);
+    ``out_edges[i]`` lists the edges leaving state ``i`` (padded with ``E``);
+    ``transient_vertices[i]`` is the graph vertex of state ``i``; ``solver`` solves
+    with ``M = diag(d) - A``. Shared by every theta (and by reward transforms).
+    """
+
+    src: Int[Array, " e"]
+    dst: Int[Array, " e"]
+    out_edges: Int[Array, "n d"]
+    transient_vertices: Int[Array, " n"]
+    solver: AbstractSolver
+    n_vertices: int = eqx.field(static=True)
+    discrete: bool = eqx.field(static=True)
+
+    @property
+    def n_transient(self) -> int:
+        return self.transient_vertices.shape[0]
+
+    def to_vertices(self, x: Float[Array, " n ..."], start: Array | float = 0.0) -> Float[Array, " V ..."]:
+        """Scatter a per-transient-state array into vertex order; row 0 (start) is ``start``."""
+        out = jnp.zeros((self.n_vertices,) + x.shape[1:], x.dtype).at[self.transient_vertices].set(x)
+        return out.at[0].set(start)
+
+    def from_vertices(self, rewards: ArrayLike, dtype) -> Float[Array, " n ..."]:
+        """Per-vertex rewards (axis 0 over vertices) restricted to transient states."""
+        rewards = jnp.asarray(rewards, dtype)
+        if rewards.shape[0] != self.n_vertices:
+            raise ValueError(
+                f"rewards have {rewards.shape[0]} entries along axis 0, expected one per vertex "
+                f"({self.n_vertices}, the starting vertex included)"
+            )
+        rewards = eqx.error_if(rewards, jnp.any(jnp.isnan(rewards) | (rewards < 0)), "rewards must be non-negative and not NaN")
+        return rewards[self.transient_vertices]
+
+
+def make_structure(
+    n_vertices: int,
+    transient: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    discrete: bool,
+    solver: str | AbstractSolver = "auto",
+) -> Structure:
+    """Build a :class:`Structure` from numpy edge arrays over transient states, choosing the solver.
+
+    ``solver``: ``"auto"`` (level sweep if acyclic, dense LU up to 2,000 transient
+    states, Krylov above), ``"sweep"``, ``"dense"``, ``"krylov"``, or an instance.
+    """
+    n = transient.size
+    if isinstance(solver, str):
+        blocks = level_schedule(n, src, dst) if solver in ("auto", "sweep") else None
+        if solver == "sweep" and blocks is None:
+            raise ValueError("solver='sweep' needs an acyclic graph, but this graph has cycles")
+        if blocks is not None:
+            solver = LevelSweep(jnp.asarray(blocks))
+        elif solver == "dense" or (solver == "auto" and n <= DENSE_LIMIT):
+            solver = DenseLU()
+        elif solver in ("krylov", "auto"):
+            solver = Krylov()
+        else:
+            raise ValueError(f"unknown solver {solver!r}: use 'auto', 'sweep', 'dense' or 'krylov'")
+    return Structure(
+        src=jnp.asarray(src, jnp.int32),
+        dst=jnp.asarray(dst, jnp.int32),
+        out_edges=jnp.asarray(_out_edge_table(n, src)),
+        transient_vertices=jnp.asarray(transient, jnp.int32),
+        solver=solver,
+        n_vertices=n_vertices,
+        discrete=discrete,
+    )
+
+
 class Model(eqx.Module):
     """A compiled phase-type model: static structure, parameters supplied per call.
 
@@ -66,28 +141,38 @@ class Model(eqx.Module):
     (reachable, with out-edges) carry state; absorbing and unreachable vertices read 0.
     """
 
-    src: Int[Array, " e"]
-    dst: Int[Array, " e"]
+    structure: Structure
     edge_index: Int[Array, " e"]
-    out_edges: Int[Array, "n d"]
     init_dst: Int[Array, " e0"]
     init_index: Int[Array, " e0"]
     base: Float[Array, " E"]
     coefficients: Float[Array, "E p"]
-    transient_vertices: Int[Array, " n"]
-    solver: AbstractSolver
     initial: Float[Array, " n"] | None
     rate_fn: Callable = eqx.field(static=True)
-    n_vertices: int = eqx.field(static=True)
-    discrete: bool = eqx.field(static=True)
 
     @property
     def n_transient(self) -> int:
-        return self.transient_vertices.shape[0]
+        return self.structure.n_transient
 
     @property
     def n_params(self) -> int:
         return self.coefficients.shape[1]
+
+    @property
+    def n_vertices(self) -> int:
+        return self.structure.n_vertices
+
+    @property
+    def discrete(self) -> bool:
+        return self.structure.discrete
+
+    @property
+    def solver(self) -> AbstractSolver:
+        return self.structure.solver
+
+    @property
+    def transient_vertices(self) -> Int[Array, " n"]:
+        return self.structure.transient_vertices
 
     def rates(self, theta: ArrayLike | None = None) -> Float[Array, " E"]:
         """All edge rates (graph edge order) at ``theta``, checked non-negative and finite."""
@@ -109,7 +194,7 @@ class Model(eqx.Module):
         rates = self.rates(theta)
         n = self.n_transient
         rate = rates[self.edge_index]
-        diag = _sparse.segment_sum(rate, self.src, n)
+        diag = _sparse.segment_sum(rate, self.structure.src, n)
         diag = eqx.error_if(
             diag, jnp.any(diag <= 0), "a transient state can never be left: its out-rates are all zero at this theta"
         )
@@ -120,24 +205,9 @@ class Model(eqx.Module):
         if self.discrete:
             diag = eqx.error_if(diag, jnp.any(diag > 1 + 1e-12), "out-probabilities of a state sum to more than 1")
             alpha = eqx.error_if(alpha, jnp.sum(alpha) > 1 + 1e-12, "initial probabilities sum to more than 1")
-            return DiscretePhaseType(self, rate, diag, alpha)
-        return PhaseType(self, rate, diag, alpha)
+            return DiscretePhaseType(self.structure, rate, diag, alpha)
+        return PhaseType(self.structure, rate, diag, alpha)
 
-    def to_vertices(self, x: Float[Array, " n ..."], start: Array | float = 0.0) -> Float[Array, " V ..."]:
-        """Scatter a per-transient-state array into vertex order; row 0 (start) is ``start``."""
-        out = jnp.zeros((self.n_vertices,) + x.shape[1:], x.dtype).at[self.transient_vertices].set(x)
-        return out.at[0].set(start)
-
-    def from_vertices(self, rewards: ArrayLike, dtype) -> Float[Array, " n ..."]:
-        """Per-vertex rewards (axis 0 over vertices) restricted to transient states."""
-        rewards = jnp.asarray(rewards, dtype)
-        if rewards.shape[0] != self.n_vertices:
-            raise ValueError(
-                f"rewards have {rewards.shape[0]} entries along axis 0, expected one per vertex "
-                f"({self.n_vertices}, the starting vertex included)"
-            )
-        rewards = eqx.error_if(rewards, jnp.any(jnp.isnan(rewards) | (rewards < 0)), "rewards must be non-negative and not NaN")
-        return rewards[self.transient_vertices]
 
 
 def compile_graph(
@@ -151,8 +221,7 @@ def compile_graph(
 
     **Arguments:**
 
-    - `solver`: ``"auto"`` (level sweep if acyclic, dense LU up to 2,000 transient
-      states, Krylov above), ``"sweep"``, ``"dense"``, ``"krylov"``, or a solver instance.
+    - `solver`: see :func:`make_structure`.
     - `rate_fn`: ``rate_fn(theta, coefficients) -> (E,)`` added to the base weights;
       any differentiable JAX function (default ``coefficients @ theta``).
     - `initial`: an explicit initial distribution, one probability per vertex, in place
@@ -196,37 +265,18 @@ def compile_graph(
     inner = np.flatnonzero((src > 0) & reachable[src])
     t_src, t_dst = position[src[inner]], position[dst[inner]]
     init = np.flatnonzero(from_start)
-    out_edges = _out_edge_table(n, t_src)
     if initial is not None:
         initial = np.asarray(initial, dtype=np.float64)
         if initial.shape != (v,) or np.any(initial < 0) or initial.sum() > 1 + 1e-12:
             raise ValueError(f"`initial` must be {v} non-negative probabilities summing to at most 1")
         initial = initial[transient]
-    if isinstance(solver, str):
-        blocks = level_schedule(n, t_src, t_dst) if solver in ("auto", "sweep") else None
-        if solver == "sweep" and blocks is None:
-            raise ValueError("solver='sweep' needs an acyclic graph, but this graph has cycles")
-        if blocks is not None:
-            solver = LevelSweep(jnp.asarray(blocks))
-        elif solver == "dense" or (solver == "auto" and n <= DENSE_LIMIT):
-            solver = DenseLU()
-        elif solver in ("krylov", "auto"):
-            solver = Krylov()
-        else:
-            raise ValueError(f"unknown solver {solver!r}: use 'auto', 'sweep', 'dense' or 'krylov'")
     return Model(
-        src=jnp.asarray(t_src, jnp.int32),
-        dst=jnp.asarray(t_dst, jnp.int32),
+        structure=make_structure(v, transient, t_src, t_dst, graph.discrete, solver),
         edge_index=jnp.asarray(inner, jnp.int32),
-        out_edges=jnp.asarray(out_edges),
         init_dst=jnp.asarray(position[dst[init]], jnp.int32),
         init_index=jnp.asarray(init, jnp.int32),
         base=base,
         coefficients=coef,
-        transient_vertices=jnp.asarray(transient, jnp.int32),
-        solver=solver,
         initial=initial,
         rate_fn=linear_rates if rate_fn is None else rate_fn,
-        n_vertices=v,
-        discrete=graph.discrete,
     )

@@ -29,7 +29,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import _sparse, _uniformization as _unif
 from ._sample import sample_paths
-from ._compile import Model
+from ._compile import Structure
 from ._solve import System, solve
 
 DEFAULT_TOL = 1e-12
@@ -44,36 +44,36 @@ class AbstractPhaseType(eqx.Module):
     are ignored. ``rewards=None`` means 1 in every state (the absorption time).
     """
 
-    model: Model
+    structure: Structure
     rate: Float[Array, " e"]
     diag: Float[Array, " n"]
     alpha: Float[Array, " n"]
 
     @property
     def system(self) -> System:
-        return System(self.model.src, self.model.dst, self.rate, self.diag)
+        return System(self.structure.src, self.structure.dst, self.rate, self.diag)
 
     def _solver(self, system: System | None = None):
         """``solve(rhs, transpose=False)`` for ``system`` (default: this model's ``M``)."""
         system = self.system if system is None else system
-        state = self.model.solver.prepare(system)
-        return lambda rhs, transpose=False: solve(self.model.solver, system, state, rhs, transpose)
+        state = self.structure.solver.prepare(system)
+        return lambda rhs, transpose=False: solve(self.structure.solver, system, state, rhs, transpose)
 
     def _rewards(self, rewards: ArrayLike | None) -> Float[Array, " n ..."]:
         if rewards is None:
             return jnp.ones_like(self.diag)
         rewards = jnp.asarray(rewards, self.diag.dtype)
-        return self.model.from_vertices(jnp.moveaxis(rewards, -1, 0), self.diag.dtype)
+        return self.structure.from_vertices(jnp.moveaxis(rewards, -1, 0), self.diag.dtype)
 
     @property
     def exit(self) -> Float[Array, " n"]:
         """Exit rate (continuous) or exit probability (discrete) of each transient state."""
-        to_absorption = jnp.where(self.model.dst == self.model.n_transient, self.rate, 0.0)
-        return _sparse.segment_sum(to_absorption, self.model.src, self.model.n_transient)
+        to_absorption = jnp.where(self.structure.dst == self.structure.n_transient, self.rate, 0.0)
+        return _sparse.segment_sum(to_absorption, self.structure.src, self.structure.n_transient)
 
     def _series(self, proj, n_steps, max_steps: int, lam=1.0):
         """Rows ``(alpha P^k) @ proj``, ``k = 0..max_steps`` (zero past ``n_steps``)."""
-        m = self.model
+        m = self.structure
         lam = jax.lax.stop_gradient(jnp.asarray(lam, self.diag.dtype))
         return _unif.series(self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, n_steps, max_steps)
 
@@ -85,8 +85,8 @@ class AbstractPhaseType(eqx.Module):
         """
         r = self._rewards(rewards)
         out = sample_paths(
-            key, tuple(shape), self.model.out_edges, self.model.dst, self.rate, self.diag,
-            self.alpha, r.reshape(r.shape[0], -1), self.model.discrete, max_jumps,
+            key, tuple(shape), self.structure.out_edges, self.structure.dst, self.rate, self.diag,
+            self.alpha, r.reshape(r.shape[0], -1), self.structure.discrete, max_jumps,
         )
         return out[..., 0] if r.ndim == 1 else out
 
@@ -100,7 +100,7 @@ class AbstractPhaseType(eqx.Module):
         Entry 0 (the starting vertex) holds ``E[Y] = alpha . U r``; absorbing vertices 0.
         """
         x = self._solver()(self._rewards(rewards))
-        return self.model.to_vertices(x, start=self.alpha @ x)
+        return self.structure.to_vertices(x, start=self.alpha @ x)
 
     def mean(self, rewards: ArrayLike | None = None) -> Float[Array, ""]:
         """``E[Y] = alpha U r``."""
@@ -108,7 +108,7 @@ class AbstractPhaseType(eqx.Module):
 
     def expected_sojourn(self) -> Float[Array, " V"]:
         """Expected time in (continuous) or number of visits to (discrete) each vertex: ``alpha U``."""
-        return self.model.to_vertices(self._solver()(self.alpha, transpose=True))
+        return self.structure.to_vertices(self._solver()(self.alpha, transpose=True))
 
     @abc.abstractmethod
     def _moment_rhs(self, r, ms, rhss, k):
@@ -171,7 +171,18 @@ class PhaseType(AbstractPhaseType):
         """
         r = self._rewards(rewards)
         r = eqx.error_if(r, jnp.any(r <= 0), "reward_scaled needs strictly positive rewards on transient states")
-        return PhaseType(self.model, self.rate / r[self.model.src], self.diag / r, self.alpha)
+        return PhaseType(self.structure, self.rate / r[self.structure.src], self.diag / r, self.alpha)
+
+    def reward_transform(self, rewards: ArrayLike, positive=None) -> PhaseType:
+        """The distribution of ``Y = int r(X_t) dt`` as a :class:`PhaseType`, zero rewards allowed.
+
+        Zero-reward states are eliminated and their transitions folded into their
+        neighbours (see :mod:`phasejax._rewards`). ``positive``: static boolean mask per
+        vertex, needed when ``rewards`` are traced.
+        """
+        from ._rewards import reward_transform
+
+        return reward_transform(self, rewards, positive)
 
     def _uniformized(self, t, proj, tol: float, max_steps: int):
         """Series over the uniformized chain for times ``t`` (flattened)."""
@@ -218,18 +229,18 @@ class PhaseType(AbstractPhaseType):
 
         Memory ``max_steps x n`` (the whole series is kept): meant for modest models.
         """
-        coeffs, mu, _ = self._uniformized(t, jnp.eye(self.model.n_transient, dtype=self.diag.dtype), tol, max_steps)
+        coeffs, mu, _ = self._uniformized(t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps)
         probs = jnp.exp(_unif.poisson_mix_log(coeffs, mu, tol))
-        return jax.vmap(self.model.to_vertices)(probs).reshape(jnp.shape(t) + (-1,))
+        return jax.vmap(self.structure.to_vertices)(probs).reshape(jnp.shape(t) + (-1,))
 
     def accumulated_occupancy(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """Expected time spent in each vertex up to ``t``: ``int_0^t alpha exp(S u) du``.
 
         Uses ``int_0^t Pois(k; Lambda u) du = P(N_{Lambda t} > k) / Lambda``.
         """
-        coeffs, mu, lam = self._uniformized(t, jnp.eye(self.model.n_transient, dtype=self.diag.dtype), tol, max_steps)
+        coeffs, mu, lam = self._uniformized(t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps)
         occupancy = _unif.poisson_tail_mix(coeffs, mu) / lam
-        return jax.vmap(self.model.to_vertices)(occupancy).reshape(jnp.shape(t) + (-1,))
+        return jax.vmap(self.structure.to_vertices)(occupancy).reshape(jnp.shape(t) + (-1,))
 
     def laplace(self, s: ArrayLike, rewards: ArrayLike | None = None) -> Array:
         """``E[exp(-s Y)] = defect + alpha (s R - S)^{-1} s_exit`` for ``s >= 0`` (one solve each)."""
@@ -304,11 +315,11 @@ class DiscretePhaseType(AbstractPhaseType):
 
     def state_probability(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``P(X_k = i)`` per vertex (``alpha T^k``), shape ``k.shape + (V,)``."""
-        coeffs, k = self._steps(k, jnp.eye(self.model.n_transient, dtype=self.diag.dtype), max_steps)
-        return jax.vmap(self.model.to_vertices)(coeffs[k.ravel()]).reshape(k.shape + (-1,))
+        coeffs, k = self._steps(k, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), max_steps)
+        return jax.vmap(self.structure.to_vertices)(coeffs[k.ravel()]).reshape(k.shape + (-1,))
 
     def expected_visits_until(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """Expected visits to each vertex during steps ``0..k-1``: ``sum_{j<k} alpha T^j``."""
-        coeffs, k = self._steps(k, jnp.eye(self.model.n_transient, dtype=self.diag.dtype), max_steps)
+        coeffs, k = self._steps(k, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), max_steps)
         cumulative = jnp.concatenate([jnp.zeros((1,) + coeffs.shape[1:], coeffs.dtype), jnp.cumsum(coeffs, 0)])
-        return jax.vmap(self.model.to_vertices)(cumulative[k.ravel()]).reshape(k.shape + (-1,))
+        return jax.vmap(self.structure.to_vertices)(cumulative[k.ravel()]).reshape(k.shape + (-1,))

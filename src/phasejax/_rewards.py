@@ -1,0 +1,163 @@
+"""Reward transformation: ``Y = int r(X_t) dt`` as a phase-type distribution of its own.
+
+Split the transient states into ``P`` (reward > 0) and ``Z`` (reward 0). Time in ``Z``
+accumulates nothing, so a visit to ``Z`` is folded into its neighbours: with
+``B = (-S_ZZ)^{-1} [S_ZP, s_Z]`` (where a path entering ``Z`` leaves it),
+
+    S' = R_P^{-1} (S_PP + S_PZ B_P),     s' = R_P^{-1} (s_P + S_PZ B_abs),
+    alpha' = alpha_P + alpha_Z B_P,      defect' = 1 - sum(alpha').
+
+The *pattern* (which states are zero, which new edges appear) is static and fixed when
+the :class:`RewardTransform` is built on the host; rates and reward values stay traced,
+so the transformed distribution is differentiable in theta and in the positive rewards.
+The fold solves a dense ``|Z| x |Z|`` system (O(|Z|^3)): meant for zero sets of up to a
+few thousand states.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from . import _sparse
+from ._compile import Structure, make_structure
+
+
+def _dense(rows, cols, values, shape):
+    return jnp.zeros(shape, values.dtype).at[rows, cols].add(values)
+
+
+class RewardTransform(eqx.Module):
+    """The static plan of a reward transformation for one :class:`Structure`.
+
+    Build it once (host side) with :meth:`build`; apply it to any distribution of
+    that structure with :meth:`__call__`.
+    """
+
+    structure: Structure  # of the transformed distribution (states P)
+    positive: Int[Array, " p"]  # original transient index of each P state
+    zero: Int[Array, " z"]  # original transient index of each Z state
+    local: Int[Array, " n+1"]  # original index -> position in P (or Z); n -> absorption
+    edge_pair: Int[Array, " e"]  # original edge -> new edge id (or E' if not a P-source edge)
+    new_src: Int[Array, " e2"]
+    new_dst: Int[Array, " e2"]  # in P-local indices; p_count = absorption
+    src_kind: Int[Array, " e"]  # 0: from P, 1: from Z
+    dst_kind: Int[Array, " e"]  # 0: to P, 1: to Z, 2: absorption
+
+    @classmethod
+    def build(cls, structure: Structure, positive_vertices: Bool[np.ndarray, " V"], solver="auto") -> RewardTransform:
+        """Plan the fold for rewards that are positive exactly on ``positive_vertices`` (per vertex)."""
+        src = np.asarray(structure.src)
+        dst = np.asarray(structure.dst)
+        n = structure.n_transient
+        transient = np.asarray(structure.transient_vertices)
+        mask = np.asarray(positive_vertices, dtype=bool)
+        if mask.shape != (structure.n_vertices,):
+            raise ValueError(f"the positive-reward mask needs one entry per vertex ({structure.n_vertices})")
+        is_pos = mask[transient]
+        pos, zer = np.flatnonzero(is_pos), np.flatnonzero(~is_pos)
+        if pos.size == 0:
+            raise ValueError("rewards are zero on every transient state: the accumulated reward is 0 on every path")
+        p_count, z_count = pos.size, zer.size
+        local = np.full(n + 1, -1, dtype=np.int64)
+        local[pos], local[zer], local[n] = np.arange(p_count), np.arange(z_count), -1
+        src_kind = np.where(is_pos[src], 0, 1)
+        dst_kind = np.where(dst == n, 2, np.where(is_pos[np.minimum(dst, n - 1)], 0, 1))
+        # structural pattern of B (Z -> P or absorption), via unit rates (no cancellation)
+        target_p = np.where(dst_kind == 2, p_count, local[dst])
+        if z_count:
+            m_zz = np.zeros((z_count, z_count))
+            zz = (src_kind == 1) & (dst_kind == 1)
+            np.add.at(m_zz, (local[src[zz]], local[dst[zz]]), -1.0)
+            zout = src_kind == 1
+            np.add.at(m_zz, (local[src[zout]], local[src[zout]]), 1.0)
+            rhs = np.zeros((z_count, p_count + 1))
+            zx = (src_kind == 1) & (dst_kind != 1)
+            np.add.at(rhs, (local[src[zx]], target_p[zx]), 1.0)
+            b_pattern = np.linalg.solve(m_zz, rhs) > 0
+        else:
+            b_pattern = np.zeros((0, p_count + 1), dtype=bool)
+        # new edges: direct P -> (P or absorption), and P -> Z -> ... -> (P or absorption)
+        pairs = set()
+        direct = (src_kind == 0) & (dst_kind != 1)
+        pairs.update(zip(local[src[direct]].tolist(), target_p[direct].tolist()))
+        into_z = (src_kind == 0) & (dst_kind == 1)
+        for p, z in zip(local[src[into_z]].tolist(), local[dst[into_z]].tolist()):
+            pairs.update((p, q) for q in np.flatnonzero(b_pattern[z]).tolist() if q != p)
+        pairs = sorted(pairs)
+        new_src = np.array([p for p, _ in pairs], dtype=np.int64)
+        new_dst = np.array([q for _, q in pairs], dtype=np.int64)
+        pair_id = {pq: i for i, pq in enumerate(pairs)}
+        edge_pair = np.full(src.size, len(pairs), dtype=np.int64)
+        for e in np.flatnonzero(direct):
+            edge_pair[e] = pair_id[(local[src[e]], target_p[e])]
+        new_structure = make_structure(structure.n_vertices, transient[pos], new_src, new_dst, False, solver)
+        return cls(
+            structure=new_structure,
+            positive=jnp.asarray(pos),
+            zero=jnp.asarray(zer),
+            local=jnp.asarray(np.where(local < 0, 0, local)),
+            edge_pair=jnp.asarray(edge_pair),
+            new_src=jnp.asarray(new_src),
+            new_dst=jnp.asarray(new_dst),
+            src_kind=jnp.asarray(src_kind),
+            dst_kind=jnp.asarray(dst_kind),
+        )
+
+    def __call__(self, dist, rewards: ArrayLike):
+        """The :class:`PhaseType` of ``Y = int r(X_t) dt`` (``rewards`` per vertex, traced)."""
+        from ._distribution import PhaseType
+
+        if dist.structure.discrete:
+            raise ValueError("reward_transform is implemented for continuous (PH) distributions")
+        r = dist._rewards(rewards)
+        r_pos = eqx.error_if(
+            r[self.positive], jnp.any(r[self.positive] <= 0), "a reward expected positive (by the plan's mask) is zero"
+        )
+        src, dst = dist.structure.src, dist.structure.dst
+        p_count, z_count = self.positive.shape[0], self.zero.shape[0]
+        rate, dtype = dist.rate, dist.rate.dtype
+        loc_src, loc_dst = self.local[src], self.local[jnp.minimum(dst, dist.structure.n_transient - 1)]
+        target_p = jnp.where(self.dst_kind == 2, p_count, loc_dst)
+        from_z, to_z = self.src_kind == 1, self.dst_kind == 1
+        new_rate = _sparse.segment_sum(rate, self.edge_pair, self.new_src.shape[0])
+        alpha_p = dist.alpha[self.positive]
+        if z_count:
+            m_zz = jnp.diag(dist.diag[self.zero]) - _dense(
+                jnp.where(from_z & to_z, loc_src, z_count), jnp.where(from_z & to_z, loc_dst, 0),
+                jnp.where(from_z & to_z, rate, 0.0), (z_count + 1, z_count),
+            )[:z_count]
+            leave = from_z & ~to_z
+            rhs = _dense(jnp.where(leave, loc_src, z_count), jnp.where(leave, target_p, 0), jnp.where(leave, rate, 0.0), (z_count + 1, p_count + 1))[:z_count]
+            b = jnp.linalg.solve(m_zz, rhs)  # (Z, P + 1)
+            enter = ~from_z & to_z
+            a_pz = _dense(jnp.where(enter, loc_src, p_count), jnp.where(enter, loc_dst, 0), jnp.where(enter, rate, 0.0), (p_count + 1, z_count))[:p_count]
+            via = a_pz @ b  # (P, P + 1)
+            new_rate = new_rate + via[self.new_src, self.new_dst]
+            alpha_p = alpha_p + dist.alpha[self.zero] @ b[:, :p_count]
+        new_diag = _sparse.segment_sum(new_rate, self.new_src, p_count)
+        alpha_p = eqx.error_if(alpha_p, jnp.sum(alpha_p) <= 0, "the reward is zero on every path from the start")
+        return PhaseType(self.structure, new_rate / r_pos[self.new_src], new_diag / r_pos, alpha_p)
+
+
+def reward_transform(dist, rewards: ArrayLike, positive: Bool[np.ndarray, " V"] | None = None, solver="auto"):
+    """``Y = int r(X_t) dt`` as a :class:`PhaseType` (zero rewards allowed).
+
+    ``positive`` (per vertex, static) says where rewards are positive; by default it is
+    read from ``rewards``, which must then be concrete (not traced). Under ``jit``,
+    build a :class:`RewardTransform` once and call it, or pass ``positive``.
+    """
+    if positive is None:
+        try:
+            values = np.asarray(rewards, dtype=np.float64)
+        except Exception as err:  # a tracer
+            raise ValueError(
+                "reward_transform needs the zero pattern of the rewards: pass `positive=` (a boolean mask "
+                "per vertex) when the rewards are traced"
+            ) from err
+        if np.any(np.isnan(values)) or np.any(values < 0):
+            raise ValueError("rewards must be non-negative and not NaN")
+        positive = values > 0
+    return RewardTransform.build(dist.structure, positive, solver)(dist, rewards)
