@@ -184,6 +184,15 @@ class PhaseType(AbstractPhaseType):
 
         return reward_transform(self, rewards, positive)
 
+    def mutation_counts(self, mutation_rate: ArrayLike, rewards: ArrayLike | None = None, positive=None) -> DiscretePhaseType:
+        """Distribution of the number of mutations on the reward-weighted branches.
+
+        See :func:`phasejax._rewards.mutation_counts`: ``K | Y ~ Poisson(mutation_rate * Y)``.
+        """
+        from ._rewards import mutation_counts
+
+        return mutation_counts(self, mutation_rate, rewards, positive)
+
     def _uniformized(self, t, proj, tol: float, max_steps: int):
         """Series over the uniformized chain for times ``t`` (flattened)."""
         t = _unif.check_times(jnp.ravel(jnp.asarray(t, self.diag.dtype)))
