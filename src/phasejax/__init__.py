@@ -1,6 +1,8 @@
 """phasejax: phase-type distributions from state-space graphs, in pure JAX."""
 
 from ._compile import Model, Structure, compile_graph, linear_rates, make_structure
+from ._epochs import EpochPhaseType, epochs
+from ._rewards import RewardTransform, mutation_counts, reward_transform
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
 from ._graph import Graph, Matrices, Vertex
 from ._solve import AbstractSolver, DenseLU, Krylov, LevelSweep, System
@@ -11,17 +13,22 @@ __all__ = [
     "AbstractSolver",
     "DenseLU",
     "DiscretePhaseType",
+    "EpochPhaseType",
     "Graph",
     "Krylov",
     "LevelSweep",
     "Matrices",
     "Model",
     "PhaseType",
+    "RewardTransform",
     "Structure",
     "System",
     "Vertex",
     "compile_graph",
+    "epochs",
     "linear_rates",
     "make_structure",
     "models",
+    "mutation_counts",
+    "reward_transform",
 ]

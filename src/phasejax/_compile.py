@@ -188,16 +188,23 @@ class Model(eqx.Module):
             rates, jnp.any(jnp.isnan(rates) | (rates < 0)), "an edge rate is negative or NaN at this theta"
         )
 
-    def __call__(self, theta: ArrayLike | None = None):
+    def __call__(self, theta: ArrayLike | None = None, *, require_exit: bool = True):
+        """The distribution at ``theta``.
+
+        ``require_exit=False`` allows states whose out-rates are all zero at this theta
+        (only meaningful for a finite epoch of an :class:`EpochPhaseType`, where the
+        chain may simply stay; solves and moments need every state to be left).
+        """
         from ._distribution import DiscretePhaseType, PhaseType
 
         rates = self.rates(theta)
         n = self.n_transient
         rate = rates[self.edge_index]
         diag = _sparse.segment_sum(rate, self.structure.src, n)
-        diag = eqx.error_if(
-            diag, jnp.any(diag <= 0), "a transient state can never be left: its out-rates are all zero at this theta"
-        )
+        if require_exit:
+            diag = eqx.error_if(
+                diag, jnp.any(diag <= 0), "a transient state can never be left: its out-rates are all zero at this theta"
+            )
         if self.initial is None:
             alpha = _sparse.segment_sum(rates[self.init_index], self.init_dst, n)
         else:

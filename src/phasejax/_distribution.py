@@ -238,9 +238,13 @@ class PhaseType(AbstractPhaseType):
 
         Memory ``max_steps x n`` (the whole series is kept): meant for modest models.
         """
-        coeffs, mu, _ = self._uniformized(t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps)
-        probs = jnp.exp(_unif.poisson_mix_log(coeffs, mu, tol))
+        probs = self.transient_probability(jnp.ravel(jnp.asarray(t)), tol=tol, max_steps=max_steps)
         return jax.vmap(self.structure.to_vertices)(probs).reshape(jnp.shape(t) + (-1,))
+
+    def transient_probability(self, t: Array, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+        """``alpha exp(S t)`` over transient states (not vertices), shape ``(len(t), n)``."""
+        coeffs, mu, _ = self._uniformized(t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps)
+        return jnp.exp(_unif.poisson_mix_log(coeffs, mu, tol))
 
     def accumulated_occupancy(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """Expected time spent in each vertex up to ``t``: ``int_0^t alpha exp(S u) du``.

@@ -1,10 +1,13 @@
 """Graph builders for common phase-type models (each returns a :class:`phasejax.Graph`)."""
 
-from ._coalescent import kingman, sfs_rewards, two_island
+from ._coalescent import IsolationWithMigration, PiecewiseKingman, kingman, sfs_rewards, two_island
+from ._recombination import tmrca_rewards, two_locus
 from ._queues import birth_death, mm1_capacity
 from ._simple import coxian, erlang, rabbit_flooding
 
 __all__ = [
+    "IsolationWithMigration",
+    "PiecewiseKingman",
     "birth_death",
     "coxian",
     "erlang",
@@ -12,5 +15,7 @@ __all__ = [
     "mm1_capacity",
     "rabbit_flooding",
     "sfs_rewards",
+    "tmrca_rewards",
     "two_island",
+    "two_locus",
 ]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 
+from .._compile import Model
+from .._epochs import EpochPhaseType, epochs
 from .._graph import Graph
 
 
@@ -97,3 +101,57 @@ def two_island(n1: int, n2: int = 0) -> Graph:
     start = [0] * (2 * n)
     start[0], start[n] = n1, n2
     return Graph.from_callback(transitions, tuple(start), n_params=4)
+
+
+class PiecewiseKingman(eqx.Module):
+    """Kingman's coalescent with a piecewise-constant population size.
+
+    Build once (host side) with ``PiecewiseKingman(n)``; calling it with
+    ``coalescence_rates`` (``1 / N_j`` in coalescent units, one per epoch) and the
+    increasing epoch ``breaks`` returns an :class:`phasejax.EpochPhaseType` whose rates
+    and breaks are traced (jit-, grad- and vmap-able).
+    """
+
+    model: Model
+
+    def __init__(self, n: int):
+        self.model = kingman(n).compile()
+
+    def __call__(self, coalescence_rates, breaks) -> EpochPhaseType:
+        rates = jnp.asarray(coalescence_rates, float)
+        return epochs(self.model, rates.reshape(-1, 1), breaks)
+
+
+class IsolationWithMigration(eqx.Module):
+    """Isolation with migration on a :func:`two_island` graph.
+
+    Two populations exchange migrants (rates ``mig_12``, ``mig_21``; coalescence
+    ``coal_1``, ``coal_2``) until ``split_time`` back in time, when every lineage moves
+    into one ancestral population (deme 1) with coalescence rate ``coal_ancestral``.
+    Build once with ``IsolationWithMigration(graph)``; calling it returns an
+    :class:`phasejax.EpochPhaseType` (traced parameters). Rewards such as
+    :func:`sfs_rewards` of the graph apply to it.
+    """
+
+    model: Model
+    merge: tuple = eqx.field(static=True)
+
+    def __init__(self, graph: Graph):
+        self.model = graph.compile()
+        states = graph.states()
+        n = states.shape[1] // 2
+        transient = np.asarray(self.model.transient_vertices)
+        position = {int(v): i for i, v in enumerate(transient)}
+        merged = np.concatenate([states[:, :n] + states[:, n:], np.zeros_like(states[:, n:])], axis=1)
+        self.merge = tuple(position[graph.find_vertex(merged[v]).index] for v in transient)
+
+    def __call__(self, coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time) -> EpochPhaseType:
+        coal_1, coal_2, mig_12, mig_21, coal_ancestral = (
+            jnp.asarray(x, float) for x in (coal_1, coal_2, mig_12, mig_21, coal_ancestral)
+        )
+        thetas = jnp.stack([
+            jnp.stack([coal_1, coal_2, mig_12, mig_21]),
+            # after the split no mass is left in deme 2; its states still need a way out
+            jnp.stack([coal_ancestral, coal_ancestral, jnp.zeros_like(mig_12), jnp.ones_like(mig_21)]),
+        ])
+        return epochs(self.model, thetas, jnp.reshape(split_time, (1,)), maps=(self.merge,))
