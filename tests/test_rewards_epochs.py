@@ -258,3 +258,46 @@ def test_two_locus_larger_sample_against_dense():
     ra, rb = rewards[0][vertices], rewards[1][vertices]
     cross = alpha @ u @ np.diag(ra) @ u @ rb + alpha @ u @ np.diag(rb) @ u @ ra
     np.testing.assert_allclose(dist.cov(rewards[0], rewards[1]), cross - (alpha @ u @ ra) * (alpha @ u @ rb), rtol=1e-10)
+
+
+def dph_reward_pmf_oracle(alpha, t_matrix, r, size):
+    """P(Y = y), Y = sum_k r(X_k), by dynamic programming over (state, accumulated reward)."""
+    n = len(alpha)
+    exit_prob = 1 - t_matrix.sum(1)
+    p_y = np.zeros(size + 50)
+    p_y[0] += 1 - alpha.sum()
+    f = np.zeros((n, size + 50))
+    f[:, 0] = alpha
+    for _ in range(2000):
+        nxt = np.zeros_like(f)
+        for i in range(n):
+            shifted = np.zeros_like(f[i])
+            shifted[r[i]:] = f[i][: f.shape[1] - r[i]]
+            p_y += exit_prob[i] * shifted
+            nxt += np.outer(t_matrix[i], shifted)
+        f = nxt
+        if f.sum() < 1e-18:
+            break
+    return p_y[:size]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_discrete_reward_transform_against_dynamic_programming(seed):
+    rng = np.random.default_rng(seed)
+    n = 6
+    t_matrix = rng.random((n, n)) * (rng.random((n, n)) < 0.6)
+    t_matrix = t_matrix / (t_matrix.sum(1, keepdims=True) + rng.random((n, 1)) + 0.3)  # diagonal: staying
+    alpha = rng.random(n)
+    alpha = alpha / alpha.sum() * 0.95
+    graph = pj.Graph.from_matrices(alpha, t_matrix, discrete=True)
+    dist = graph.compile()()
+    rewards = np.zeros(graph.vertices_length())
+    rewards[1 : n + 1] = [0, 2, 1, 3, 0, 1]
+    transformed = dist.reward_transform(rewards)
+    np.testing.assert_allclose(transformed.moments(3), dist.moments(3, rewards), rtol=1e-10)
+    oracle = dph_reward_pmf_oracle(alpha, t_matrix, rewards[1 : n + 1].astype(int), 40)
+    np.testing.assert_allclose(transformed.pmf(np.arange(40)), oracle, atol=1e-14)
+    bad = rewards.copy()
+    bad[2] = 1.5
+    with pytest.raises(ValueError, match="integer"):
+        dist.reward_transform(bad)

@@ -2,7 +2,7 @@
 
 from ._compile import Model, Structure, compile_graph, linear_rates, make_structure
 from ._epochs import EpochPhaseType, epochs
-from ._rewards import RewardTransform, mutation_counts, reward_transform
+from ._rewards import DiscreteRewardTransform, RewardTransform, mutation_counts, reward_transform
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
 from ._graph import Graph, Matrices, Vertex
 from ._solve import AbstractSolver, DenseLU, Krylov, LevelSweep, System
@@ -13,6 +13,7 @@ __all__ = [
     "AbstractSolver",
     "DenseLU",
     "DiscretePhaseType",
+    "DiscreteRewardTransform",
     "EpochPhaseType",
     "Graph",
     "Krylov",

@@ -76,8 +76,9 @@ class Structure(eqx.Module):
         return self.transient_vertices.shape[0]
 
     def to_vertices(self, x: Float[Array, " n ..."], start: Array | float = 0.0) -> Float[Array, " V ..."]:
-        """Scatter a per-transient-state array into vertex order; row 0 (start) is ``start``."""
-        out = jnp.zeros((self.n_vertices,) + x.shape[1:], x.dtype).at[self.transient_vertices].set(x)
+        """Scatter a per-transient-state array into vertex order (states sharing a vertex add up);
+        row 0 (start) is ``start``."""
+        out = jnp.zeros((self.n_vertices,) + x.shape[1:], x.dtype).at[self.transient_vertices].add(x)
         return out.at[0].set(start)
 
     def from_vertices(self, rewards: ArrayLike, dtype) -> Float[Array, " n ..."]:

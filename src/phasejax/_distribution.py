@@ -90,6 +90,19 @@ class AbstractPhaseType(eqx.Module):
         )
         return out[..., 0] if r.ndim == 1 else out
 
+    def reward_transform(self, rewards: ArrayLike, positive=None) -> AbstractPhaseType:
+        """The distribution of the accumulated reward as a phase-type distribution.
+
+        Continuous: ``Y = int r(X_t) dt`` (zero rewards allowed; ``positive``, a static
+        boolean mask per vertex, is needed when ``rewards`` are traced). Discrete:
+        ``Y = sum_k r(X_k)`` for concrete non-negative integer rewards. Zero-reward
+        states are eliminated and their transitions folded into their neighbours
+        (see :mod:`phasejax._rewards`).
+        """
+        from ._rewards import reward_transform
+
+        return reward_transform(self, rewards, positive)
+
     def defect(self) -> Float[Array, ""]:
         """Probability of absorption at time 0 (``1 - sum(alpha)``)."""
         return 1.0 - jnp.sum(self.alpha)
@@ -172,17 +185,6 @@ class PhaseType(AbstractPhaseType):
         r = self._rewards(rewards)
         r = eqx.error_if(r, jnp.any(r <= 0), "reward_scaled needs strictly positive rewards on transient states")
         return PhaseType(self.structure, self.rate / r[self.structure.src], self.diag / r, self.alpha)
-
-    def reward_transform(self, rewards: ArrayLike, positive=None) -> PhaseType:
-        """The distribution of ``Y = int r(X_t) dt`` as a :class:`PhaseType`, zero rewards allowed.
-
-        Zero-reward states are eliminated and their transitions folded into their
-        neighbours (see :mod:`phasejax._rewards`). ``positive``: static boolean mask per
-        vertex, needed when ``rewards`` are traced.
-        """
-        from ._rewards import reward_transform
-
-        return reward_transform(self, rewards, positive)
 
     def mutation_counts(self, mutation_rate: ArrayLike, rewards: ArrayLike | None = None, positive=None) -> DiscretePhaseType:
         """Distribution of the number of mutations on the reward-weighted branches.

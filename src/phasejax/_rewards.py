@@ -106,44 +106,114 @@ class RewardTransform(eqx.Module):
             dst_kind=jnp.asarray(dst_kind),
         )
 
-    def __call__(self, dist, rewards: ArrayLike):
-        """The :class:`PhaseType` of ``Y = int r(X_t) dt`` (``rewards`` per vertex, traced)."""
-        from ._distribution import PhaseType
+    def fold(self, dist):
+        """Eliminate the zero-reward states: ``(rate, diag, alpha)`` over the states ``P``.
 
-        if dist.structure.discrete:
-            raise ValueError("reward_transform is implemented for continuous (PH) distributions")
-        r = dist._rewards(rewards)
-        r_pos = eqx.error_if(
-            r[self.positive], jnp.any(r[self.positive] <= 0), "a reward expected positive (by the plan's mask) is zero"
-        )
+        The same fold serves both kinds: ``M = -S`` or ``I - T`` has one form.
+        """
         src, dst = dist.structure.src, dist.structure.dst
         p_count, z_count = self.positive.shape[0], self.zero.shape[0]
-        rate, dtype = dist.rate, dist.rate.dtype
+        rate = dist.rate
         loc_src, loc_dst = self.local[src], self.local[jnp.minimum(dst, dist.structure.n_transient - 1)]
         target_p = jnp.where(self.dst_kind == 2, p_count, loc_dst)
         from_z, to_z = self.src_kind == 1, self.dst_kind == 1
         new_rate = _sparse.segment_sum(rate, self.edge_pair, self.new_src.shape[0])
         alpha_p = dist.alpha[self.positive]
         if z_count:
+            inner = from_z & to_z
             m_zz = jnp.diag(dist.diag[self.zero]) - _dense(
-                jnp.where(from_z & to_z, loc_src, z_count), jnp.where(from_z & to_z, loc_dst, 0),
-                jnp.where(from_z & to_z, rate, 0.0), (z_count + 1, z_count),
+                jnp.where(inner, loc_src, z_count), jnp.where(inner, loc_dst, 0), jnp.where(inner, rate, 0.0), (z_count + 1, z_count)
             )[:z_count]
             leave = from_z & ~to_z
-            rhs = _dense(jnp.where(leave, loc_src, z_count), jnp.where(leave, target_p, 0), jnp.where(leave, rate, 0.0), (z_count + 1, p_count + 1))[:z_count]
+            rhs = _dense(
+                jnp.where(leave, loc_src, z_count), jnp.where(leave, target_p, 0), jnp.where(leave, rate, 0.0), (z_count + 1, p_count + 1)
+            )[:z_count]
             b = jnp.linalg.solve(m_zz, rhs)  # (Z, P + 1)
             enter = ~from_z & to_z
-            a_pz = _dense(jnp.where(enter, loc_src, p_count), jnp.where(enter, loc_dst, 0), jnp.where(enter, rate, 0.0), (p_count + 1, z_count))[:p_count]
-            via = a_pz @ b  # (P, P + 1)
-            new_rate = new_rate + via[self.new_src, self.new_dst]
+            a_pz = _dense(
+                jnp.where(enter, loc_src, p_count), jnp.where(enter, loc_dst, 0), jnp.where(enter, rate, 0.0), (p_count + 1, z_count)
+            )[:p_count]
+            new_rate = new_rate + (a_pz @ b)[self.new_src, self.new_dst]
             alpha_p = alpha_p + dist.alpha[self.zero] @ b[:, :p_count]
         new_diag = _sparse.segment_sum(new_rate, self.new_src, p_count)
         alpha_p = eqx.error_if(alpha_p, jnp.sum(alpha_p) <= 0, "the reward is zero on every path from the start")
+        return new_rate, new_diag, alpha_p
+
+    def __call__(self, dist, rewards: ArrayLike):
+        """The :class:`PhaseType` of ``Y = int r(X_t) dt`` (``rewards`` per vertex, traced)."""
+        from ._distribution import PhaseType
+
+        if dist.structure.discrete:
+            raise ValueError("use DiscreteRewardTransform (integer rewards) for a discrete distribution")
+        r = dist._rewards(rewards)
+        r_pos = eqx.error_if(
+            r[self.positive], jnp.any(r[self.positive] <= 0), "a reward expected positive (by the plan's mask) is zero"
+        )
+        new_rate, new_diag, alpha_p = self.fold(dist)
         return PhaseType(self.structure, new_rate / r_pos[self.new_src], new_diag / r_pos, alpha_p)
 
 
+class DiscreteRewardTransform(eqx.Module):
+    """``Y = sum_k r(X_k)`` of a DPH with non-negative integer rewards, as a DPH.
+
+    Zero-reward states are folded away as in :class:`RewardTransform`; a state with
+    reward ``r >= 2`` becomes a chain of ``r`` sub-states (each step of the chain
+    counts 1), the last carrying the state's transitions and, as an edge back to the
+    first, its probability of staying. The rewards are static (they set the
+    structure); the probabilities stay traced. Per-vertex outputs of the result add
+    up a state's sub-states.
+    """
+
+    plan: RewardTransform
+    structure: Structure
+    first: Int[Array, " p"]  # first sub-state of each P state
+    last: Int[Array, " p"]
+    chain_src: Int[Array, " c"]  # sub-state -> next sub-state edges (probability 1)
+    repeat: Int[Array, " q"]  # P states with r >= 2 (edge last -> first: staying)
+
+    @classmethod
+    def build(cls, structure: Structure, rewards: np.ndarray, solver="auto") -> DiscreteRewardTransform:
+        rewards = np.asarray(rewards)
+        if rewards.shape != (structure.n_vertices,):
+            raise ValueError(f"rewards need one entry per vertex ({structure.n_vertices})")
+        if np.any(np.isnan(rewards)) or np.any(rewards < 0) or np.any(rewards != np.round(rewards)):
+            raise ValueError("discrete reward transformation needs non-negative integer rewards")
+        plan = RewardTransform.build(structure, rewards > 0, solver)
+        transient = np.asarray(structure.transient_vertices)
+        pos = np.asarray(plan.positive)
+        counts = rewards[transient[pos]].astype(np.int64)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        last = first + counts - 1
+        total = int(counts.sum())
+        chain_src = np.concatenate([np.arange(f, l) for f, l in zip(first, last)] + [np.zeros(0, np.int64)])
+        repeat = np.flatnonzero(counts >= 2)
+        p_count = pos.size
+        new_src, new_dst = np.asarray(plan.new_src), np.asarray(plan.new_dst)
+        src = np.concatenate([last[new_src], chain_src, last[repeat]])
+        dst = np.concatenate([np.where(new_dst == p_count, total, first[np.minimum(new_dst, p_count - 1)]), chain_src + 1, first[repeat]])
+        vertices = np.repeat(transient[pos], counts)
+        expanded = make_structure(structure.n_vertices, vertices, src, dst, True, solver)
+        return cls(plan, expanded, jnp.asarray(first), jnp.asarray(last), jnp.asarray(chain_src), jnp.asarray(repeat))
+
+    def __call__(self, dist):
+        from ._distribution import DiscretePhaseType
+
+        if not dist.structure.discrete:
+            raise ValueError("DiscreteRewardTransform applies to discrete distributions")
+        new_rate, new_diag, alpha_p = self.plan.fold(dist)
+        dtype = new_rate.dtype
+        stay = 1.0 - new_diag[self.repeat]
+        rate = jnp.concatenate([new_rate, jnp.ones(self.chain_src.shape[0], dtype), stay])
+        n = self.structure.n_transient
+        diag = jnp.ones(n, dtype).at[self.last].set(new_diag).at[self.last[self.repeat]].set(1.0)
+        alpha = jnp.zeros(n, dtype).at[self.first].set(alpha_p)
+        return DiscretePhaseType(self.structure, rate, diag, alpha)
+
+
 def reward_transform(dist, rewards: ArrayLike, positive: Bool[np.ndarray, " V"] | None = None, solver="auto"):
-    """``Y = int r(X_t) dt`` as a :class:`PhaseType` (zero rewards allowed).
+    """``Y = int r(X_t) dt`` as a :class:`PhaseType` (zero rewards allowed); for a
+    discrete distribution ``Y = sum_k r(X_k)`` as a :class:`DiscretePhaseType`
+    (non-negative integer rewards, concrete).
 
     ``positive`` (per vertex, static) says where rewards are positive; by default it is
     read from ``rewards``, which must then be concrete (not traced). Under ``jit``,
@@ -160,6 +230,10 @@ def reward_transform(dist, rewards: ArrayLike, positive: Bool[np.ndarray, " V"] 
         if np.any(np.isnan(values)) or np.any(values < 0):
             raise ValueError("rewards must be non-negative and not NaN")
         positive = values > 0
+        if dist.structure.discrete:
+            return DiscreteRewardTransform.build(dist.structure, values, solver)(dist)
+    if dist.structure.discrete:
+        raise ValueError("discrete reward transformation needs concrete integer rewards (they set the structure)")
     return RewardTransform.build(dist.structure, positive, solver)(dist, rewards)
 
 

@@ -78,9 +78,13 @@ def _initial_particles(target: PosteriorLogDensity, init, n_particles: int, key,
                 "(theta of shape (n_params,) or (n_particles, n_params))"
             ) from None
         z = tf.inverse(theta)
-        # winsorise heavy-tailed prior draws (half-Cauchy) at their 5% and 95% quantiles
+        # tame heavy-tailed prior draws (half-Cauchy): squash z smoothly into the draws'
+        # 5%..95% range. Strictly monotone, so no two particles coincide (coincident
+        # particles never separate under SVGD: their mutual repulsion is zero).
         lo, hi = jnp.nanquantile(z, 0.05, axis=0), jnp.nanquantile(z, 0.95, axis=0)
-        z = jnp.clip(jnp.where(jnp.isfinite(z), z, lo), lo, hi)
+        centre, half = 0.5 * (lo + hi), jnp.maximum(0.5 * (hi - lo), 1e-3)
+        z = jnp.where(jnp.isfinite(z), z, centre)
+        z = centre + half * jnp.tanh((z - centre) / half)
     else:
         theta = jnp.asarray(init, dtype)
         if theta.shape == (p,):
@@ -138,7 +142,7 @@ def fit_svgd(
       ``model(theta).reward_scaled(rewards)`` draws.
     - `moment_regularization`: ``None``, a strength ``lambda`` (number or schedule
       ``step -> lambda``; two moments), or a :class:`MomentRegularization`.
-    - `init`: ``None`` (prior draws, winsorised at their 5%/95% quantiles in z), theta
+    - `init`: ``None`` (prior draws, squashed into their 5%..95% range in z), theta
       of shape ``(p,)`` (particles ``z = inverse(theta) + init_scale * N(0, 1)``), or
       ``(n_particles, p)`` theta particles.
     - `optimizer`, `kernel`, `thin`, `progress_every`, `shard`: as in :func:`svgd`.

@@ -30,8 +30,13 @@ from . import _sharding
 from ._kernels import RBF, AbstractKernel, stein_direction
 
 
+_DEFAULT_OPTIMIZER = optax.adam(1e-2)
+
+
 def default_optimizer() -> optax.GradientTransformation:
-    return optax.adam(1e-2)
+    """``optax.adam(1e-2)``, one shared instance: it is part of the compiled program's
+    static configuration, so every run with the default reuses the same compilation."""
+    return _DEFAULT_OPTIMIZER
 
 
 class SVGDState(eqx.Module):
