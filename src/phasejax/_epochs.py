@@ -79,10 +79,12 @@ class EpochPhaseType(eqx.Module):
         starts = jnp.concatenate([jnp.zeros(1, breaks.dtype), breaks])
         ends = jnp.concatenate([breaks, jnp.full(1, jnp.inf, breaks.dtype)])
         epoch = jnp.searchsorted(breaks, t, side="right")
-        out = jnp.zeros(t.shape, t.dtype)
+        out = None
         for j, local in enumerate(self.entry_distributions(tol=tol, max_steps=max_steps)):
             u = jnp.clip(t - starts[j], 0.0, ends[j] - starts[j])
-            out = jnp.where(epoch == j, fn(local, u), out)
+            value = fn(local, u)
+            inside = (epoch == j).reshape(t.shape + (1,) * (value.ndim - t.ndim))
+            out = value if out is None else jnp.where(inside, value, out)
         return out
 
     def pdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
@@ -100,10 +102,7 @@ class EpochPhaseType(eqx.Module):
 
     def state_probability(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``P(X_t = i)`` per vertex, shape ``t.shape + (V,)``."""
-        t = jnp.asarray(t)
-        cols = [self._piecewise(t, lambda d, u, v=v: d.state_probability(u, tol=tol, max_steps=max_steps)[..., v], tol, max_steps)
-                for v in range(self.dists[0].structure.n_vertices)]
-        return jnp.stack(cols, axis=-1)
+        return self._piecewise(t, lambda d, u: d.state_probability(u, tol=tol, max_steps=max_steps), tol, max_steps)
 
     def mean(self, rewards: ArrayLike | None = None, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``E[Y]`` across epochs (``Y = int r(X_t) dt``; ``rewards=None``: the absorption time)."""
