@@ -210,9 +210,9 @@ class Model(eqx.Module):
             alpha = _sparse.segment_sum(rates[self.init_index], self.init_dst, n)
         else:
             alpha = jnp.asarray(self.initial, rates.dtype)
+        alpha = eqx.error_if(alpha, jnp.sum(alpha) > 1 + 1e-12, "initial probabilities sum to more than 1")
         if self.discrete:
             diag = eqx.error_if(diag, jnp.any(diag > 1 + 1e-12), "out-probabilities of a state sum to more than 1")
-            alpha = eqx.error_if(alpha, jnp.sum(alpha) > 1 + 1e-12, "initial probabilities sum to more than 1")
             return DiscretePhaseType(self.structure, rate, diag, alpha)
         return PhaseType(self.structure, rate, diag, alpha)
 
@@ -258,6 +258,9 @@ def compile_graph(
         raise ValueError(
             f"{trapped.size} reachable state(s) can never reach an absorbing state, e.g. {examples}"
         )
+    start_sum = base[from_start].sum()
+    if initial is None and start_sum > 1 + 1e-12 and not np.any(coef[from_start]):
+        raise ValueError(f"initial probabilities (the starting vertex's edges) sum to {start_sum:.6g} > 1")
     if graph.discrete:
         out = np.bincount(src, weights=base, minlength=v)
         bad = np.flatnonzero(out > 1 + 1e-12)

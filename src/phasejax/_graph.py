@@ -334,9 +334,13 @@ class Graph:
         if states is None:
             states = np.arange(1, n + 1)[:, None]
         states = np.asarray(states, dtype=np.int64).reshape(n, -1)
+        absorbing_state = (-1,) * states.shape[1]
+        keys = {tuple(s) for s in states.tolist()}
+        if len(keys) != n or absorbing_state in keys:
+            raise ValueError(f"states must be distinct and differ from the absorbing state {absorbing_state}")
         graph = cls(states.shape[1], discrete=discrete)
         vs = [graph._find_or_create_index(graph._key(s)) for s in states]
-        absorbing = graph._find_or_create_index((-1,) * states.shape[1])
+        absorbing = graph._find_or_create_index(absorbing_state)
         offdiag = m - np.diag(np.diag(m))
         if discrete:
             exit_ = 1.0 - m.sum(axis=1)

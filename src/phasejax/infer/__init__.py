@@ -18,7 +18,7 @@ Requires ``optax``.
 
 from ._fit import DEFAULT_QUANTILES, FitResult, MAPResult, fit_svgd, map_estimate, summarize
 from ._kernels import RBF, AbstractKernel, median_bandwidth, stein_direction
-from ._posterior import MomentRegularization, PosteriorLogDensity
+from ._posterior import MomentRegularization, PosteriorLogDensity, log_likelihood, series_fits
 from ._priors import AbstractPrior, Flat, FunctionPrior, Gamma, HalfCauchy, Independent, LogNormal, Normal, as_prior
 from ._svgd import SVGDResult, SVGDState, load_state, save_state, svgd, svgd_init, svgd_run
 from ._transforms import AbstractTransform, Exp, Identity, Softplus, as_transform
@@ -60,10 +60,12 @@ __all__ = [
     "as_transform",
     "fit_svgd",
     "load_state",
+    "log_likelihood",
     "map_estimate",
     "median_bandwidth",
     "plot",
     "save_state",
+    "series_fits",
     "stein_direction",
     "summarize",
     "svgd",

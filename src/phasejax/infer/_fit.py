@@ -120,6 +120,7 @@ def fit_svgd(
     quantiles: Sequence[float] = DEFAULT_QUANTILES,
     shard: bool | None = None,
     logpdf_kwargs: dict | None = None,
+    out_of_range: str = "raise",
     resume: FitResult | SVGDState | None = None,
 ) -> FitResult:
     """Posterior of a phase-type model's parameters by SVGD.
@@ -147,6 +148,8 @@ def fit_svgd(
       ``(n_particles, p)`` theta particles.
     - `optimizer`, `kernel`, `thin`, `progress_every`, `shard`: as in :func:`svgd`.
     - `logpdf_kwargs`: passed to ``logpdf``/``logpmf`` (e.g. ``{"max_steps": 1024}``).
+    - `out_of_range`: ``"raise"`` (default) when a particle's density would need more
+      than ``max_steps`` series terms, or ``"-inf"`` (that particle's log likelihood).
     - `resume`: a previous result (or its ``state``) to continue from; `init` is then
       ignored and `optimizer` must match the earlier run's.
 
@@ -162,6 +165,7 @@ def fit_svgd(
         discrete=discrete,
         moment_regularization=moment_regularization,
         logpdf_kwargs=logpdf_kwargs,
+        out_of_range=out_of_range,
     )
     key = jax.random.PRNGKey(0) if key is None else key
     if resume is not None:
@@ -246,6 +250,7 @@ def map_estimate(
     moment_regularization=None,
     jacobian: bool = False,
     logpdf_kwargs: dict | None = None,
+    out_of_range: str = "raise",
 ) -> MAPResult:
     """Maximise a log density with optax (one jitted ``lax.scan``).
 
@@ -275,6 +280,7 @@ def map_estimate(
             moment_regularization=moment_regularization,
             jacobian=jacobian,
             logpdf_kwargs=logpdf_kwargs,
+            out_of_range=out_of_range,
         )
         theta0 = jnp.asarray(init, jnp.result_type(float))
         if theta0.shape != (post.n_params,):

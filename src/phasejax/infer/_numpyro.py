@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from .._compile import Model
+from ._posterior import log_likelihood
 
 
 class PhaseTypeDistribution(_dist.Distribution):
@@ -32,12 +33,15 @@ class PhaseTypeDistribution(_dist.Distribution):
     ``theta`` has shape ``batch_shape + (n_params,)``; ``log_prob`` is
     ``logpdf``/``logpmf`` (exact gradients in ``theta``), ``sample`` draws by
     simulating the jump chain. ``logpdf_kwargs`` go to ``logpdf``/``logpmf``.
+    Where the density would need more than ``max_steps`` series terms (a proposal far
+    out in parameter space) ``log_prob`` is ``-inf``, so the proposal is rejected;
+    ``out_of_range="raise"`` raises instead.
     """
 
     pytree_data_fields = ("model", "theta", "rewards")
-    pytree_aux_fields = ("discrete", "logpdf_kwargs")
+    pytree_aux_fields = ("discrete", "logpdf_kwargs", "out_of_range")
 
-    def __init__(self, model, theta, *, rewards=None, logpdf_kwargs=None, validate_args=None):
+    def __init__(self, model, theta, *, rewards=None, logpdf_kwargs=None, out_of_range="-inf", validate_args=None):
         if not isinstance(model, Model):
             if hasattr(model, "compile"):
                 model = model.compile()
@@ -55,6 +59,9 @@ class PhaseTypeDistribution(_dist.Distribution):
         self.rewards = None if rewards is None else jnp.asarray(rewards, theta.dtype)
         self.discrete = model.discrete
         self.logpdf_kwargs = tuple(sorted((logpdf_kwargs or {}).items()))
+        if out_of_range not in ("raise", "-inf"):
+            raise ValueError(f"out_of_range must be 'raise' or '-inf', got {out_of_range!r}")
+        self.out_of_range = out_of_range
         super().__init__(batch_shape=theta.shape[:-1], event_shape=(), validate_args=validate_args)
 
     @property
@@ -66,9 +73,7 @@ class PhaseTypeDistribution(_dist.Distribution):
         return d if self.rewards is None else d.reward_scaled(self.rewards)
 
     def _log_prob_flat(self, theta, values):
-        d = self._dist(theta)
-        kwargs = dict(self.logpdf_kwargs)
-        return d.logpmf(values, **kwargs) if self.discrete else d.logpdf(values, **kwargs)
+        return log_likelihood(self._dist(theta), values, self.discrete, dict(self.logpdf_kwargs), self.out_of_range)
 
     def log_prob(self, value):
         value = jnp.asarray(value)

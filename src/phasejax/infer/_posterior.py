@@ -11,13 +11,16 @@ squared relative error). ``f`` is ``model(theta).logpdf`` (continuous),
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .._compile import Model
+from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL
 from ._priors import AbstractPrior, as_prior
 from ._transforms import AbstractTransform, as_transform
 
@@ -70,6 +73,39 @@ def as_regularization(reg) -> MomentRegularization | None:
     raise TypeError(f"cannot use {reg!r} as moment regularization")
 
 
+def series_fits(dist, data: Array, discrete: bool, kwargs: dict) -> Array:
+    """Whether ``logpdf``/``logpmf`` of ``data`` stays within ``max_steps`` series terms.
+
+    Mirrors the library's check (right Poisson truncation point of ``max(diag) *
+    max(t)``, or the largest step count), in floating point so that huge rates cannot
+    overflow it. ``False`` where the library would raise.
+    """
+    max_steps = kwargs.get("max_steps", DEFAULT_MAX_STEPS)
+    if discrete:
+        return jnp.max(data) <= max_steps
+    log_inv = math.log(2.0 / kwargs.get("tol", DEFAULT_TOL))
+    mu = jax.lax.stop_gradient(jnp.max(dist.diag) * jnp.max(data)).astype(dist.diag.dtype)
+    right = mu + log_inv / 3.0 + jnp.sqrt(log_inv**2 / 9.0 + 2.0 * log_inv * mu)
+    return right <= max_steps
+
+
+def log_likelihood(dist, data: Array, discrete: bool, kwargs: dict, out_of_range: str = "raise") -> Array:
+    """Per-observation ``logpdf`` (``logpmf``) of ``data``.
+
+    ``out_of_range="-inf"``: where the series would need more than ``max_steps`` terms
+    (a parameter far out, e.g. an MCMC proposal), return ``-inf`` for every observation
+    instead of raising, so that the proposal is rejected.
+    """
+    if out_of_range not in ("raise", "-inf"):
+        raise ValueError(f"out_of_range must be 'raise' or '-inf', got {out_of_range!r}")
+    evaluate = dist.logpmf if discrete else dist.logpdf
+    if out_of_range == "raise":
+        return evaluate(data, **kwargs)
+    ok = series_fits(dist, data, discrete, kwargs)
+    safe = jnp.where(ok, data, jnp.ones_like(data) if discrete else jnp.zeros_like(data))
+    return jnp.where(ok, evaluate(safe, **kwargs), -jnp.inf)
+
+
 class PosteriorLogDensity(eqx.Module):
     """Callable ``z -> log p(z)`` (``step=`` for scheduled regularization).
 
@@ -88,6 +124,7 @@ class PosteriorLogDensity(eqx.Module):
     discrete: bool = eqx.field(static=True)
     jacobian: bool = eqx.field(static=True, default=True)
     logpdf_kwargs: tuple = eqx.field(static=True, default=())
+    out_of_range: str = eqx.field(static=True, default="raise")
 
     def __init__(
         self,
@@ -101,6 +138,7 @@ class PosteriorLogDensity(eqx.Module):
         moment_regularization=None,
         jacobian: bool = True,
         logpdf_kwargs: dict | None = None,
+        out_of_range: str = "raise",
     ):
         if hasattr(model, "compile") and not isinstance(model, Model):
             model = model.compile()
@@ -130,6 +168,9 @@ class PosteriorLogDensity(eqx.Module):
             self.sample_moments = self.moment_weights = None
         self.jacobian = bool(jacobian)
         self.logpdf_kwargs = tuple(sorted((logpdf_kwargs or {}).items()))
+        if out_of_range not in ("raise", "-inf"):
+            raise ValueError(f"out_of_range must be 'raise' or '-inf', got {out_of_range!r}")
+        self.out_of_range = out_of_range
 
     @property
     def n_params(self) -> int:
@@ -142,9 +183,7 @@ class PosteriorLogDensity(eqx.Module):
     def log_likelihood(self, theta: Float[Array, " p"], dist=None) -> Float[Array, ""]:
         dist = self.distribution(theta) if dist is None else dist
         kwargs = dict(self.logpdf_kwargs)
-        if self.discrete:
-            return jnp.sum(dist.logpmf(self.data, **kwargs))
-        return jnp.sum(dist.logpdf(self.data, **kwargs))
+        return jnp.sum(log_likelihood(dist, self.data, self.discrete, kwargs, self.out_of_range))
 
     def penalty(self, theta: Float[Array, " p"], step=0, dist=None) -> Float[Array, ""]:
         if self.regularization is None:
