@@ -149,11 +149,6 @@ def _series_bwd(max_steps, residuals, g):
 series.defvjp(_series_fwd, _series_bwd)
 
 
-def log_poisson(k: Array, mu: Array) -> Array:
-    """``log Pois(k; mu)``, with ``Pois(0; 0) = 1``."""
-    return xlogy(k, mu) - mu - gammaln(k + 1.0)
-
-
 def truncation_points(mu: Array, tol: float, xnp=jnp) -> tuple[Array, Array]:
     """Left and right Poisson truncation points with each dropped tail at most ``tol / 2``.
 
