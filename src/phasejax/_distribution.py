@@ -232,7 +232,7 @@ class PhaseType(AbstractPhaseType):
         """
         coeffs, mu, lam = self._uniformized(t, self.exit[:, None], tol, max_steps)
         absorbed = self.defect() + jnp.concatenate([jnp.zeros((1, 1), coeffs.dtype), jnp.cumsum(coeffs, 0)[:-1]]) / lam
-        log_mix = _unif.poisson_mix_log(jnp.clip(absorbed, 0.0, 1.0), mu, tol)
+        log_mix = _unif.poisson_mix_log(absorbed, mu, tol)
         return jnp.exp(log_mix[:, 0]).reshape(jnp.shape(t))
 
     def state_probability(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:

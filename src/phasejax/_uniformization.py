@@ -179,14 +179,17 @@ CHUNK = 32  # Poisson terms handled per loop step
 BATCH = 256  # observations per batch (sorted by mu, so a batch shares one window)
 
 
-def _windows(log_c, log_factorial, mu, tol):
+def _windows(log_c, log_factorial, mu, tol, left=None):
     """Per-batch loop over the union of its observations' Poisson windows.
 
-    Yields, through ``body(j, carry)`` closures, the terms ``log Pois(k; mu_i) + log c_k``
-    for ``k`` in chunks of ``CHUNK``, ``-inf`` outside each observation's own window.
+    Returns the number of chunks and ``terms(j, shift)``: for ``k`` in the ``j``-th chunk
+    of ``CHUNK``, the log Poisson weights and ``log Pois(k; mu_i) + log c_{k+shift}``,
+    ``-inf`` outside each observation's own window (``left`` overrides the default left
+    truncation points).
     """
     max_steps = log_c.shape[0] - 1
-    left, right = truncation_points(mu, tol)
+    default_left, right = truncation_points(mu, tol)
+    left = default_left if left is None else left
     lo, hi = jnp.min(left), jnp.max(right)
     n_chunks = (hi - lo) // CHUNK + 1
     log_mu = _safe_log(mu)
@@ -219,13 +222,19 @@ def _stream_logsumexp(n_chunks, term_fn, shape, dtype):
     return jnp.where(acc > 0, jnp.where(jnp.isfinite(m), m, 0.0) + _safe_log(acc), -jnp.inf)
 
 
+def _to_batches(x, order, fill):
+    """Sort per-observation ``x`` by ``order`` and cut it into batches of ``BATCH``,
+    padding with ``fill`` (an array of x's trailing shape, or a scalar)."""
+    pad = (-x.shape[0]) % BATCH
+    sorted_x = x[order]
+    padding = jnp.broadcast_to(fill, (pad,) + x.shape[1:]).astype(x.dtype)
+    return jnp.concatenate([sorted_x, padding]).reshape((-1, BATCH) + x.shape[1:])
+
+
 def _batched(mu):
-    """Sort ``mu`` and cut it into batches of ``BATCH`` (padding repeats the largest)."""
+    """Sort ``mu`` and cut it into batches (padding repeats the largest ``mu``)."""
     order = jnp.argsort(mu)
-    sorted_mu = mu[order]
-    pad = (-mu.shape[0]) % BATCH
-    padded = jnp.concatenate([sorted_mu, jnp.broadcast_to(sorted_mu[-1:], (pad,))])
-    return order, padded.reshape(-1, BATCH)
+    return order, _to_batches(mu, order, jnp.max(mu))
 
 
 def _unbatch(values, order, n):
@@ -238,6 +247,41 @@ def _log_factorials(max_steps, dtype):
     return gammaln(jnp.arange(max_steps + 1, dtype=dtype) + 1.0)
 
 
+def _relative_left(log_c, log_f, mu, left, tol):
+    """Left truncation points that also bound the dropped terms *relative* to the result.
+
+    The terms left of ``L`` add at most ``P(N < L) max_k c_k`` (Bernstein:
+    ``P(N < mu - x) <= exp(-x^2 / (2 mu))``); where that could exceed ``tol * f`` (far
+    tails, where ``f`` is tiny but the early ``c_k`` are not) the window is widened.
+    """
+    log_max = jnp.max(log_c, axis=0)  # (q,)
+    gap = jnp.max(jnp.where(jnp.isfinite(log_max), log_max - log_f, -jnp.inf), axis=-1)
+    x = jnp.sqrt(2.0 * mu * jnp.maximum(gap + math.log(2.0 / tol), 0.0))
+    wide = jnp.where(jnp.isfinite(x), jnp.maximum(jnp.floor(mu - x), 0.0), 0.0).astype(left.dtype)
+    return jnp.minimum(left, wide)
+
+
+def _mix_forward(coeffs, mu, tol):
+    """Results per observation, and the (batched, sorted) left points that were used."""
+    log_c, log_factorial = _safe_log(coeffs), _log_factorials(coeffs.shape[0] - 1, mu.dtype)
+    order, batches = _batched(mu)
+    shape = (BATCH, coeffs.shape[1])
+
+    def mix(mu_b, left):
+        n_chunks, terms = _windows(log_c, log_factorial, mu_b, tol, left)
+        return _stream_logsumexp(n_chunks, lambda j: terms(j)[3], shape, coeffs.dtype)
+
+    def one_batch(mu_b):
+        left, _ = truncation_points(mu_b, tol)
+        first = mix(mu_b, left)
+        wide = _relative_left(log_c, first, mu_b, left, tol)
+        out = jax.lax.cond(jnp.any(wide < left), lambda: mix(mu_b, wide), lambda: first)
+        return out, wide
+
+    out, lefts = jax.lax.map(one_batch, batches)
+    return _unbatch(out, order, mu.shape[0]), lefts
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def poisson_mix_log(coeffs: Float[Array, "K q"], mu: Float[Array, " t"], tol: float) -> Float[Array, "t q"]:
     """``log sum_k Pois(k; mu_i) c_k`` for every observation, summing only its Poisson window.
@@ -245,46 +289,38 @@ def poisson_mix_log(coeffs: Float[Array, "K q"], mu: Float[Array, " t"], tol: fl
     Observations are sorted by ``mu`` and processed in batches of 256 that share one
     loop over the union of their windows, so the cost is about ``sum_i width(mu_i)``
     with ``width(mu) ~ 2 sqrt(2 log(2/tol) mu)`` — never a dense times x steps matrix.
-    ``coeffs`` must be non-negative. Reverse mode (a custom VJP, the same windowed
-    loops) is exact in ``coeffs`` and in ``mu`` (``d/dmu = sum_k Pois(k; mu)(c_{k+1} - c_k)``).
+    Where the default window could drop terms that matter relative to the result (far
+    tails), the window is widened to the left (:func:`_relative_left`), so small values
+    keep their relative accuracy. ``coeffs`` must be non-negative. Reverse mode (a
+    custom VJP over the same windows) is exact in ``coeffs`` and in ``mu``
+    (``d/dmu = sum_k Pois(k; mu)(c_{k+1} - c_k)``).
     """
-    return _mix_forward(coeffs, mu, tol)
-
-
-def _mix_forward(coeffs, mu, tol):
     if mu.shape[0] == 0:
         return jnp.zeros((0, coeffs.shape[1]), coeffs.dtype)
-    log_c, log_factorial = _safe_log(coeffs), _log_factorials(coeffs.shape[0] - 1, mu.dtype)
-    order, batches = _batched(mu)
-
-    def one_batch(mu_b):
-        n_chunks, terms = _windows(log_c, log_factorial, mu_b, tol)
-        return _stream_logsumexp(n_chunks, lambda j: terms(j)[3], (BATCH, coeffs.shape[1]), coeffs.dtype)
-
-    return _unbatch(jax.lax.map(one_batch, batches), order, mu.shape[0])
+    return _mix_forward(coeffs, mu, tol)[0]
 
 
 def _mix_fwd(coeffs, mu, tol):
-    out = _mix_forward(coeffs, mu, tol)
-    return out, (coeffs, mu, out)
+    if mu.shape[0] == 0:
+        return jnp.zeros((0, coeffs.shape[1]), coeffs.dtype), (coeffs, mu, None, None)
+    out, lefts = _mix_forward(coeffs, mu, tol)
+    return out, (coeffs, mu, out, lefts)
 
 
 def _mix_bwd(tol, residuals, g):
-    coeffs, mu, log_f = residuals
+    coeffs, mu, log_f, lefts = residuals
     if mu.shape[0] == 0:
         return jnp.zeros_like(coeffs), jnp.zeros_like(mu)
     log_c, log_factorial = _safe_log(coeffs), _log_factorials(coeffs.shape[0] - 1, mu.dtype)
     order, batches = _batched(mu)
-    # cotangent per observation, scaled by 1/f (zero where f = 0 and g = 0)
-    scale = jnp.where(jnp.isfinite(log_f), g * jnp.exp(-jnp.where(jnp.isfinite(log_f), log_f, 0.0)), 0.0)
-    pad = (-mu.shape[0]) % BATCH
-    scale_b = jnp.concatenate([scale[order], jnp.zeros((pad,) + scale.shape[1:], scale.dtype)]).reshape(batches.shape + scale.shape[1:])
-    g_b = jnp.concatenate([g[order], jnp.zeros((pad,) + g.shape[1:], g.dtype)]).reshape(batches.shape + g.shape[1:])
-    log_f_b = jnp.concatenate([log_f[order], jnp.zeros((pad,) + log_f.shape[1:], log_f.dtype)]).reshape(batches.shape + log_f.shape[1:])
+    finite = jnp.isfinite(log_f)
+    # cotangent per observation scaled by 1 / f (0 where f = 0)
+    scale = jnp.where(finite, g * jnp.exp(-jnp.where(finite, log_f, 0.0)), 0.0)
+    batched = [_to_batches(x, order, 0.0) for x in (scale, g, log_f)]
 
     def one_batch(d_coeffs, batch):
-        mu_b, scale_i, g_i, log_f_i = batch
-        n_chunks, terms = _windows(log_c, log_factorial, mu_b, tol)
+        mu_b, scale_i, g_i, log_f_i, left_b = batch
+        n_chunks, terms = _windows(log_c, log_factorial, mu_b, tol, left_b)
 
         def body(j, d_coeffs):
             kc, inside, log_w, _ = terms(j)
@@ -293,15 +329,17 @@ def _mix_bwd(tol, residuals, g):
 
         d_coeffs = jax.lax.fori_loop(0, n_chunks, body, d_coeffs)
         log_shifted = _stream_logsumexp(n_chunks, lambda j: terms(j, shift=1)[3], log_f_i.shape, log_f_i.dtype)
-        ratio = jnp.exp(log_shifted - jnp.where(jnp.isfinite(log_f_i), log_f_i, 0.0))
-        d_mu = jnp.sum(jnp.where(jnp.isfinite(log_f_i), g_i * (ratio - 1.0), 0.0), axis=-1)
+        finite_i = jnp.isfinite(log_f_i)
+        ratio = jnp.exp(log_shifted - jnp.where(finite_i, log_f_i, 0.0))
+        d_mu = jnp.sum(jnp.where(finite_i, g_i * (ratio - 1.0), 0.0), axis=-1)
         return d_coeffs, d_mu
 
-    d_coeffs, d_mu = jax.lax.scan(one_batch, jnp.zeros_like(coeffs), (batches, scale_b, g_b, log_f_b))
+    d_coeffs, d_mu = jax.lax.scan(one_batch, jnp.zeros_like(coeffs), (batches, *batched, lefts))
     return d_coeffs, _unbatch(d_mu, order, mu.shape[0])
 
 
 poisson_mix_log.defvjp(_mix_fwd, _mix_bwd)
+
 
 
 def poisson_tail_mix(coeffs: Float[Array, "K q"], mu: Float[Array, " t"]) -> Float[Array, "t q"]:
