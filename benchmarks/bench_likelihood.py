@@ -1,0 +1,261 @@
+"""Kingman coalescent log-likelihood of 1,000 observed TMRCAs: phasejax vs phasic's C library.
+
+Data: 1,000 absorption times drawn from the model itself (``dist.sample``, theta = 1).
+phasejax: ``sum(model(theta).logpdf(times, max_steps=...))`` by uniformization, its
+exact gradient by ``jax.grad``, for one theta and for 100 thetas under ``jax.vmap``;
+``max_steps`` is the smallest power of two that does not raise (the Poisson window
+width grows as sqrt(max_steps)). phasic: ``ReferenceGraph.parameterized`` +
+``update_weights(theta)`` + ``pdf(times)`` at its default granularity (forward Euler,
+step 1/g), looped over thetas; its gradient is a central finite difference
+(2 extra evaluations per parameter).
+
+Both are compared with the exact log-likelihood from ``scipy.linalg.expm`` (dense
+oracle): the TMRCA of Kingman's block-counting chain is the absorption time of its
+lineage-count chain (n-1 states, rates theta k(k-1)/2), so the oracle exponentiates
+that lumped generator (fast) and cross-checks a few times against ``expm`` of the full
+block-counting generator. The oracle gradient is a central difference of the oracle.
+
+    python benchmarks/bench_likelihood.py          # n = 10, 20  (< 3 min)
+
+To stay under 3 minutes, for n=20 the 100-theta rows (phasejax's vmap and C's loop)
+are timed on 10 of the 100 thetas and scaled by 10 (marked *); ``--full`` times all 100
+(several more minutes). The phasic Python package is never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.linalg  # noqa: E402
+
+import phasejax as pj  # noqa: E402
+from _common import best_of, fmt_time, load, machine, once, ratio, table  # noqa: E402
+
+N_OBS = 1000
+THETA_TRUE = 1.0
+THETA = 1.3
+THETAS = np.linspace(0.5, 2.0, 100)
+FD_STEP = 1e-6
+
+
+# ----------------------------------------------------------------------------- oracle
+def lumped_generator(n: int, theta: float) -> np.ndarray:
+    """Lineage-count chain k = n..2 (absorbing at k = 1): S over n - 1 states."""
+    k = np.arange(n, 1, -1)
+    rates = theta * k * (k - 1) / 2.0
+    S = np.diag(-rates) + np.diag(rates[:-1], 1)
+    return S
+
+
+def exact_logpdf(S: np.ndarray, alpha: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """log(alpha expm(S t) s) at every time, stepping v <- v expm(S dt) over sorted times."""
+    order = np.argsort(times)
+    s = -S.sum(axis=1)
+    out = np.empty(times.size)
+    v, last = alpha.copy(), 0.0
+    for i in order:
+        v = v @ scipy.linalg.expm(S * (times[i] - last))
+        last = times[i]
+        out[i] = np.log(v @ s)
+    return out
+
+
+def oracle_loglik(n: int, theta: float, times: np.ndarray) -> float:
+    S = lumped_generator(n, theta)
+    alpha = np.zeros(len(S))
+    alpha[0] = 1.0
+    return float(exact_logpdf(S, alpha, times).sum())
+
+
+def oracle_grad(n: int, theta: float, times: np.ndarray, h: float = 1e-5) -> float:
+    return (oracle_loglik(n, theta + h, times) - oracle_loglik(n, theta - h, times)) / (2 * h)
+
+
+def check_lumping(graph, n: int, theta: float, times: np.ndarray) -> float:
+    """Max |log f| difference between the full and the lumped generator at 5 times."""
+    mats = graph.as_matrices(np.array([theta]))
+    few = np.quantile(times, [0.01, 0.25, 0.5, 0.75, 0.99])
+    full = exact_logpdf(mats.matrix, mats.alpha, few)
+    S = lumped_generator(n, theta)
+    alpha = np.zeros(len(S))
+    alpha[0] = 1.0
+    return float(np.max(np.abs(full - exact_logpdf(S, alpha, few))))
+
+
+# ----------------------------------------------------------------------------- phasejax
+def _right_end(mu: float, tol: float) -> int:
+    """Right Poisson truncation point of phasejax's uniformization (see _uniformization.py)."""
+    log_inv = np.log(2.0 / tol)
+    return int(np.ceil(mu + log_inv / 3.0 + np.sqrt(log_inv**2 / 9.0 + 2.0 * log_inv * mu)))
+
+
+def tune_max_steps(loglik, model, times, theta_max: float, tol: float = 1e-12):
+    """Smallest power of two for which ``loglik(theta_max, max_steps)`` does not raise.
+
+    Starts from the power of two above the documented truncation point and checks by
+    calling (doubling on error), so a change of the bound inside phasejax is caught.
+    Since ``2**k`` is the power of two at or above that bound, ``2**(k-1)`` raises.
+    Returns ``(max_steps, seconds of the successful first call)``: ``loglik`` is jitted
+    with ``max_steps`` static, so that call includes its compilation.
+    """
+    lam = float(np.max(np.asarray(model(jnp.array([theta_max])).diag)))
+    k = max(4, int(np.ceil(np.log2(_right_end(lam * float(times.max()), tol)))))
+    quiet = logging.getLogger("jax._src.callback")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # the expected error is logged by jax before it is raised
+    try:
+        while True:
+            try:
+                seconds, _ = once(loglik, jnp.array([theta_max]), 2**k)
+                return 2**k, seconds
+            except Exception:  # eqx.error_if: "raise max_steps"
+                k += 1
+    finally:
+        quiet.setLevel(level)
+
+
+def subset(thetas, k: int | None):
+    return thetas if k is None else thetas[:: len(thetas) // k][:k]
+
+
+def bench_ours(model, times, batch_subset: int | None = None):
+    def loglik_(theta, ms):
+        return jnp.sum(model(theta).logpdf(times, max_steps=ms))
+
+    loglik = jax.jit(loglik_, static_argnums=1)
+    ms_one, first_one = tune_max_steps(loglik, model, times, THETA)
+    ms_many, _ = tune_max_steps(loglik, model, times, float(THETAS.max()))
+    grad_one = jax.jit(jax.value_and_grad(loglik_), static_argnums=1)
+    many = jax.jit(jax.vmap(loglik_, in_axes=(0, None)), static_argnums=1)
+    grad_many = jax.jit(jax.vmap(jax.value_and_grad(loglik_), in_axes=(0, None)), static_argnums=1)
+    theta = jnp.array([THETA])
+    # batched calls: optionally on a subset of the thetas, times scaled to 100
+    thetas = jnp.asarray(subset(THETAS, batch_subset))[:, None]
+    scale = len(THETAS) / thetas.shape[0]
+    r = {"max_steps": (ms_one, ms_many), "one_first": first_one, "ll": loglik(theta, ms_one)}
+    r["one"] = best_of(loglik, theta, ms_one, repeat=5, warm=False)
+    r["grad_first"], (_, g) = once(grad_one, theta, ms_one)
+    r["grad"] = best_of(grad_one, theta, ms_one, repeat=5, warm=False)
+    r["g"] = float(g[0])
+    r["many_first"], lls = once(many, thetas, ms_many)
+    r["many"] = best_of(many, thetas, ms_many, repeat=1 if batch_subset else 2, number=1, warm=False) * scale
+    r["grad_many_first"], _ = once(grad_many, thetas, ms_many)
+    r["grad_many"] = best_of(grad_many, thetas, ms_many, repeat=1, number=1, warm=False) * scale
+    r["scaled"] = scale != 1
+    r["lls"] = dict(zip(np.asarray(thetas[:, 0]).tolist(), np.asarray(lls).tolist()))
+    return r
+
+
+# ----------------------------------------------------------------------------- phasic C
+def bench_c(graph, times, n_loop: int | None):
+    from phasic_reference import ReferenceGraph
+
+    src, dst, base, coef = graph.edge_arrays()
+    c = ReferenceGraph.parameterized(graph.vertices_length(), src, dst, coef, weight=base)
+
+    def loglik(theta):
+        c.update_weights([theta])
+        return float(np.sum(np.log(c.pdf(times))))
+
+    def with_fd(theta):
+        h = FD_STEP * theta
+        return loglik(theta), (loglik(theta + h) - loglik(theta - h)) / (2 * h)
+
+    r = {}
+    r["one_first"], r["ll"] = once(loglik, THETA)
+    c.update_weights([THETA])
+    r["granularity"] = c.default_granularity()
+    r["one"] = best_of(loglik, THETA, repeat=3, warm=False)  # ~1 s of calls in all
+    r["grad"] = best_of(with_fd, THETA, repeat=2, budget=0.5, warm=False)
+    r["g"] = (loglik(THETA * (1 + FD_STEP)) - loglik(THETA * (1 - FD_STEP))) / (2 * FD_STEP * THETA)
+    thetas = subset(THETAS, n_loop)
+    scale = len(THETAS) / len(thetas)
+    t0 = time.perf_counter()
+    lls = [loglik(th) for th in thetas]
+    r["many"] = (time.perf_counter() - t0) * scale
+    t0 = time.perf_counter()
+    for th in thetas:
+        with_fd(th)
+    r["grad_many"] = (time.perf_counter() - t0) * scale
+    r["lls"] = dict(zip(thetas.tolist(), lls))
+    r["scaled"] = scale != 1
+    return r
+
+
+def run(sizes, subsets):
+    print(machine())
+    print(f"{N_OBS} TMRCAs sampled from the model at theta = {THETA_TRUE}; one theta = {THETA}; "
+          f"100 thetas = linspace(0.5, 2, 100); log-likelihood = sum of log densities\n")
+    rows, acc, notes = [], [], False
+    for n in sizes:
+        graph = pj.models.kingman(n)
+        model = graph.compile()
+        times = np.asarray(model(jnp.array([THETA_TRUE])).sample(jax.random.key(n), (N_OBS,)))
+        lump_err = check_lumping(graph, n, THETA, times)
+        exact = oracle_loglik(n, THETA, times)
+        exact_g = oracle_grad(n, THETA, times)
+        ours = bench_ours(model, times, subsets.get(n))
+        theirs = bench_c(graph, times, subsets.get(n))
+        exact_many = {th: oracle_loglik(n, th, times) for th in set(ours["lls"]) | set(theirs["lls"])}
+
+        def max_err(lls):
+            return max(abs(v - exact_many[th]) for th, v in lls.items())
+
+        mark = "*" if theirs["scaled"] or ours["scaled"] else ""
+        notes |= bool(mark)
+        label = f"n={n} ({graph.vertices_length() - 1:,} states)"
+        rows += [
+            [label, "log-lik, 1 theta", fmt_time(ours["one_first"]), fmt_time(ours["one"]),
+             fmt_time(theirs["one_first"]), fmt_time(theirs["one"]), ratio(ours["one"], theirs["one"])],
+            ["", "log-lik + gradient, 1 theta", fmt_time(ours["grad_first"]), fmt_time(ours["grad"]),
+             "-", fmt_time(theirs["grad"]), ratio(ours["grad"], theirs["grad"])],
+            ["", "log-lik, 100 thetas" + mark, fmt_time(ours["many_first"]) + mark, fmt_time(ours["many"]) + mark,
+             "-", fmt_time(theirs["many"]) + mark, ratio(ours["many"], theirs["many"])],
+            ["", "log-lik + gradient, 100 thetas" + mark, fmt_time(ours["grad_many_first"]) + mark,
+             fmt_time(ours["grad_many"]) + mark, "-", fmt_time(theirs["grad_many"]) + mark,
+             ratio(ours["grad_many"], theirs["grad_many"])],
+        ]
+        acc.append([
+            f"n={n}", f"{exact:.6f}",
+            f"{abs(float(ours['ll']) - exact):.1e}", f"{abs(theirs['ll'] - exact):.1e}",
+            f"{max_err(ours['lls']):.1e}", f"{max_err(theirs['lls']):.1e}", str(len(exact_many)),
+            f"{abs(ours['g'] - exact_g) / abs(exact_g):.1e}", f"{abs(theirs['g'] - exact_g) / abs(exact_g):.1e}",
+            f"{ours['max_steps'][0]} / {ours['max_steps'][1]}", str(theirs["granularity"]), f"{lump_err:.0e}",
+        ])
+        print(f"  done n={n}", file=sys.stderr)
+    print(table(["model", "operation", "phasejax first call (incl. jit)", "phasejax steady",
+                 "C first call", "C steady (default granularity)", "C / phasejax (steady)"], rows))
+    print("\nphasejax 100 thetas: one jax.vmap call. C 100 thetas: a Python loop; C gradient = value + "
+          "central FD (3 pdf passes per theta).")
+    if notes:
+        print("* measured on 10 of the 100 thetas (phasejax: vmap over 10; C: loop over 10) and scaled by "
+              "10 (vmap on CPU and the C loop are linear in the batch; `--full` runs all 100). The "
+              "phasejax first call is the 10-theta call, not scaled.")
+    print()
+    print(table(["model", "exact log-lik (theta=1.3)", "phasejax abs. error", "C abs. error",
+                 "phasejax max abs. error over thetas", "C max abs. error over thetas", "thetas checked",
+                 "phasejax rel. error d/dtheta", "C rel. error d/dtheta (FD)", "max_steps (1 / 100 thetas)",
+                 "C granularity", "oracle lumping check"], acc))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="*", default=[10, 20])
+    p.add_argument("--full", action="store_true",
+                   help="no subsets: C loops and the batched gradient over all 100 thetas for every n (slow)")
+    args = p.parse_args()
+    t0 = time.perf_counter()
+    run(args.sizes, {} if args.full else {20: 10})
+    print(f"\n(total wall time {time.perf_counter() - t0:.0f} s; at the end: {load()})")
+
+
+if __name__ == "__main__":
+    main()
