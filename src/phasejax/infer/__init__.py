@@ -13,7 +13,24 @@ sharded across devices when several exist.
   on first use) for NUTS and friends.
 - :mod:`phasejax.infer.plot`: trace, marginal and pair plots (matplotlib).
 
-Requires ``optax``.
+Requires ``optax``; ``PhaseTypeDistribution`` needs ``numpyro`` (it is left out of
+``__all__`` so that ``from phasejax.infer import *`` works without it) and
+:mod:`~phasejax.infer.plot` needs ``matplotlib``, both imported on first use.
+
+Example::
+
+    import jax, jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    import phasejax as pj
+    from phasejax import infer
+
+    model = pj.models.kingman(5).compile()
+    data = model(jnp.array([1.5])).sample(jax.random.PRNGKey(0), (200,))
+    fit = infer.fit_svgd(model, data, prior=infer.LogNormal(0.0, 1.0), n_particles=64, steps=500)
+    print(fit.summary())                        # posterior mean, sd, quantiles of theta
+    mle = infer.map_estimate(model, jnp.array([1.0]), data=data)   # prior=None: the MLE
+    more = infer.fit_svgd(model, data, prior=infer.LogNormal(0.0, 1.0), steps=500, resume=fit)
+    infer.plot.plot_pairs(fit)
 """
 
 from ._fit import DEFAULT_QUANTILES, FitResult, MAPResult, fit_svgd, map_estimate, summarize
@@ -51,7 +68,6 @@ __all__ = [
     "MAPResult",
     "MomentRegularization",
     "Normal",
-    "PhaseTypeDistribution",
     "PosteriorLogDensity",
     "SVGDResult",
     "SVGDState",

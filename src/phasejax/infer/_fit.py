@@ -77,13 +77,14 @@ def _initial_particles(target: PosteriorLogDensity, init, n_particles: int, key,
                 f"the prior ({type(target.prior).__name__}) cannot be sampled: give `init` "
                 "(theta of shape (n_params,) or (n_particles, n_params))"
             ) from None
-        z = tf.inverse(theta)
+        z = tf.inverse(theta)  # NaN for draws outside the transform's range (Normal < 0)
         # tame heavy-tailed prior draws (half-Cauchy): squash z smoothly into the draws'
         # 5%..95% range. Strictly monotone, so no two particles coincide (coincident
         # particles never separate under SVGD: their mutual repulsion is zero).
         lo, hi = jnp.nanquantile(z, 0.05, axis=0), jnp.nanquantile(z, 0.95, axis=0)
         centre, half = 0.5 * (lo + hi), jnp.maximum(0.5 * (hi - lo), 1e-3)
-        z = jnp.where(jnp.isfinite(z), z, centre)
+        spread = centre + 0.5 * half * jax.random.normal(jax.random.fold_in(key, 1), z.shape, dtype)
+        z = jnp.where(jnp.isfinite(z), z, spread)
         z = centre + half * jnp.tanh((z - centre) / half)
     else:
         theta = jnp.asarray(init, dtype)
