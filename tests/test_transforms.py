@@ -272,8 +272,9 @@ def test_compiled_model_reused_without_recompiling(solver):
 
     for lam in (0.5, 1.0, 2.0, 3.0, 7.0):
         np.testing.assert_allclose(float(f(jnp.array([lam]))), 3 / lam, rtol=1e-10)
+    # one trace means one compilation (jit compiles only what it traces); JAX's private
+    # `_cache_size()` is not used: its fast-path cache can be evicted in a long test session
     assert len(traces) == 1
-    assert f._cache_size() == 1
 
     # the model as an argument (a pytree): still one trace for new thetas
     traced_with_model = []
