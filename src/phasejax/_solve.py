@@ -71,11 +71,59 @@ class AbstractSolver(eqx.Module):
         """Solve without derivative rules (use :func:`solve`)."""
 
 
+def _sweep_kernel(gather, scatter, edge, inv, rate, base, reverse):
+    """``acc[s] += (base[g] + acc[g]) inv[g] rate[e]`` block by block; returns ``(base + acc) inv``.
+
+    ``inv`` (n+1, ...), ``rate`` (E+1, ...) and ``base`` (n+1, ...) broadcast against each
+    other in their trailing axes (columns of right-hand sides, or a batch of thetas).
+    """
+
+    def body(acc, block):
+        g, s, e = block
+        weight = inv[g] * rate[e]
+        weight = weight.reshape(weight.shape + (1,) * (base.ndim - weight.ndim))
+        return acc.at[s].add((base[g] + acc[g]) * weight), None
+
+    init = jnp.zeros(jnp.broadcast_shapes(base.shape, inv.shape + (1,) * (base.ndim - inv.ndim)), base.dtype)
+    acc, _ = jax.lax.scan(body, init, (gather, scatter, edge), reverse=reverse)
+    return (base + acc) * inv.reshape(inv.shape + (1,) * (base.ndim - inv.ndim))
+
+
+def _batchable_sweep(reverse: bool):
+    """The sweep kernel with a vmap rule: a batch of thetas becomes a trailing axis, so
+    each scatter updates one contiguous row (vectorises on CPU) instead of a strided column."""
+
+    @jax.custom_batching.custom_vmap
+    def sweep(gather, scatter, edge, inv, rate, base):
+        return _sweep_kernel(gather, scatter, edge, inv, rate, base, reverse)
+
+    @sweep.def_vmap
+    def sweep_batched(axis_size, in_batched, gather, scatter, edge, inv, rate, base):
+        if any(in_batched[:3]):
+            raise NotImplementedError("the level schedule cannot be batched")
+        extra = base.ndim - 1 - int(in_batched[5])  # right-hand-side columns, if any
+
+        def trailing(x, batched):
+            x = jnp.moveaxis(x, 0, -1) if batched else x[..., None]
+            return x.reshape(x.shape[:1] + (1,) * extra + x.shape[-1:])
+
+        base_t = jnp.moveaxis(base, 0, -1) if in_batched[5] else base[..., None]
+        out = _sweep_kernel(gather, scatter, edge, trailing(inv, in_batched[3]), trailing(rate, in_batched[4]), base_t, reverse)
+        out = jnp.broadcast_to(out, out.shape[:-1] + (axis_size,))
+        return jnp.moveaxis(out, -1, 0), True
+
+    return sweep
+
+
+_SWEEPS = {False: _batchable_sweep(False), True: _batchable_sweep(True)}
+
+
 class LevelSweep(AbstractSolver):
     """Exact sweep over an acyclic graph, block by block in order of source height.
 
     ``blocks`` holds (3, B, W) int32: source, target and edge index of each slot;
     padding slots point at the absorbing index ``n`` and at edge ``E`` (rate 0).
+    Under ``vmap`` over the rates the batch runs as trailing columns of one sweep.
     """
 
     blocks: Int[Array, "3 b w"]
@@ -87,16 +135,8 @@ class LevelSweep(AbstractSolver):
         gather, scatter = (src, dst) if transpose else (dst, src)
         inv = _sparse.pad_zero(1.0 / system.diag)
         rate = _sparse.pad_zero(system.rate)
-        base = _sparse.pad_zero(rhs)
-        expand = (1,) * (rhs.ndim - 1)
-
-        def body(acc, block):
-            g, s, e = block
-            weight = (inv[g] * rate[e]).reshape(g.shape + expand)
-            return acc.at[s].add((base[g] + acc[g]) * weight), None
-
-        acc, _ = jax.lax.scan(body, jnp.zeros_like(base), (gather, scatter, edge), reverse=transpose)
-        return ((base + acc) * inv.reshape(inv.shape + expand))[: system.n]
+        out = _SWEEPS[transpose](gather, scatter, edge, inv, rate, _sparse.pad_zero(rhs))
+        return out[: system.n]
 
 
 def _columnwise(fn, rhs: Array) -> Array:
