@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float
 
@@ -152,7 +151,9 @@ def fit_svgd(
     - `out_of_range`: ``"raise"`` (default) when a particle's density would need more
       than ``max_steps`` series terms, or ``"-inf"`` (that particle's log likelihood).
     - `resume`: a previous result (or its ``state``) to continue from; `init` is then
-      ignored and `optimizer` must match the earlier run's.
+      ignored and `optimizer` must match the earlier run's. To checkpoint, write
+      ``save_state(path, fit.state)``; to read it back, build the template with a
+      zero-step fit of the same settings: ``load_state(path, fit_svgd(..., steps=0).state)``.
 
     Returns a :class:`FitResult`.
     """

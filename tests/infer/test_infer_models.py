@@ -1,0 +1,300 @@
+"""Model-level inference: priors, transforms, posterior log density, fit_svgd, MAP."""
+
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.optimize
+import scipy.stats
+
+import phasejax as pj
+from phasejax import infer
+
+
+def schedule_adam(steps, lr=0.05):
+    return optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.02))
+
+
+@pytest.fixture(scope="module")
+def erlang1():
+    return pj.models.erlang(1).compile()
+
+
+@pytest.fixture(scope="module")
+def kingman5():
+    return pj.models.kingman(5).compile()
+
+
+# ---------------------------------------------------------------- priors, transforms
+
+
+def test_priors_match_scipy():
+    t = jnp.array([0.3, 1.7])
+    cases = [
+        (infer.Normal(1.0, 2.0), scipy.stats.norm(1.0, 2.0).logpdf),
+        (infer.LogNormal(0.5, 0.8), scipy.stats.lognorm(s=0.8, scale=np.exp(0.5)).logpdf),
+        (infer.HalfCauchy(1.5), scipy.stats.halfcauchy(scale=1.5).logpdf),
+        (infer.Gamma(2.5, 3.0), scipy.stats.gamma(2.5, scale=1 / 3.0).logpdf),
+    ]
+    for prior, ref in cases:
+        np.testing.assert_allclose(prior.log_prob(t), ref(np.asarray(t)).sum(), rtol=1e-12)
+        draws = prior.sample(jax.random.PRNGKey(0), (4000,), 2)
+        assert draws.shape == (4000, 2)
+    per_param = infer.as_prior([infer.Gamma(2.0, 1.0), lambda th: -th[0]])
+    np.testing.assert_allclose(
+        per_param.log_prob(t), scipy.stats.gamma(2.0).logpdf(0.3) - 1.7, rtol=1e-12
+    )
+    vec = infer.Gamma(jnp.array([2.0, 3.0]), 1.0)
+    np.testing.assert_allclose(vec.log_prob(t), scipy.stats.gamma([2.0, 3.0]).logpdf(t).sum(), rtol=1e-12)
+    assert infer.as_prior(None).log_prob(t) == 0.0
+    with pytest.raises(NotImplementedError):
+        infer.as_prior(lambda th: 0.0).sample(jax.random.PRNGKey(0), (2,), 2)
+
+
+@pytest.mark.parametrize("name", ["softplus", "exp"])
+def test_transforms(name):
+    tf = infer.as_transform(name)
+    theta = jnp.array([1e-3, 0.5, 40.0])
+    z = tf.inverse(theta)
+    np.testing.assert_allclose(tf.forward(z), theta, rtol=1e-12)
+    jac = jax.vmap(jax.grad(lambda zi: tf.forward(zi)))(z)
+    np.testing.assert_allclose(tf.log_det(z), jnp.sum(jnp.log(jac)), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- posterior log density
+
+
+def test_posterior_log_density_terms(kingman5):
+    data = jnp.array([0.5, 1.2, 2.0, 3.1])
+    theta = jnp.array([1.3])
+    prior = infer.LogNormal(0.0, 1.0)
+    sched = lambda step: 0.5 * step  # noqa: E731
+    weights = jnp.array([1.0, 0.0])
+    posts = {
+        "plain": infer.PosteriorLogDensity(kingman5, data, prior=prior),
+        "sched": infer.PosteriorLogDensity(
+            kingman5, data, prior=prior, moment_regularization=infer.MomentRegularization(sched, n_moments=3)
+        ),
+        "const": infer.PosteriorLogDensity(kingman5, data, prior=prior, moment_regularization=3.0),
+        "weighted": infer.PosteriorLogDensity(
+            kingman5, data, prior=prior, moment_regularization=infer.MomentRegularization(1.0, 2, weights)
+        ),
+        "nojac": infer.PosteriorLogDensity(kingman5, data, prior=prior, jacobian=False),
+    }
+    z = posts["plain"].transform.inverse(theta)
+
+    @eqx.filter_jit
+    def evaluate(posts, z):
+        dist = kingman5(theta)
+        values = {name: post(z, step=4) for name, post in posts.items()}
+        values["sched0"] = posts["sched"](z, step=0)
+        return values, dist.logpdf(data).sum(), dist.moments(3)
+
+    values, loglik, m = evaluate(posts, z)
+    plain = values["plain"]
+    expected = loglik + prior.log_prob(theta) + posts["plain"].transform.log_det(z)
+    np.testing.assert_allclose(plain, expected, rtol=1e-12)
+    # moment regularization: lambda(step) * sum_k (E[T^k] - m_k)^2 / m_k^2
+    mhat = jnp.stack([jnp.mean(data**k) for k in (1, 2, 3)])
+    rel2 = (m - mhat) ** 2 / mhat**2
+    np.testing.assert_allclose(plain - values["sched"], 2.0 * jnp.sum(rel2), rtol=1e-10)
+    np.testing.assert_allclose(values["sched0"], plain, rtol=1e-12)
+    np.testing.assert_allclose(plain - values["const"], 3.0 * jnp.sum(rel2[:2]), rtol=1e-10)
+    np.testing.assert_allclose(plain - values["weighted"], (m[0] - mhat[0]) ** 2, rtol=1e-10)
+    # without the Jacobian (MAP in theta)
+    np.testing.assert_allclose(values["nojac"], loglik + prior.log_prob(theta), rtol=1e-12)
+
+
+def test_posterior_rewards_and_discrete():
+    graph = pj.models.erlang(2)
+    model = graph.compile()
+    rewards = np.ones(graph.vertices_length())
+    rewards[model.transient_vertices[1]] = 3.0  # second phase accumulates 3x
+    data = jnp.array([0.7, 2.5, 4.0])
+    post = infer.PosteriorLogDensity(model, data, prior=None, rewards=rewards, transform="exp")
+    theta = jnp.array([1.4])
+    expected = model(theta).reward_scaled(rewards).logpdf(data).sum() + jnp.log(theta).sum()
+    np.testing.assert_allclose(post(jnp.log(theta)), expected, rtol=1e-12)
+
+    geometric = pj.Graph.from_callback(
+        lambda s: [((1,), [1.0])] if s[0] == 0 else [], (0,), n_params=1, discrete=True
+    ).compile()
+    counts = jnp.array([1, 3, 2, 7])
+    dpost = infer.PosteriorLogDensity(geometric, counts, prior=None, transform="identity")
+    p = 0.3
+    np.testing.assert_allclose(
+        dpost(jnp.array([p])), scipy.stats.geom(p).logpmf(np.asarray(counts)).sum(), rtol=1e-12
+    )
+    with pytest.raises(ValueError, match="discrete"):
+        infer.PosteriorLogDensity(geometric, counts, discrete=False)
+    with pytest.raises(ValueError, match="continuous models only"):
+        infer.PosteriorLogDensity(geometric, counts, rewards=np.ones(3))
+
+
+def test_out_of_range_gives_minus_inf_instead_of_raising(erlang1):
+    data = jnp.array([0.5, 2.0])
+    kw = {"max_steps": 64}
+    guarded = infer.PosteriorLogDensity(erlang1, data, prior=None, transform="exp", logpdf_kwargs=kw, out_of_range="-inf")
+    raising = infer.PosteriorLogDensity(erlang1, data, prior=None, transform="exp", logpdf_kwargs=kw)
+    z = jnp.log(jnp.array([1.5]))
+    np.testing.assert_allclose(eqx.filter_jit(guarded)(z), raising(z), rtol=1e-14)
+    far = jnp.log(jnp.array([1e3]))
+    value, grad = eqx.filter_jit(jax.value_and_grad(lambda z: guarded(z)))(far)
+    assert value == -jnp.inf and jnp.all(jnp.isfinite(grad))
+    with pytest.raises(Exception, match="max_steps"):
+        jax.block_until_ready(eqx.filter_jit(raising)(far))
+    # the guard agrees with the library's own check at the boundary
+    fits_at = jax.jit(lambda r: infer.series_fits(erlang1(r[None]), data, False, kw))
+    logpdf_at = jax.jit(lambda r: erlang1(r[None]).logpdf(data, **kw))
+    for rate in np.linspace(10.0, 25.0, 16):
+        try:
+            jax.block_until_ready(logpdf_at(rate))
+            raised = False
+        except Exception:
+            raised = True
+        assert bool(fits_at(rate)) != raised, rate
+
+
+# ---------------------------------------------------------------- SVGD fits
+
+
+CONJ_RATE, CONJ_A, CONJ_B, CONJ_STEPS, CONJ_PARTICLES = 2.0, 3.0, 1.5, 300, 64
+CONJ_OPT = schedule_adam(CONJ_STEPS)  # one instance: equal static config -> shared compilation
+
+
+def conj_fit(model, data, **kw):
+    return infer.fit_svgd(
+        model, data, prior=infer.Gamma(CONJ_A, CONJ_B), n_particles=CONJ_PARTICLES, optimizer=CONJ_OPT,
+        logpdf_kwargs={"max_steps": 128}, **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def conjugate(erlang1):
+    data = erlang1(jnp.array([CONJ_RATE])).sample(jax.random.PRNGKey(0), (40,))
+    return data, conj_fit(erlang1, data, steps=CONJ_STEPS)
+
+
+def test_exponential_conjugate_gamma_posterior(conjugate):
+    data, fit = conjugate
+    post_a, post_b = CONJ_A + data.size, CONJ_B + float(data.sum())
+    mean, sd = post_a / post_b, np.sqrt(post_a) / post_b
+    assert fit.particles.shape == (64, 1) and fit.history.shape == (30, 64, 1)
+    np.testing.assert_allclose(fit.mean[0], mean, rtol=0.02)
+    np.testing.assert_allclose(fit.sd[0], sd, rtol=0.05)
+    q = scipy.stats.gamma(post_a, scale=1 / post_b).ppf([0.025, 0.5, 0.975])
+    np.testing.assert_allclose(fit.quantiles[[0, 2, 4], 0], q, rtol=0.06)
+    assert "theta[0]" in fit.summary()
+
+
+def test_fit_resume_matches_uninterrupted(erlang1, conjugate, tmp_path):
+    data, full = conjugate
+    half = conj_fit(erlang1, data, steps=CONJ_STEPS // 2)
+    # checkpoint to disk; the template is a zero-step fit with the same settings
+    infer.save_state(tmp_path / "fit.eqx", half.state)
+    template = conj_fit(erlang1, data, steps=0).state
+    loaded = infer.load_state(tmp_path / "fit.eqx", template)
+    rest = conj_fit(erlang1, data, steps=CONJ_STEPS // 2, resume=loaded)  # same program as `half`
+    assert int(rest.state.step) == CONJ_STEPS
+    assert jnp.array_equal(rest.particles, full.particles)
+    assert jnp.array_equal(jnp.concatenate([half.trace, rest.trace]), full.trace)
+
+
+@pytest.mark.parametrize("regularize", [False, True], ids=["plain", "moment-reg"])
+def test_kingman_posterior_covers_truth(kingman5, regularize):
+    truth = 1.5
+    data = kingman5(jnp.array([truth])).sample(jax.random.PRNGKey(7), (50,))
+    steps = 150
+    # the strength is an array (a traced leaf), so both cases share one compiled program;
+    # strength 0 is the unregularised posterior (schedules are checked in
+    # test_posterior_log_density_terms)
+    reg = infer.MomentRegularization(strength=jnp.asarray(20.0 if regularize else 0.0), n_moments=3)
+    fit = infer.fit_svgd(
+        kingman5, data, prior=infer.LogNormal(0.0, 1.0), n_particles=32, steps=steps,
+        optimizer=schedule_adam(steps), moment_regularization=reg, logpdf_kwargs={"max_steps": 1024},
+    )
+    lo, hi = fit.quantiles[0, 0], fit.quantiles[-1, 0]
+    assert lo < truth < hi, fit.summary()
+    assert abs(float(fit.mean[0]) - truth) < 3 * float(fit.sd[0])
+    assert 0.05 < float(fit.sd[0]) < 0.5
+    assert np.all(np.isfinite(fit.trace))
+
+
+def test_rabbit_flooding_two_parameters_cover_truth():
+    model = pj.models.rabbit_flooding(2).compile()
+    truth = jnp.array([0.8, 2.0])
+    data = model(truth).sample(jax.random.PRNGKey(11), (60,))
+    steps = 200
+    fit = infer.fit_svgd(
+        model, data, prior=infer.Gamma(2.0, 1.0), n_particles=32, steps=steps,
+        optimizer=schedule_adam(steps), logpdf_kwargs={"max_steps": 512},
+    )
+    assert fit.particles.shape == (32, 2)
+    for i in range(2):
+        assert fit.quantiles[0, i] < truth[i] < fit.quantiles[-1, i], fit.summary()
+
+
+def test_init_options(erlang1):
+    data = jnp.array([0.5, 1.0, 0.2])
+    from phasejax.infer._fit import _initial_particles
+
+    for prior in (infer.Normal(0.5, 1.0), infer.HalfCauchy(1.0), infer.Gamma(2.0, 1.0)):
+        target = infer.PosteriorLogDensity(erlang1, data, prior=prior)
+        z = _initial_particles(target, None, 50, jax.random.PRNGKey(0), 0.5)
+        assert z.shape == (50, 1) and bool(jnp.all(jnp.isfinite(z)))
+        assert len(np.unique(np.asarray(z))) == 50  # no coincident particles
+    with pytest.raises(ValueError, match="cannot be sampled"):
+        infer.fit_svgd(erlang1, data, prior=lambda th: -th[0], n_particles=4, steps=1)
+    fit = infer.fit_svgd(
+        erlang1, data, prior=lambda th: -th[0], init=jnp.array([1.0]), n_particles=4, steps=2,
+        logpdf_kwargs={"max_steps": 64},
+    )
+    assert fit.particles.shape == (4, 1) and len(np.unique(np.asarray(fit.particles))) == 4
+    with pytest.raises(ValueError, match="init must have shape"):
+        infer.fit_svgd(erlang1, data, prior=None, init=jnp.ones((3, 1)), n_particles=4, steps=1)
+
+
+# ---------------------------------------------------------------- MAP
+
+
+def test_map_kingman_close_to_mle(kingman5):
+    data = kingman5(jnp.array([0.7])).sample(jax.random.PRNGKey(5), (200,))
+    nll = jax.jit(lambda t: -kingman5(jnp.array([t])).logpdf(data).sum())
+    mle = scipy.optimize.minimize_scalar(lambda t: float(nll(t)), bounds=(0.05, 5.0), method="bounded",
+                                         options={"xatol": 1e-10}).x
+    res = infer.map_estimate(kingman5, jnp.array([1.5]), data=data, steps=300)
+    np.testing.assert_allclose(res.params[0], mle, rtol=1e-4)
+    np.testing.assert_allclose(res.log_density, -nll(mle), rtol=1e-9)
+    # with a prior the mode moves towards the prior's
+    pulled = infer.map_estimate(kingman5, jnp.array([1.5]), data=data, prior=infer.Gamma(50.0, 25.0), steps=300)
+    assert mle < float(pulled.params[0]) < 2.0
+
+
+# ---------------------------------------------------------------- scale (slow)
+
+
+@pytest.mark.slow
+def test_kingman_100_particles_1000_observations_500_steps_compile_once(kingman5):
+    count = {"n": 0}
+
+    class Counting(infer.Gamma):
+        def log_prob(self, theta):
+            count["n"] += 1  # runs only while tracing
+            return super().log_prob(theta)
+
+    data = kingman5(jnp.array([1.0])).sample(jax.random.PRNGKey(3), (1000,))
+    t0 = time.perf_counter()
+    fit = infer.fit_svgd(
+        kingman5, data, prior=Counting(2.0, 2.0), n_particles=100, steps=500, init=jnp.array([1.0]),
+        init_scale=0.2, logpdf_kwargs={"max_steps": 512},
+    )
+    fit.particles.block_until_ready()
+    elapsed = time.perf_counter() - t0
+    assert count["n"] <= 2, count  # traced once (twice if steps % thin), not per step
+    assert fit.trace.shape == (500,) and np.all(np.isfinite(fit.trace))
+    assert fit.quantiles[0, 0] < 1.0 < fit.quantiles[-1, 0], fit.summary()
+    print(f"100 particles x 1000 obs x 500 steps: {elapsed:.1f} s")

@@ -1,0 +1,92 @@
+"""numpyro: PhaseTypeDistribution under NUTS against the conjugate posterior."""
+
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import phasejax as pj
+from phasejax import infer
+
+
+def test_optional_imports_are_lazy_and_explained():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["numpyro"] = None  # as if not installed
+        import phasejax.infer as infer
+        from phasejax.infer import *  # noqa: F403
+        assert "matplotlib" not in sys.modules
+        try:
+            infer.PhaseTypeDistribution
+        except ImportError as err:
+            assert "pip install numpyro" in str(err), err
+            print("OK")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.fixture
+def numpyro():
+    return pytest.importorskip("numpyro")
+
+
+def test_distribution_log_prob_and_sample(numpyro):
+    model = pj.models.kingman(4).compile()
+    theta = jnp.array([1.3])
+    x = jnp.array([0.4, 1.0, 2.2])
+
+    @jax.jit
+    def log_probs(theta, x):
+        d = infer.PhaseTypeDistribution(model, theta)
+        far = infer.PhaseTypeDistribution(model, jnp.array([1e6]))
+        return d.log_prob(x), model(theta).logpdf(x), d.mean, model(theta).mean(), far.log_prob(x)
+
+    lp, ref, mean, ref_mean, far = log_probs(theta, x)
+    np.testing.assert_allclose(lp, ref, rtol=1e-12)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-12)
+    assert jnp.all(far == -jnp.inf)  # a proposal far out is rejected, not an error
+    draws = infer.PhaseTypeDistribution(model, theta).sample(jax.random.PRNGKey(0), (1000,))
+    assert draws.shape == (1000,)
+    np.testing.assert_allclose(draws.mean(), ref_mean, rtol=0.1)
+    # batched theta: batch_shape (2,), values broadcast against it
+    thetas = jnp.array([[1.0], [2.0]])
+    values = jnp.array([[0.5, 0.5], [1.5, 1.5]])
+    db = infer.PhaseTypeDistribution(model, thetas)
+    assert db.batch_shape == (2,)
+    lp = jax.jit(lambda th, v: infer.PhaseTypeDistribution(model, th).log_prob(v))(thetas, values)
+    assert lp.shape == (2, 2)
+    for i in range(2):
+        for j in range(2):
+            np.testing.assert_allclose(lp[i, j], model(thetas[j]).logpdf(values[i, j : j + 1])[0], rtol=1e-12)
+    assert db.sample(jax.random.PRNGKey(1), (5,)).shape == (5, 2)
+    with pytest.raises(ValueError, match="theta must have shape"):
+        infer.PhaseTypeDistribution(model, jnp.array([1.0, 2.0]))
+
+
+def test_nuts_exponential_matches_conjugate(numpyro):
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    model = pj.models.erlang(1).compile()
+    a, b = 3.0, 1.5
+    data = model(jnp.array([2.0])).sample(jax.random.PRNGKey(0), (40,))
+
+    def numpyro_model(obs):
+        rate = numpyro.sample("rate", dist.Gamma(a, b))
+        numpyro.sample(
+            "obs", infer.PhaseTypeDistribution(model, rate[None], logpdf_kwargs={"max_steps": 128}), obs=obs
+        )
+
+    mcmc = MCMC(NUTS(numpyro_model), num_warmup=300, num_samples=600, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(1), data)
+    rate = mcmc.get_samples()["rate"]
+    post_a, post_b = a + data.size, b + float(data.sum())
+    np.testing.assert_allclose(rate.mean(), post_a / post_b, rtol=0.05)
+    np.testing.assert_allclose(rate.std(), np.sqrt(post_a) / post_b, rtol=0.2)

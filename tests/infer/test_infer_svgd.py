@@ -1,0 +1,228 @@
+"""SVGD core: kernel, Stein direction, Gaussian recovery, resume, tracing, sharding."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from phasejax import infer
+from phasejax.infer._kernels import _kth_smallest, _median_nonnegative
+
+
+MU = jnp.array([1.0, -2.0])
+COV = jnp.array([[1.0, 0.6], [0.6, 2.0]])
+PREC = jnp.linalg.inv(COV)
+
+
+def gaussian_logp(x):
+    d = x - MU
+    return -0.5 * d @ PREC @ d
+
+
+def start(n=200, seed=1):
+    return jax.random.normal(jax.random.PRNGKey(seed), (n, 2)) * 0.5 + 3.0
+
+
+class FlippedRBF(infer.RBF):
+    """phasic's bug: the repulsive term with the wrong sign (attraction)."""
+
+    def __call__(self, x):
+        k, repulsion = super().__call__(x)
+        return k, -repulsion
+
+
+def test_rbf_repulsion_is_gradient_of_kernel_in_first_argument():
+    x = jax.random.normal(jax.random.PRNGKey(0), (7, 3))
+    h = 0.8
+    k, rep = infer.RBF(bandwidth=h)(x)
+
+    def kern(a, b):
+        return jnp.exp(-jnp.sum((a - b) ** 2) / h)
+
+    gram = jax.vmap(lambda a: jax.vmap(lambda b: kern(a, b))(x))(x)
+    np.testing.assert_allclose(k, gram, rtol=1e-14)
+    # rep[i] = sum_j grad_{x_j} k(x_j, x_i)
+    grad_first = jax.vmap(lambda xi: jnp.sum(jax.vmap(lambda xj: jax.grad(kern)(xj, xi))(x), axis=0))(x)
+    np.testing.assert_allclose(rep, grad_first, rtol=1e-12, atol=1e-14)
+    # it repels: for two particles, particle 0's term points away from particle 1
+    two = jnp.array([[0.0, 0.0], [1.0, 0.0]])
+    _, rep2 = infer.RBF(bandwidth=1.0)(two)
+    assert rep2[0, 0] < 0 < rep2[1, 0]
+
+
+def test_stein_direction_formula():
+    x = jax.random.normal(jax.random.PRNGKey(2), (5, 2))
+    grads = jax.vmap(jax.grad(gaussian_logp))(x)
+    kernel = infer.RBF(bandwidth=1.3)
+    phi = infer.stein_direction(x, grads, kernel)
+
+    def kern(a, b):
+        return jnp.exp(-jnp.sum((a - b) ** 2) / 1.3)
+
+    manual = jnp.stack(
+        [
+            sum(kern(x[j], x[i]) * grads[j] + jax.grad(kern)(x[j], x[i]) for j in range(5)) / 5
+            for i in range(5)
+        ]
+    )
+    np.testing.assert_allclose(phi, manual, rtol=1e-12)
+
+
+def test_median_without_sort():
+    n = 7
+    x = jax.random.normal(jax.random.PRNGKey(n), (n, 2))
+    sq = jnp.sum((x[:, None] - x[None]) ** 2, -1).ravel()
+    ks = jnp.arange(sq.size)
+    assert jnp.array_equal(jax.jit(jax.vmap(lambda k: _kth_smallest(sq, k)))(ks), jnp.sort(sq))
+    assert _median_nonnegative(sq) == jnp.median(sq)
+    assert _median_nonnegative(sq[1:]) == jnp.median(sq[1:])
+    h = infer.median_bandwidth(sq.reshape(n, n))
+    np.testing.assert_allclose(h, jnp.median(sq) / np.log(n + 1), rtol=1e-15)
+    for v in ([0.0, 0.0, 1.0, 1.0, 1.0, 3.0], [0.0, 0.0, 1.0, 3.0], [2.0, 2.0], [5.0]):
+        assert _median_nonnegative(jnp.array(v)) == np.median(v)
+
+
+def _moments(p):
+    return p.mean(0), jnp.cov(p.T)
+
+
+def test_gaussian_target_recovers_mean_and_covariance_and_sign_matters():
+    res = infer.svgd(gaussian_logp, start(100), steps=2000)
+    mean, cov = _moments(res.particles)
+    sd, sd_true = jnp.sqrt(jnp.diag(cov)), jnp.sqrt(jnp.diag(COV))
+    np.testing.assert_allclose(mean, MU, atol=0.05)
+    np.testing.assert_allclose(sd, sd_true, rtol=0.10)
+    corr = cov[0, 1] / (sd[0] * sd[1])
+    assert abs(corr - 0.6 / np.sqrt(2.0)) < 0.05
+    assert res.history.shape == (200, 100, 2) and res.trace.shape == (2000,)
+    assert res.trace[-1] > res.trace[0]
+    # the wrong repulsion sign (attraction) collapses the particles: sd far too small
+    bad = infer.svgd(gaussian_logp, start(100), steps=2000, kernel=FlippedRBF())
+    bad_sd = jnp.sqrt(jnp.diag(jnp.cov(bad.particles.T)))
+    assert not np.allclose(bad_sd, sd_true, rtol=0.10)
+    assert jnp.all(bad_sd < 0.5 * sd_true)
+
+
+def test_resume_and_checkpoint_identical(tmp_path):
+    opt = optax.adam(3e-2)
+    state = infer.svgd_init(gaussian_logp, start(40), optimizer=opt)
+    full = infer.svgd_run(state, 500, thin=10)
+    part = infer.svgd_run(state, 300, thin=10)
+    path = tmp_path / "svgd.eqx"
+    infer.save_state(path, part.state)
+    template = infer.svgd_init(gaussian_logp, jnp.zeros((40, 2)), optimizer=opt)
+    loaded = infer.load_state(path, template)
+    assert int(loaded.step) == 300
+    rest = infer.svgd_run(loaded, 200, thin=10)
+    assert jnp.array_equal(rest.particles, full.particles)
+    assert jnp.array_equal(jnp.concatenate([part.history, rest.history]), full.history)
+    assert jnp.array_equal(jnp.concatenate([part.trace, rest.trace]), full.trace)
+    assert jnp.array_equal(rest.state.opt_state[0].mu, full.state.opt_state[0].mu)
+
+
+def test_compiles_once_not_per_step():
+    count = {"n": 0}
+
+    def logp(x):
+        count["n"] += 1  # runs only while tracing
+        return gaussian_logp(x)
+
+    state = infer.svgd_init(logp, start(16))
+    r1 = infer.svgd_run(state, 100, thin=10)
+    first = count["n"]
+    assert 1 <= first <= 2
+    infer.svgd_run(r1.state, 100, thin=10)  # same shapes: cached program
+    assert count["n"] == first
+    infer.svgd_run(r1.state, 1000, thin=10)  # longer run: one more compile, not 1000 traces
+    assert count["n"] <= 2 * first
+
+
+def test_progress_print(capsys):
+    infer.svgd(gaussian_logp, start(8), steps=30, progress_every=10)
+    jax.effects_barrier()
+    out = capsys.readouterr().out
+    assert out.count("svgd step") == 3 and "step      30" in out
+    infer.svgd(gaussian_logp, start(8), steps=30)
+    jax.effects_barrier()
+    assert capsys.readouterr().out == ""
+
+
+def test_step_and_key_are_passed():
+    def logp(x, step, key):
+        # annealed target; the key only perturbs nothing (checks it arrives as a key)
+        noise = 0.0 * jax.random.normal(key)
+        beta = jnp.minimum(1.0, (step + 1) / 50.0)
+        return beta * gaussian_logp(x) + noise
+
+    res = infer.svgd(
+        logp, start(50), steps=400, optimizer=optax.adam(5e-2), pass_step=True, key=jax.random.PRNGKey(3), thin=None
+    )
+    assert res.history.shape == (0, 50, 2)
+    assert int(res.state.step) == 400
+    np.testing.assert_allclose(res.particles.mean(0), MU, atol=0.15)
+
+
+def test_bad_particles_shape():
+    with pytest.raises(ValueError, match="n_particles, dim"):
+        infer.svgd(gaussian_logp, jnp.zeros(5), steps=1)
+
+
+def test_map_estimate_plain_function():
+    res = infer.map_estimate(gaussian_logp, jnp.zeros(2), steps=500)
+    np.testing.assert_allclose(res.params, MU, atol=1e-4)
+    np.testing.assert_allclose(res.log_density, 0.0, atol=1e-8)
+    lb = infer.map_estimate(gaussian_logp, jnp.zeros(2), steps=20, optimizer=optax.lbfgs())
+    np.testing.assert_allclose(lb.params, MU, atol=1e-8)
+
+
+MULTI = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    assert jax.device_count() == 4, jax.devices()
+    import phasejax as pj
+    from phasejax import infer
+
+    MU = jnp.array([1.0, -2.0])
+    def logp(x):
+        return -0.5 * jnp.sum((x - MU) ** 2 / jnp.array([1.0, 2.0]))
+    x0 = jax.random.normal(jax.random.PRNGKey(1), (16, 2)) + 3.0
+    sharded = infer.svgd(logp, x0, steps=200)
+    single = infer.svgd(logp, x0, steps=200, shard=False)
+    assert len(sharded.particles.sharding.device_set) == 4, sharded.particles.sharding
+    assert len(single.particles.sharding.device_set) == 1
+    np.testing.assert_allclose(sharded.particles, single.particles, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sharded.trace, single.trace, rtol=1e-12)
+    assert len(sharded.state.opt_state[0].mu.sharding.device_set) == 4
+
+    model = pj.models.erlang(1).compile()
+    data = model(jnp.array([2.0])).sample(jax.random.PRNGKey(0), (20,))
+    kw = dict(prior=infer.Gamma(2.0, 1.0), n_particles=8, steps=30, logpdf_kwargs={"max_steps": 128})
+    a = infer.fit_svgd(model, data, **kw)
+    b = infer.fit_svgd(model, data, shard=False, **kw)
+    assert len(a.unconstrained.sharding.device_set) == 4
+    np.testing.assert_allclose(a.particles, b.particles, rtol=1e-12)
+    np.save(OUT, np.asarray(single.particles))
+    print("OK")
+    """
+)
+
+
+def test_sharded_over_four_devices_equals_single_device(tmp_path):
+    out = tmp_path / "single.npy"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", f"OUT = {str(out)!r}\n" + MULTI], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "OK" in proc.stdout
+    # and the same as this (single-device) process computes
+    x0 = jax.random.normal(jax.random.PRNGKey(1), (16, 2)) + 3.0
+    here = infer.svgd(lambda x: -0.5 * jnp.sum((x - MU) ** 2 / jnp.array([1.0, 2.0])), x0, steps=200)
+    np.testing.assert_allclose(np.load(out), here.particles, rtol=1e-12, atol=1e-12)
