@@ -179,42 +179,44 @@ CHUNK = 32  # Poisson terms handled per loop step
 BATCH = 256  # observations per batch (sorted by mu, so a batch shares one window)
 
 
-def _windows(log_c, log_factorial, mu, tol, left=None):
-    """Per-batch loop over the union of its observations' Poisson windows.
+def _windows(log_ct, log_factorial, mu, start, stop):
+    """Per-observation windows ``k = start_i .. stop_i`` (inclusive), walked in chunks.
 
-    Returns the number of chunks and ``terms(j, shift)``: for ``k`` in the ``j``-th chunk
-    of ``CHUNK``, the log Poisson weights and ``log Pois(k; mu_i) + log c_{k+shift}``,
-    ``-inf`` outside each observation's own window (``left`` overrides the default left
-    truncation points).
+    ``log_ct`` is ``log c`` transposed, shape ``(q, K)`` (gathers along the last axis
+    are several times faster than gathering rows). Returns the number of chunks (enough
+    for the widest window of the batch; 0 when every window is empty) and
+    ``terms(j, shift)``: for the ``j``-th chunk of ``CHUNK`` terms of each observation's
+    own window, the indices ``k`` ``(batch, CHUNK)``, a mask, the log Poisson weights,
+    and ``log Pois(k; mu_i) + log c_{k+shift}`` of shape ``(q, batch, CHUNK)`` (``-inf``
+    outside the window). Each observation walks only its own window, so a batch costs
+    ``BATCH x max_i width_i`` terms, not the union of its windows.
     """
-    max_steps = log_c.shape[0] - 1
-    default_left, right = truncation_points(mu, tol)
-    left = default_left if left is None else left
-    lo, hi = jnp.min(left), jnp.max(right)
-    n_chunks = (hi - lo) // CHUNK + 1
-    log_mu = _safe_log(mu)
+    max_steps = log_ct.shape[1] - 1
+    width = jnp.max(stop - start + 1, initial=0)
+    n_chunks = (width + CHUNK - 1) // CHUNK
+    log_mu = _safe_log(mu)[:, None]
 
     def terms(j, shift=0):
-        ks = lo + j * CHUNK + jnp.arange(CHUNK)
+        ks = start[:, None] + j * CHUNK + jnp.arange(CHUNK)
         kc = jnp.minimum(ks, max_steps)
-        log_w = jnp.where(mu[:, None] > 0, ks * log_mu[:, None], jnp.where(ks == 0, 0.0, -jnp.inf)[None])
+        log_w = jnp.where(mu[:, None] > 0, ks * log_mu, jnp.where(ks == 0, 0.0, -jnp.inf))
         log_w = log_w - mu[:, None] - log_factorial[kc]
-        inside = (ks >= left[:, None]) & (ks <= right[:, None]) & (ks <= max_steps)
-        log_coeff = log_c[jnp.minimum(kc + shift, max_steps)]
-        return kc, inside, log_w, jnp.where(inside[..., None], log_w[..., None] + log_coeff[None], -jnp.inf)
+        inside = (ks <= stop[:, None]) & (ks <= max_steps)
+        log_coeff = jnp.take(log_ct, jnp.minimum(kc + shift, max_steps), axis=1, mode="clip")
+        return kc, inside, log_w, jnp.where(inside, log_w + log_coeff, -jnp.inf)
 
     return n_chunks, terms
 
 
 def _stream_logsumexp(n_chunks, term_fn, shape, dtype):
-    """``logsumexp`` over all chunks, accumulated with a running maximum."""
+    """``logsumexp`` over the last axis of all chunks, with a running maximum."""
 
     def body(j, carry):
         m, acc = carry
         t = term_fn(j)
-        new_m = jnp.maximum(m, jnp.max(t, axis=1))
+        new_m = jnp.maximum(m, jnp.max(t, axis=-1))
         safe_m = jnp.where(jnp.isfinite(new_m), new_m, 0.0)
-        acc = acc * jnp.exp(jnp.where(jnp.isfinite(m), m - safe_m, -jnp.inf)) + jnp.sum(jnp.exp(t - safe_m[:, None]), axis=1)
+        acc = acc * jnp.exp(jnp.where(jnp.isfinite(m), m - safe_m, -jnp.inf)) + jnp.sum(jnp.exp(t - safe_m[..., None]), axis=-1)
         return new_m, acc
 
     init = (jnp.full(shape, -jnp.inf, dtype), jnp.zeros(shape, dtype))
@@ -247,39 +249,47 @@ def _log_factorials(max_steps, dtype):
     return gammaln(jnp.arange(max_steps + 1, dtype=dtype) + 1.0)
 
 
-def _relative_left(log_c, log_f, mu, left, tol):
+def _relative_left(log_ct, log_f, mu, left, tol):
     """Left truncation points that also bound the dropped terms *relative* to the result.
 
     The terms left of ``L`` add at most ``P(N < L) max_k c_k`` (Bernstein:
     ``P(N < mu - x) <= exp(-x^2 / (2 mu))``); where that could exceed ``tol * f`` (far
     tails, where ``f`` is tiny but the early ``c_k`` are not) the window is widened.
+    ``log_f`` has shape ``(q, batch)``.
     """
-    log_max = jnp.max(log_c, axis=0)  # (q,)
-    gap = jnp.max(jnp.where(jnp.isfinite(log_max), log_max - log_f, -jnp.inf), axis=-1)
+    log_max = jnp.max(log_ct, axis=1)[:, None]  # (q, 1)
+    gap = jnp.max(jnp.where(jnp.isfinite(log_max), log_max - log_f, -jnp.inf), axis=0)
     x = jnp.sqrt(2.0 * mu * jnp.maximum(gap + math.log(2.0 / tol), 0.0))
     wide = jnp.where(jnp.isfinite(x), jnp.maximum(jnp.floor(mu - x), 0.0), 0.0).astype(left.dtype)
     return jnp.minimum(left, wide)
 
 
-def _mix_forward(coeffs, mu, tol):
-    """Results per observation, and the (batched, sorted) left points that were used."""
-    log_c, log_factorial = _safe_log(coeffs), _log_factorials(coeffs.shape[0] - 1, mu.dtype)
-    order, batches = _batched(mu)
-    shape = (BATCH, coeffs.shape[1])
+def _log_coeffs(coeffs, dtype):
+    """``log c`` transposed to ``(q, K)``, and ``log k!`` for ``k = 0..K-1``."""
+    return _safe_log(coeffs).T, _log_factorials(coeffs.shape[0] - 1, dtype)
 
-    def mix(mu_b, left):
-        n_chunks, terms = _windows(log_c, log_factorial, mu_b, tol, left)
+
+def _mix_forward(coeffs, mu, tol):
+    """Results per observation, and the (batched, sorted) windows ``[left, right]`` used."""
+    log_ct, log_factorial = _log_coeffs(coeffs, mu.dtype)
+    order, batches = _batched(mu)
+    shape = (coeffs.shape[1], BATCH)
+
+    def mix(mu_b, start, stop):
+        n_chunks, terms = _windows(log_ct, log_factorial, mu_b, start, stop)
         return _stream_logsumexp(n_chunks, lambda j: terms(j)[3], shape, coeffs.dtype)
 
     def one_batch(mu_b):
-        left, _ = truncation_points(mu_b, tol)
-        first = mix(mu_b, left)
-        wide = _relative_left(log_c, first, mu_b, left, tol)
-        out = jax.lax.cond(jnp.any(wide < left), lambda: mix(mu_b, wide), lambda: first)
-        return out, wide
+        left, right = truncation_points(mu_b, tol)
+        first = mix(mu_b, left, right)
+        wide = _relative_left(log_ct, first, mu_b, left, tol)
+        # the widened part [wide, left) only: no chunks at all where nothing widened
+        # (no lax.cond, which vmap would turn into evaluating both branches)
+        out = jnp.logaddexp(first, mix(mu_b, wide, left - 1))
+        return out.T, (wide, right)
 
-    out, lefts = jax.lax.map(one_batch, batches)
-    return _unbatch(out, order, mu.shape[0]), lefts
+    out, windows = jax.lax.map(one_batch, batches)
+    return _unbatch(out, order, mu.shape[0]), windows
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -303,39 +313,39 @@ def poisson_mix_log(coeffs: Float[Array, "K q"], mu: Float[Array, " t"], tol: fl
 def _mix_fwd(coeffs, mu, tol):
     if mu.shape[0] == 0:
         return jnp.zeros((0, coeffs.shape[1]), coeffs.dtype), (coeffs, mu, None, None)
-    out, lefts = _mix_forward(coeffs, mu, tol)
-    return out, (coeffs, mu, out, lefts)
+    out, windows = _mix_forward(coeffs, mu, tol)
+    return out, (coeffs, mu, out, windows)
 
 
 def _mix_bwd(tol, residuals, g):
-    coeffs, mu, log_f, lefts = residuals
+    coeffs, mu, log_f, windows = residuals
     if mu.shape[0] == 0:
         return jnp.zeros_like(coeffs), jnp.zeros_like(mu)
-    log_c, log_factorial = _safe_log(coeffs), _log_factorials(coeffs.shape[0] - 1, mu.dtype)
+    log_ct, log_factorial = _log_coeffs(coeffs, mu.dtype)
     order, batches = _batched(mu)
     finite = jnp.isfinite(log_f)
     # cotangent per observation scaled by 1 / f (0 where f = 0)
     scale = jnp.where(finite, g * jnp.exp(-jnp.where(finite, log_f, 0.0)), 0.0)
     batched = [_to_batches(x, order, 0.0) for x in (scale, g, log_f)]
 
-    def one_batch(d_coeffs, batch):
-        mu_b, scale_i, g_i, log_f_i, left_b = batch
-        n_chunks, terms = _windows(log_c, log_factorial, mu_b, tol, left_b)
+    def one_batch(d_ct, batch):
+        mu_b, scale_i, g_i, log_f_i, (start, stop) = batch
+        n_chunks, terms = _windows(log_ct, log_factorial, mu_b, start, stop)
 
-        def body(j, d_coeffs):
+        def body(j, d_ct):
             kc, inside, log_w, _ = terms(j)
             w = jnp.where(inside, jnp.exp(log_w), 0.0)  # (BATCH, CHUNK)
-            return d_coeffs.at[kc].add(jnp.einsum("bc,bq->cq", w, scale_i))
+            return d_ct.at[:, kc].add(w[None] * scale_i.T[:, :, None], mode="promise_in_bounds")
 
-        d_coeffs = jax.lax.fori_loop(0, n_chunks, body, d_coeffs)
-        log_shifted = _stream_logsumexp(n_chunks, lambda j: terms(j, shift=1)[3], log_f_i.shape, log_f_i.dtype)
+        d_ct = jax.lax.fori_loop(0, n_chunks, body, d_ct)
+        log_shifted = _stream_logsumexp(n_chunks, lambda j: terms(j, shift=1)[3], log_f_i.T.shape, log_f_i.dtype).T
         finite_i = jnp.isfinite(log_f_i)
         ratio = jnp.exp(log_shifted - jnp.where(finite_i, log_f_i, 0.0))
         d_mu = jnp.sum(jnp.where(finite_i, g_i * (ratio - 1.0), 0.0), axis=-1)
-        return d_coeffs, d_mu
+        return d_ct, d_mu
 
-    d_coeffs, d_mu = jax.lax.scan(one_batch, jnp.zeros_like(coeffs), (batches, *batched, lefts))
-    return d_coeffs, _unbatch(d_mu, order, mu.shape[0])
+    d_ct, d_mu = jax.lax.scan(one_batch, jnp.zeros_like(coeffs.T), (batches, *batched, windows))
+    return d_ct.T, _unbatch(d_mu, order, mu.shape[0])
 
 
 poisson_mix_log.defvjp(_mix_fwd, _mix_bwd)
