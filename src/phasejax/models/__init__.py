@@ -1,6 +1,6 @@
 """Graph builders for common phase-type models (each returns a :class:`phasejax.Graph`)."""
 
-from ._coalescent import IsolationWithMigration, PiecewiseKingman, kingman, sfs_rewards, two_island
+from ._coalescent import IsolationWithMigration, PiecewiseKingman, jsfs_rewards, kingman, sfs_rewards, two_island
 from ._recombination import tmrca_rewards, two_locus
 from ._queues import birth_death, mm1_capacity
 from ._simple import coxian, erlang, rabbit_flooding
@@ -11,6 +11,7 @@ __all__ = [
     "birth_death",
     "coxian",
     "erlang",
+    "jsfs_rewards",
     "kingman",
     "mm1_capacity",
     "rabbit_flooding",

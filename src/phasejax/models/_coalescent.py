@@ -5,8 +5,10 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from .._compile import Model
+from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL
 from .._epochs import EpochPhaseType, epochs
 from .._graph import Graph
 
@@ -67,18 +69,14 @@ def sfs_rewards(graph: Graph, n: int | None = None) -> np.ndarray:
     return per_class[:, : n - 1].T.astype(np.float64)
 
 
-def two_island(n1: int, n2: int = 0) -> Graph:
-    """Structured coalescent with two demes and migration (cyclic).
+def _two_deme(n_classes: int, start: tuple[int, ...]) -> Graph:
+    """Two-deme structured coalescent over ``n_classes`` lineage classes per deme.
 
-    State (length ``2 n``, ``n = n1 + n2``): entries ``d * n + i`` count lineages in
-    deme ``d`` ancestral to ``i + 1`` samples. Parameters
-    ``theta = (coal_1, coal_2, mig_12, mig_21)``: pairs in deme ``d`` coalesce at rate
-    ``coal_d``; each lineage in deme 1 moves to deme 2 at rate ``mig_12`` and back at
-    ``mig_21``. Absorbs when one lineage is left.
+    State (length ``2 n_classes``): entry ``d * n_classes + k`` counts lineages of class
+    ``k`` in deme ``d``; classes add like block sizes (``k1 + k2 + 1``, see
+    :func:`_merge`). Parameters ``(coal_1, coal_2, mig_12, mig_21)``; absorbs when one
+    lineage is left.
     """
-    n = n1 + n2
-    if n < 2:
-        raise ValueError(f"two_island needs at least 2 samples, got {n}")
 
     def transitions(state):
         counts = state.tolist()
@@ -86,21 +84,83 @@ def two_island(n1: int, n2: int = 0) -> Graph:
             return []
         out = []
         for deme in range(2):
-            out.extend(_coalescences(counts, n, deme * n, 4, deme))
-            for i in range(n):
-                k = counts[deme * n + i]
+            out.extend(_coalescences(counts, n_classes, deme * n_classes, 4, deme))
+            for i in range(n_classes):
+                k = counts[deme * n_classes + i]
                 if k:
                     new = list(counts)
-                    new[deme * n + i] -= 1
-                    new[(1 - deme) * n + i] += 1
+                    new[deme * n_classes + i] -= 1
+                    new[(1 - deme) * n_classes + i] += 1
                     coefficients = [0.0] * 4
                     coefficients[2 + deme] = float(k)
                     out.append((tuple(new), coefficients))
         return out
 
-    start = [0] * (2 * n)
-    start[0], start[n] = n1, n2
-    return Graph.from_callback(transitions, tuple(start), n_params=4)
+    return Graph.from_callback(transitions, start, n_params=4)
+
+
+def _joint_classes(n1: int, n2: int) -> int:
+    """Number of joint lineage classes ``(a, b) != (0, 0)``: ``(n1 + 1)(n2 + 1) - 1``."""
+    return (n1 + 1) * (n2 + 1) - 1
+
+
+def _two_island_start(n1: int, n2: int, joint: bool) -> tuple[int, ...]:
+    """Initial state: ``n1`` singletons in deme 1, ``n2`` in deme 2 (see :func:`two_island`)."""
+    k = _joint_classes(n1, n2) if joint else n1 + n2
+    start = [0] * (2 * k)
+    # joint: class (a, b) sits at a (n2 + 1) + b - 1, so (1, 0) at n2 and (0, 1) at 0
+    start[n2 if joint else 0] += n1
+    start[k] += n2
+    return tuple(start)
+
+
+def two_island(n1: int, n2: int = 0, *, joint: bool = False) -> Graph:
+    """Structured coalescent with two demes and migration (cyclic).
+
+    Parameters ``theta = (coal_1, coal_2, mig_12, mig_21)``: pairs in deme ``d``
+    coalesce at rate ``coal_d``; each lineage in deme 1 moves to deme 2 at rate
+    ``mig_12`` and back at ``mig_21``. Absorbs when one lineage is left. States have
+    one block of ``K`` lineage classes per deme: entry ``d * K + k`` counts lineages of
+    class ``k`` in deme ``d`` (``d = 0`` is deme 1).
+
+    - ``joint=False`` (block counting, ``K = n = n1 + n2``): class ``k`` holds the
+      lineages ancestral to ``k + 1`` samples. Rewards: :func:`sfs_rewards` (pooled SFS).
+    - ``joint=True`` (``K = (n1 + 1)(n2 + 1) - 1``): class ``k = a (n2 + 1) + b - 1``
+      holds the lineages ancestral to ``a`` samples of deme 1 and ``b`` of deme 2
+      (``(a, b) != (0, 0)``). A coalescence of ``(a, b)`` with ``(a', b')`` gives
+      ``(a + a', b + b')``, i.e. class ``k + k' + 1`` since ``b + b' <= n2`` never
+      carries. Starts with ``n1`` lineages ``(1, 0)`` in deme 1 and ``n2`` lineages
+      ``(0, 1)`` in deme 2. Rewards: :func:`jsfs_rewards` (joint SFS). With ``n2 = 0``
+      both layouts coincide.
+    """
+    n = n1 + n2
+    if n < 2:
+        raise ValueError(f"two_island needs at least 2 samples, got {n}")
+    start = _two_island_start(n1, n2, joint)
+    return _two_deme(len(start) // 2, start)
+
+
+def jsfs_rewards(graph: Graph, n1: int, n2: int) -> Float[np.ndarray, "n1+1 n2+1 V"]:
+    """Joint-site-frequency-spectrum rewards of a ``two_island(n1, n2, joint=True)`` graph.
+
+    Entry ``[a, b, v]`` is the number of lineages in vertex ``v`` (either deme) ancestral
+    to ``a`` deme-1 and ``b`` deme-2 samples, for ``0 < a + b < n1 + n2``; the entries
+    ``[0, 0]`` and ``[n1, n2]`` are zero. The reward-weighted time of ``[a, b]`` is the
+    total length of branches subtending exactly ``a`` deme-1 and ``b`` deme-2 samples,
+    so its mean is the expected JSFS entry ``E[xi_{a,b}]`` in coalescent time (per unit
+    ``theta / 2``); with one panmictic population of pair coalescence rate ``c``,
+    ``E[xi_{a,b}] = 2 / (c (a + b)) * C(n1, a) C(n2, b) / C(n1 + n2, a + b)``.
+    Summed over ``a + b = i`` it is row ``i - 1`` of :func:`sfs_rewards` of the
+    block-counting graph.
+    """
+    k = _joint_classes(n1, n2)
+    first = graph.starting_vertex().edges()[0][0].state()  # the initial state
+    if graph.state_length != 2 * k or tuple(first) != _two_island_start(n1, n2, True):
+        raise ValueError(f"graph is not two_island({n1}, {n2}, joint=True)")
+    # classes 0..k-2 are (a, b) = (0, 1)..(n1, n2 - 1) in row-major order; pad (0, 0), (n1, n2)
+    inner = sfs_rewards(graph, n=k)
+    pad = np.zeros((1, inner.shape[1]))
+    return np.concatenate([pad, inner, pad]).reshape(n1 + 1, n2 + 1, -1)
 
 
 class PiecewiseKingman(eqx.Module):
@@ -129,14 +189,27 @@ class IsolationWithMigration(eqx.Module):
     ``coal_1``, ``coal_2``) until ``split_time`` back in time, when every lineage moves
     into one ancestral population (deme 1) with coalescence rate ``coal_ancestral``.
     Build once with ``IsolationWithMigration(graph)``; calling it returns an
-    :class:`phasejax.EpochPhaseType` (traced parameters). Rewards such as
-    :func:`sfs_rewards` of the graph apply to it.
+    :class:`phasejax.EpochPhaseType` (traced parameters).
+
+    Both epochs run on the one graph: at the split the static ``merge`` map sends the
+    state ``(x_1, x_2)`` (deme blocks) to ``(x_1 + x_2, 0)``, which keeps every
+    lineage's class. Per-vertex rewards that count lineages of a class over both demes
+    (:func:`sfs_rewards`, :func:`jsfs_rewards`) therefore mean the same in both epochs
+    and apply to the epoch model as they are: ``im(...).mean(rewards)``, with ``rewards``
+    of shape ``(V,)`` or ``(k, V)``.
+
+    Joint SFS: ``IsolationWithMigration.joint_sfs(n1, n2)`` builds it on
+    ``two_island(n1, n2, joint=True)`` (lineages typed by their ``(a, b)`` deme-1 and
+    deme-2 descendants, see :func:`two_island`) and keeps ``rewards =
+    jsfs_rewards(graph, n1, n2)``, shape ``(n1 + 1, n2 + 1, V)``;
+    :meth:`expected_jsfs` gives ``E[xi_{a,b}]``, shape ``(n1 + 1, n2 + 1)``.
     """
 
     model: Model
     merge: tuple = eqx.field(static=True)
+    rewards: Float[np.ndarray, "*classes V"] | None = None
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, rewards: Float[np.ndarray, "*classes V"] | None = None):
         self.model = graph.compile()
         states = graph.states()
         n = states.shape[1] // 2
@@ -144,6 +217,13 @@ class IsolationWithMigration(eqx.Module):
         position = {int(v): i for i, v in enumerate(transient)}
         merged = np.concatenate([states[:, :n] + states[:, n:], np.zeros_like(states[:, n:])], axis=1)
         self.merge = tuple(position[graph.find_vertex(merged[v]).index] for v in transient)
+        self.rewards = None if rewards is None else np.asarray(rewards, np.float64)
+
+    @classmethod
+    def joint_sfs(cls, n1: int, n2: int) -> IsolationWithMigration:
+        """The model on ``two_island(n1, n2, joint=True)`` with its :func:`jsfs_rewards`."""
+        graph = two_island(n1, n2, joint=True)
+        return cls(graph, jsfs_rewards(graph, n1, n2))
 
     def __call__(self, coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time) -> EpochPhaseType:
         coal_1, coal_2, mig_12, mig_21, coal_ancestral = (
@@ -155,3 +235,17 @@ class IsolationWithMigration(eqx.Module):
             jnp.stack([coal_ancestral, coal_ancestral, jnp.zeros_like(mig_12), jnp.ones_like(mig_21)]),
         ])
         return epochs(self.model, thetas, jnp.reshape(split_time, (1,)), maps=(self.merge,))
+
+    def expected_jsfs(
+        self, coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time, *, tol: float = DEFAULT_TOL,
+        max_steps: int = DEFAULT_MAX_STEPS,
+    ) -> Float[Array, "*classes"]:
+        """``E[int r_c(X_t) dt]`` for every class ``c`` of ``rewards`` (built by
+        :meth:`joint_sfs`: the expected JSFS ``E[xi_{a,b}]``, shape ``(n1 + 1, n2 + 1)``,
+        in coalescent time units; multiply by ``theta / 2`` for expected site counts).
+        Under ``jit``, close over the module or use ``eqx.filter_jit`` (it is not hashable)."""
+        if self.rewards is None:
+            raise ValueError("no rewards: build with IsolationWithMigration.joint_sfs(n1, n2) or pass rewards=")
+        dist = self(coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time)
+        r = self.rewards
+        return dist.mean(r.reshape(-1, r.shape[-1]), tol=tol, max_steps=max_steps).reshape(r.shape[:-1])
