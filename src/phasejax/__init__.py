@@ -5,6 +5,7 @@ from ._epochs import EpochPhaseType, epochs
 from ._rewards import DiscreteRewardTransform, RewardTransform, mutation_counts, reward_transform
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
 from ._graph import Graph, Matrices, Vertex
+from ._mutations import joint_mutation_pmf
 from ._solve import AbstractSolver, DenseLU, Krylov, LevelSweep, System
 from . import models
 
@@ -27,6 +28,7 @@ __all__ = [
     "Vertex",
     "compile_graph",
     "epochs",
+    "joint_mutation_pmf",
     "linear_rates",
     "make_structure",
     "models",
