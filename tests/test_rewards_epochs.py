@@ -301,3 +301,16 @@ def test_discrete_reward_transform_against_dynamic_programming(seed):
     bad[2] = 1.5
     with pytest.raises(ValueError, match="integer"):
         dist.reward_transform(bad)
+
+
+def test_mutation_counts_with_rewards_inside_jit():
+    """The reward transformation inside ``mutation_counts`` builds its structure while
+    tracing; n = 2: K | L ~ Poisson(mu L), L = 2 T ~ Exp(c / 2) gives a geometric law."""
+    graph = pj.models.kingman(2)
+    model = graph.compile()
+    rewards = pj.models.sfs_rewards(graph)[0]
+    c, mu = 1.3, 0.4
+    k = jnp.arange(5)
+    pmf = jax.jit(lambda th: pj.mutation_counts(model(th), mu, rewards).pmf(k))(jnp.array([c]))
+    expected = c / (c + 2 * mu) * (2 * mu / (c + 2 * mu)) ** np.arange(5)
+    np.testing.assert_allclose(pmf, expected, rtol=1e-12)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
@@ -105,7 +106,14 @@ def make_structure(
 
     ``solver``: ``"auto"`` (level sweep if acyclic, dense LU up to 2,000 transient
     states, Krylov above), ``"sweep"``, ``"dense"``, ``"krylov"``, or an instance.
+    The arrays are concrete even when this runs while tracing (e.g. a reward
+    transformation built inside ``jit``): structure is data known at trace time.
     """
+    with jax.ensure_compile_time_eval():
+        return _make_structure(n_vertices, transient, src, dst, discrete, solver)
+
+
+def _make_structure(n_vertices, transient, src, dst, discrete, solver) -> Structure:
     n = transient.size
     if isinstance(solver, str):
         blocks = level_schedule(n, src, dst) if solver in ("auto", "sweep") else None
