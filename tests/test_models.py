@@ -347,3 +347,14 @@ def test_coxian_closed_form_mean():
     model = pj.models.coxian(k).compile()
     got = jax.jit(lambda t: model(t).mean())(jnp.asarray(np.concatenate([a, b])))
     np.testing.assert_allclose(float(got), mean, rtol=1e-13)
+
+
+def test_sfs_rewards_sample_size_from_initial_state():
+    """Structured graphs: the default sample size is the initial number of lineages
+    (n1 + n2), not the state length (2 n)."""
+    graph = pj.models.two_island(2, 1)
+    default = pj.models.sfs_rewards(graph)
+    assert default.shape[0] == 2
+    np.testing.assert_array_equal(default, pj.models.sfs_rewards(graph, n=3))
+    with pytest.raises(ValueError, match="blocks of 4"):
+        pj.models.sfs_rewards(graph, n=4)

@@ -61,10 +61,14 @@ def sfs_rewards(graph: Graph, n: int | None = None) -> np.ndarray:
     Row ``i - 1`` counts the lineages ancestral to ``i`` samples (summed over demes for
     structured block-counting states of length ``k * n``), so that the reward-weighted
     time is the total branch length subtending ``i`` samples: ``E[xi_i] = 2 / i`` under
-    the standard coalescent (per unit mutation rate ``theta / 2``).
+    the standard coalescent (per unit mutation rate ``theta / 2``). The sample size
+    ``n`` defaults to the number of lineages in the initial state (all singletons).
     """
     states = graph.states()
-    n = states.shape[1] if n is None else n
+    if n is None:
+        n = int(np.sum(graph.starting_vertex().edges()[0][0].state()))
+    if states.shape[1] % n:
+        raise ValueError(f"states of length {states.shape[1]} are not blocks of {n} lineage classes")
     per_class = states.reshape(states.shape[0], -1, n).sum(axis=1)
     return per_class[:, : n - 1].T.astype(np.float64)
 
