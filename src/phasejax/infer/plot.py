@@ -12,11 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _plt():
+def _plt(module: str = "phasejax.infer.plot"):
+    """``matplotlib.pyplot``, imported on first use, or an ImportError naming the extra."""
     try:
         import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover
-        raise ImportError("phasejax.infer.plot needs matplotlib: pip install matplotlib") from err
+    except ImportError as err:
+        raise ImportError(
+            f"{module} needs matplotlib: pip install matplotlib (or install phasejax with the 'plot' extra: "
+            "pip install 'phasejax[plot]')"
+        ) from err
     return plt
 
 
