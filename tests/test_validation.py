@@ -360,3 +360,28 @@ def test_negative_or_nan_rewards(chain_model, bad):
 def test_moments_order_must_be_positive(chain_model):
     with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         chain_model(jnp.array([1.0])).moments(0)
+
+
+def test_guarded_flags_inadmissible_theta_without_raising():
+    """``Model.guarded``: admissible thetas give ``model(theta)`` itself; bad ones (NaN,
+    negative or zero rates, discrete probabilities over 1) are flagged, with valid
+    stand-in rates so that evaluation cannot fail."""
+    model = pj.models.kingman(4).compile()
+    dist, ok = model.guarded(jnp.array([1.3]))
+    assert bool(ok)
+    np.testing.assert_allclose(dist.mean(), model(jnp.array([1.3])).mean(), rtol=1e-14)
+    for bad in (0.0, -1.0, np.nan, np.inf):
+        dist, ok = jax.jit(lambda th: model.guarded(th))(jnp.array([bad]))
+        assert not bool(ok)
+        assert np.isfinite(float(dist.mean()))
+    g = pj.Graph(1, discrete=True)
+    a = g.find_or_create_vertex((1,))
+    b = g.find_or_create_vertex((2,))
+    g.starting_vertex().add_edge(a, 1.0)
+    a.add_edge_parameterized(b, 0.0, [1.0])
+    a.add_edge_parameterized(g.find_or_create_vertex((0,)), 0.0, [1.0])
+    dph = g.compile()
+    assert bool(dph.guarded(jnp.array([0.3]))[1])
+    dist, ok = dph.guarded(jnp.array([0.7]))  # 2 x 0.7 > 1
+    assert not bool(ok)
+    np.testing.assert_allclose(float(dist.mean()), 1.5, rtol=1e-12)  # stand-in 1/3 per edge: leaves w.p. 2/3

@@ -183,8 +183,8 @@ class Model(eqx.Module):
     def transient_vertices(self) -> Int[Array, " n"]:
         return self.structure.transient_vertices
 
-    def rates(self, theta: ArrayLike | None = None) -> Float[Array, " E"]:
-        """All edge rates (graph edge order) at ``theta``, checked non-negative and finite."""
+    def _raw_rates(self, theta: ArrayLike | None) -> Float[Array, " E"]:
+        """``base + rate_fn(theta, coefficients)``, unchecked."""
         dtype = jnp.result_type(float) if theta is None else jnp.result_type(theta, float)
         theta = jnp.zeros((0,), dtype) if theta is None else jnp.asarray(theta, dtype)
         if theta.shape != (self.n_params,):
@@ -192,10 +192,30 @@ class Model(eqx.Module):
                 f"theta has shape {theta.shape}, but this model has {self.n_params} parameters "
                 f"(expected shape ({self.n_params},); use jax.vmap for a batch)"
             )
-        rates = jnp.asarray(self.base, dtype) + self.rate_fn(theta, jnp.asarray(self.coefficients, dtype))
+        return jnp.asarray(self.base, dtype) + self.rate_fn(theta, jnp.asarray(self.coefficients, dtype))
+
+    def rates(self, theta: ArrayLike | None = None) -> Float[Array, " E"]:
+        """All edge rates (graph edge order) at ``theta``, checked non-negative and finite."""
+        rates = self._raw_rates(theta)
         return eqx.error_if(
             rates, jnp.any(jnp.isnan(rates) | (rates < 0)), "an edge rate is negative or NaN at this theta"
         )
+
+    def _parts(self, rates):
+        """Transient edge rates, total out-rates and the initial vector from all edge rates."""
+        n = self.n_transient
+        rate = rates[self.edge_index]
+        diag = _sparse.segment_sum(rate, self.structure.src, n)
+        if self.initial is None:
+            alpha = _sparse.segment_sum(rates[self.init_index], self.init_dst, n)
+        else:
+            alpha = jnp.asarray(self.initial, rates.dtype)
+        return rate, diag, alpha
+
+    def _build(self, rate, diag, alpha):
+        from ._distribution import DiscretePhaseType, PhaseType
+
+        return (DiscretePhaseType if self.discrete else PhaseType)(self.structure, rate, diag, alpha)
 
     def __call__(self, theta: ArrayLike | None = None, *, require_exit: bool = True):
         """The distribution at ``theta``.
@@ -204,26 +224,41 @@ class Model(eqx.Module):
         (only meaningful for a finite epoch of an :class:`EpochPhaseType`, where the
         chain may simply stay; solves and moments need every state to be left).
         """
-        from ._distribution import DiscretePhaseType, PhaseType
-
-        rates = self.rates(theta)
-        n = self.n_transient
-        rate = rates[self.edge_index]
-        diag = _sparse.segment_sum(rate, self.structure.src, n)
+        rate, diag, alpha = self._parts(self.rates(theta))
         if require_exit:
             diag = eqx.error_if(
                 diag, jnp.any(diag <= 0), "a transient state can never be left: its out-rates are all zero at this theta"
             )
-        if self.initial is None:
-            alpha = _sparse.segment_sum(rates[self.init_index], self.init_dst, n)
-        else:
-            alpha = jnp.asarray(self.initial, rates.dtype)
         alpha = eqx.error_if(alpha, jnp.sum(alpha) > 1 + 1e-12, "initial probabilities sum to more than 1")
         if self.discrete:
             diag = eqx.error_if(diag, jnp.any(diag > 1 + 1e-12), "out-probabilities of a state sum to more than 1")
-            return DiscretePhaseType(self.structure, rate, diag, alpha)
-        return PhaseType(self.structure, rate, diag, alpha)
+        return self._build(rate, diag, alpha)
 
+    def guarded(self, theta: ArrayLike) -> tuple:
+        """``(distribution, admissible)`` without raising for a bad ``theta``.
+
+        ``admissible`` is False where ``model(theta)`` would raise (a rate negative,
+        NaN or infinite, a state that can never be left, initial or discrete
+        probabilities over 1); the distribution is then built on stand-in rates that
+        are always valid (rate 1 per edge; discrete: ``1 / (out-degree + 1)``; initial
+        mass spread evenly), so evaluating it cannot fail or hang and the caller masks
+        the result (e.g. a log density of ``-inf`` for an MCMC proposal far out).
+        """
+        rates = self._raw_rates(theta)
+        rate, diag, alpha = self._parts(rates)
+        ok = jnp.all(jnp.isfinite(rates) & (rates >= 0)) & jnp.all(diag > 0) & (jnp.sum(alpha) <= 1 + 1e-12)
+        if self.discrete:
+            ok = ok & jnp.all(diag <= 1 + 1e-12)
+        n_edges = rates.shape[0]
+        src = np.asarray(self.structure.src)
+        out_degree = np.bincount(src, minlength=self.n_transient)
+        stand_in = np.ones(n_edges)
+        if self.discrete:
+            stand_in[np.asarray(self.edge_index)] = 1.0 / (out_degree[src] + 1.0)
+        init_index = np.asarray(self.init_index)
+        stand_in[init_index] = 1.0 / max(init_index.size, 1)
+        safe = jnp.where(ok, rates, jnp.asarray(stand_in, rates.dtype))
+        return self._build(*self._parts(safe)), ok
 
 
 def compile_graph(

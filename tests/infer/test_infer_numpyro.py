@@ -70,6 +70,26 @@ def test_distribution_log_prob_and_sample(numpyro):
         infer.PhaseTypeDistribution(model, jnp.array([1.0, 2.0]))
 
 
+def test_log_prob_of_inadmissible_theta_is_minus_inf(numpyro):
+    """NUTS's step-size search proposes theta = 0, inf, NaN: -inf (rejected), a zero
+    gradient, no error; admissible thetas (also under vmap beside bad ones) unchanged."""
+    model = pj.models.kingman(4).compile()
+    x = jnp.array([0.4, 1.0, 2.2])
+    log_prob = jax.jit(jax.vmap(lambda th: infer.PhaseTypeDistribution(model, th).log_prob(x).sum()))
+    thetas = jnp.array([[0.0], [jnp.inf], [jnp.nan], [-1.0], [1.3]])
+    lp = log_prob(thetas)
+    assert np.all(np.asarray(lp[:4]) == -np.inf)
+    np.testing.assert_allclose(lp[4], model(jnp.array([1.3])).logpdf(x).sum(), rtol=1e-12)
+    grads = jax.jit(jax.vmap(jax.grad(lambda th: infer.PhaseTypeDistribution(model, th).log_prob(x).sum())))(thetas)
+    assert np.all(np.asarray(grads[:4]) == 0.0)
+    h = 1e-6
+    fd = (model(jnp.array([1.3 + h])).logpdf(x).sum() - model(jnp.array([1.3 - h])).logpdf(x).sum()) / (2 * h)
+    np.testing.assert_allclose(grads[4, 0], fd, rtol=1e-6)
+    # with out_of_range="raise" the bad theta is an error, as for model(theta)
+    with pytest.raises(Exception, match="negative or NaN"):
+        jax.block_until_ready(infer.PhaseTypeDistribution(model, jnp.array([jnp.nan]), out_of_range="raise").log_prob(x))
+
+
 def test_nuts_exponential_matches_conjugate(numpyro):
     import numpyro.distributions as dist
     from numpyro.infer import MCMC, NUTS

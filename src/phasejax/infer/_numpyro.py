@@ -33,9 +33,11 @@ class PhaseTypeDistribution(_dist.Distribution):
     ``theta`` has shape ``batch_shape + (n_params,)``; ``log_prob`` is
     ``logpdf``/``logpmf`` (exact gradients in ``theta``), ``sample`` draws by
     simulating the jump chain. ``logpdf_kwargs`` go to ``logpdf``/``logpmf``.
-    Where the density would need more than ``max_steps`` series terms (a proposal far
-    out in parameter space) ``log_prob`` is ``-inf``, so the proposal is rejected;
-    ``out_of_range="raise"`` raises instead.
+    Where ``theta`` is not admissible (a rate negative, infinite or NaN, a state that
+    can never be left; see :meth:`phasejax.Model.guarded`) or the density would need
+    more than ``max_steps`` series terms (a proposal far out in parameter space)
+    ``log_prob`` is ``-inf``, so the proposal is rejected; ``out_of_range="raise"``
+    raises instead.
     """
 
     pytree_data_fields = ("model", "theta", "rewards")
@@ -73,7 +75,13 @@ class PhaseTypeDistribution(_dist.Distribution):
         return d if self.rewards is None else d.reward_scaled(self.rewards)
 
     def _log_prob_flat(self, theta, values):
-        return log_likelihood(self._dist(theta), values, self.discrete, dict(self.logpdf_kwargs), self.out_of_range)
+        if self.out_of_range == "raise":
+            return log_likelihood(self._dist(theta), values, self.discrete, dict(self.logpdf_kwargs), "raise")
+        dist, admissible = self.model.guarded(theta)  # a bad proposal (rate 0, inf, NaN): -inf
+        if self.rewards is not None:
+            dist = dist.reward_scaled(self.rewards)
+        log_p = log_likelihood(dist, values, self.discrete, dict(self.logpdf_kwargs), "-inf")
+        return jnp.where(admissible, log_p, -jnp.inf)
 
     def log_prob(self, value):
         value = jnp.asarray(value)
