@@ -77,6 +77,7 @@ class AbstractPhaseType(eqx.Module):
         lam = jax.lax.stop_gradient(jnp.asarray(lam, self.diag.dtype))
         return _unif.series(self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, n_steps, max_steps)
 
+    @eqx.filter_jit
     def sample(self, key, shape: tuple[int, ...] = (), rewards: ArrayLike | None = None, *, max_jumps: int = 1_000_000) -> Array:
         """Draw absorption times (``rewards=None``), accumulated rewards (``(V,)``), or
         a multivariate reward vector per draw (``(m, V)`` -> output ``shape + (m,)``).
@@ -107,6 +108,7 @@ class AbstractPhaseType(eqx.Module):
         """Probability of absorption at time 0 (``1 - sum(alpha)``)."""
         return 1.0 - jnp.sum(self.alpha)
 
+    @eqx.filter_jit
     def expected_waiting_time(self, rewards: ArrayLike | None = None) -> Float[Array, " V"]:
         """Expected reward accumulated until absorption from each vertex: ``U r``.
 
@@ -115,10 +117,12 @@ class AbstractPhaseType(eqx.Module):
         x = self._solver()(self._rewards(rewards))
         return self.structure.to_vertices(x, start=self.alpha @ x)
 
+    @eqx.filter_jit
     def mean(self, rewards: ArrayLike | None = None) -> Float[Array, ""]:
         """``E[Y] = alpha U r``."""
         return self.alpha @ self._solver()(self._rewards(rewards))
 
+    @eqx.filter_jit
     def expected_sojourn(self) -> Float[Array, " V"]:
         """Expected time in (continuous) or number of visits to (discrete) each vertex: ``alpha U``."""
         return self.structure.to_vertices(self._solver()(self.alpha, transpose=True))
@@ -137,17 +141,20 @@ class AbstractPhaseType(eqx.Module):
             rhss.append(rhs)
         return ms[1:]
 
+    @eqx.filter_jit
     def moments(self, k: int, rewards: ArrayLike | None = None) -> Float[Array, " k"]:
         """Raw moments ``E[Y], E[Y^2], ..., E[Y^k]`` (``k`` solves)."""
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         return jnp.stack([self.alpha @ m for m in self._moment_vectors(int(k), rewards)])
 
+    @eqx.filter_jit
     def var(self, rewards: ArrayLike | None = None) -> Float[Array, ""]:
         """``Var[Y] = E[Y^2] - E[Y]^2``."""
         m1, m2 = self.moments(2, rewards)
         return m2 - m1**2
 
+    @eqx.filter_jit
     def covariance_matrix(self, rewards: ArrayLike) -> Float[Array, "m m"]:
         """Covariance matrix of ``Y_a`` for a reward matrix of shape (m, V) (e.g. the SFS).
 
@@ -165,6 +172,7 @@ class AbstractPhaseType(eqx.Module):
     def _visit_correction(self, z, r):
         return 0.0
 
+    @eqx.filter_jit
     def cov(self, rewards1: ArrayLike, rewards2: ArrayLike) -> Float[Array, ""]:
         """``Cov[Y_1, Y_2]`` for two reward vectors."""
         return self.covariance_matrix(jnp.stack([jnp.asarray(rewards1), jnp.asarray(rewards2)]))[0, 1]
@@ -207,6 +215,7 @@ class PhaseType(AbstractPhaseType):
         coeffs, mu, _ = self._uniformized(t, proj, tol, max_steps)
         return _unif.poisson_mix_log(coeffs, mu, tol).reshape(jnp.shape(t) + (proj.shape[1],))
 
+    @eqx.filter_jit
     def logpdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``log f(t)``, ``f(t) = alpha exp(S t) s``, by uniformization (log space throughout).
 
@@ -219,11 +228,13 @@ class PhaseType(AbstractPhaseType):
         """Density ``f(t) = alpha exp(S t) s`` (see :meth:`logpdf`)."""
         return jnp.exp(self.logpdf(t, tol=tol, max_steps=max_steps))
 
+    @eqx.filter_jit
     def sf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """Survival ``P(T > t) = alpha exp(S t) 1`` (absolute error at most ``tol``)."""
         ones = jnp.ones_like(self.diag)[:, None]
         return jnp.exp(self._log_mixture(t, ones, tol, max_steps)[..., 0])
 
+    @eqx.filter_jit
     def cdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``P(T <= t)``: defect plus ``sum_k Pois(k; Lambda t) P(absorbed within k jumps)``.
 
@@ -235,6 +246,7 @@ class PhaseType(AbstractPhaseType):
         log_mix = _unif.poisson_mix_log(absorbed, mu, tol)
         return jnp.exp(log_mix[:, 0]).reshape(jnp.shape(t))
 
+    @eqx.filter_jit
     def state_probability(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``P(X_t = i)`` for each vertex, shape ``t.shape + (V,)``: ``alpha exp(S t)``.
 
@@ -243,11 +255,13 @@ class PhaseType(AbstractPhaseType):
         probs = self.transient_probability(jnp.ravel(jnp.asarray(t)), tol=tol, max_steps=max_steps)
         return jax.vmap(self.structure.to_vertices)(probs).reshape(jnp.shape(t) + (-1,))
 
+    @eqx.filter_jit
     def transient_probability(self, t: Array, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``alpha exp(S t)`` over transient states (not vertices), shape ``(len(t), n)``."""
         coeffs, mu, _ = self._uniformized(t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps)
         return jnp.exp(_unif.poisson_mix_log(coeffs, mu, tol))
 
+    @eqx.filter_jit
     def accumulated_occupancy(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """Expected time spent in each vertex up to ``t``: ``int_0^t alpha exp(S u) du``.
 
@@ -257,6 +271,7 @@ class PhaseType(AbstractPhaseType):
         occupancy = _unif.poisson_tail_mix(coeffs, mu) / lam
         return jax.vmap(self.structure.to_vertices)(occupancy).reshape(jnp.shape(t) + (-1,))
 
+    @eqx.filter_jit
     def laplace(self, s: ArrayLike, rewards: ArrayLike | None = None) -> Array:
         """``E[exp(-s Y)] = defect + alpha (s R - S)^{-1} s_exit`` for ``s >= 0`` (one solve each)."""
         r = self._rewards(rewards)
@@ -283,6 +298,7 @@ class DiscretePhaseType(AbstractPhaseType):
     def _visit_correction(self, z, r):
         return (z[:, None] * r).T @ r
 
+    @eqx.filter_jit
     def factorial_moments(self, k: int) -> Float[Array, " k"]:
         """``E[tau (tau-1) ... (tau-j+1)] = j! alpha T^{j-1} U^j 1`` for j = 1..k.
 
@@ -296,6 +312,7 @@ class DiscretePhaseType(AbstractPhaseType):
             out.append(factorial(j) * (self.alpha @ v))
         return jnp.stack(out)
 
+    @eqx.filter_jit
     def expected_visits(self) -> Float[Array, " V"]:
         """Expected number of visits to each vertex (``alpha U``)."""
         return self.expected_sojourn()
@@ -308,31 +325,37 @@ class DiscretePhaseType(AbstractPhaseType):
         )
         return self._series(proj, n_steps.astype(jnp.int32), max_steps), k
 
+    @eqx.filter_jit
     def pmf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``P(tau = k) = alpha T^{k-1} t`` for ``k >= 1``; ``P(tau = 0)`` is the defect."""
         coeffs, k = self._steps(k, self.exit[:, None], max_steps)
         return jnp.where(k == 0, self.defect(), coeffs[jnp.maximum(k - 1, 0), 0])
 
+    @eqx.filter_jit
     def logpmf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``log P(tau = k)``."""
         return jnp.log(self.pmf(k, max_steps=max_steps))
 
+    @eqx.filter_jit
     def sf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``P(tau > k) = alpha T^k 1``."""
         coeffs, k = self._steps(k, jnp.ones_like(self.diag)[:, None], max_steps)
         return coeffs[k, 0]
 
+    @eqx.filter_jit
     def cdf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``P(tau <= k)`` = defect + cumulative pmf (keeps relative precision when small)."""
         coeffs, k = self._steps(k, self.exit[:, None], max_steps)
         cumulative = jnp.concatenate([jnp.zeros(1, coeffs.dtype), jnp.cumsum(coeffs[:, 0])])
         return self.defect() + cumulative[k]
 
+    @eqx.filter_jit
     def state_probability(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``P(X_k = i)`` per vertex (``alpha T^k``), shape ``k.shape + (V,)``."""
         coeffs, k = self._steps(k, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), max_steps)
         return jax.vmap(self.structure.to_vertices)(coeffs[k.ravel()]).reshape(k.shape + (-1,))
 
+    @eqx.filter_jit
     def expected_visits_until(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """Expected visits to each vertex during steps ``0..k-1``: ``sum_{j<k} alpha T^j``."""
         coeffs, k = self._steps(k, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), max_steps)
