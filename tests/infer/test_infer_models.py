@@ -131,8 +131,8 @@ def test_posterior_rewards_and_discrete():
     )
     with pytest.raises(ValueError, match="discrete"):
         infer.PosteriorLogDensity(geometric, counts, discrete=False)
-    with pytest.raises(ValueError, match="continuous models only"):
-        infer.PosteriorLogDensity(geometric, counts, rewards=np.ones(3))
+    with pytest.raises(ValueError, match="integer"):  # discrete rewards fix the structure: integers
+        infer.PosteriorLogDensity(geometric, counts, rewards=np.full(3, 0.5))
 
 
 def test_out_of_range_gives_minus_inf_instead_of_raising(erlang1):

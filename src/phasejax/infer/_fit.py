@@ -139,8 +139,10 @@ def fit_svgd(
     - `transform`: ``'softplus'`` (default), ``'exp'``, or a transform object.
     - `discrete`: ``None`` follows the model; ``True``/``False`` must agree with it
       (``logpmf`` vs ``logpdf``).
-    - `rewards`: per-vertex strictly positive rewards: the data are
-      ``model(theta).reward_scaled(rewards)`` draws.
+    - `rewards`: per-vertex rewards; the data are accumulated rewards. Continuous:
+      strictly positive rewards, data drawn from ``model(theta).reward_scaled(rewards)``.
+      Discrete: non-negative integer rewards, data drawn from
+      ``reward_transform(model(theta), rewards)`` (``Y = sum_k r(X_k)``).
     - `moment_regularization`: ``None``, a strength ``lambda`` (number or schedule
       ``step -> lambda``; two moments), or a :class:`MomentRegularization`.
     - `init`: ``None`` (prior draws, squashed into their 5%..95% range in z), theta

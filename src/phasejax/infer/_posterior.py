@@ -5,8 +5,10 @@
 
 with ``m_k`` the sample's raw moments and ``w_k = 1 / m_k^2`` by default (each term a
 squared relative error). ``f`` is ``model(theta).logpdf`` (continuous),
-``.logpmf`` (discrete), or the density of the reward-scaled distribution
-``model(theta).reward_scaled(rewards)``.
+``.logpmf`` (discrete), or, with rewards, the density of the accumulated reward:
+``model(theta).reward_scaled(rewards)`` (continuous, strictly positive rewards) or the
+pmf of ``reward_transform(model(theta), rewards)`` (discrete, non-negative integer
+rewards: ``Y = sum_k r(X_k)``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._compile import Model
 from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL
+from .._rewards import DiscreteRewardTransform
 from ._priors import AbstractPrior, as_prior
 from ._transforms import AbstractTransform, as_transform
 
@@ -110,7 +114,10 @@ class PosteriorLogDensity(eqx.Module):
     """Callable ``z -> log p(z)`` (``step=`` for scheduled regularization).
 
     Its arrays (data, model, rewards) are pytree leaves, so they are traced inputs of
-    the compiled fit, not constants baked into it.
+    the compiled fit, not constants baked into it. Discrete data are step counts (or
+    accumulated integer rewards) and are stored as integers; with rewards on a discrete
+    model the :class:`~phasejax.DiscreteRewardTransform` is planned once, here (the
+    integer rewards fix its structure).
     """
 
     model: Model
@@ -118,6 +125,7 @@ class PosteriorLogDensity(eqx.Module):
     prior: AbstractPrior
     transform: AbstractTransform
     rewards: Array | None
+    reward_plan: DiscreteRewardTransform | None
     regularization: MomentRegularization | None
     sample_moments: Array | None
     moment_weights: Array | None
@@ -151,11 +159,16 @@ class PosteriorLogDensity(eqx.Module):
         data = jnp.ravel(jnp.asarray(data))
         if data.size == 0:
             raise ValueError("no data")
+        if is_discrete and not jnp.issubdtype(data.dtype, jnp.integer):  # e.g. sample() output
+            if not bool(jnp.all(data == jnp.round(data))):
+                raise ValueError("data of a discrete model must be whole numbers (step counts or integer rewards)")
+            data = data.astype(jnp.result_type(int))
         self.data = data
+        self.reward_plan = None
         if rewards is not None:
-            if is_discrete:
-                raise ValueError("rewards are supported for continuous models only (reward_scaled)")
             rewards = jnp.asarray(rewards, jnp.result_type(float))
+            if is_discrete:
+                self.reward_plan = DiscreteRewardTransform.build(model.structure, np.asarray(rewards))
         self.rewards = rewards
         self.prior = as_prior(prior)
         self.transform = as_transform(transform)
@@ -178,7 +191,9 @@ class PosteriorLogDensity(eqx.Module):
 
     def distribution(self, theta: Float[Array, " p"]):
         dist = self.model(theta)
-        return dist if self.rewards is None else dist.reward_scaled(self.rewards)
+        if self.rewards is None:
+            return dist
+        return dist.reward_scaled(self.rewards) if self.reward_plan is None else self.reward_plan(dist)
 
     def log_likelihood(self, theta: Float[Array, " p"], dist=None) -> Float[Array, ""]:
         dist = self.distribution(theta) if dist is None else dist
