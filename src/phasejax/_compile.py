@@ -9,6 +9,7 @@ evaluates the rates as traced arrays, so one compilation serves every theta, und
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -94,6 +95,19 @@ class Structure(eqx.Module):
         return rewards[self.transient_vertices]
 
 
+def at_trace_time(fn):
+    """Run ``fn`` (a host-side builder of static arrays) eagerly even while tracing, so
+    the structure it builds is concrete data (e.g. a reward plan made inside ``jit``)."""
+
+    @functools.wraps(fn)
+    def eager(*args, **kwargs):
+        with jax.ensure_compile_time_eval():
+            return fn(*args, **kwargs)
+
+    return eager
+
+
+@at_trace_time
 def make_structure(
     n_vertices: int,
     transient: np.ndarray,
@@ -109,11 +123,6 @@ def make_structure(
     The arrays are concrete even when this runs while tracing (e.g. a reward
     transformation built inside ``jit``): structure is data known at trace time.
     """
-    with jax.ensure_compile_time_eval():
-        return _make_structure(n_vertices, transient, src, dst, discrete, solver)
-
-
-def _make_structure(n_vertices, transient, src, dst, discrete, solver) -> Structure:
     n = transient.size
     if isinstance(solver, str):
         blocks = level_schedule(n, src, dst) if solver in ("auto", "sweep") else None

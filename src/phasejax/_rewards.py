@@ -22,7 +22,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from . import _sparse
-from ._compile import Structure, make_structure
+from ._compile import Structure, at_trace_time, make_structure
 
 
 def _dense(rows, cols, values, shape):
@@ -47,6 +47,7 @@ class RewardTransform(eqx.Module):
     dst_kind: Int[Array, " e"]  # 0: to P, 1: to Z, 2: absorption
 
     @classmethod
+    @at_trace_time
     def build(cls, structure: Structure, positive_vertices: Bool[np.ndarray, " V"], solver="auto") -> RewardTransform:
         """Plan the fold for rewards that are positive exactly on ``positive_vertices`` (per vertex)."""
         src = np.asarray(structure.src)
@@ -172,6 +173,7 @@ class DiscreteRewardTransform(eqx.Module):
     repeat: Int[Array, " q"]  # P states with r >= 2 (edge last -> first: staying)
 
     @classmethod
+    @at_trace_time
     def build(cls, structure: Structure, rewards: np.ndarray, solver="auto") -> DiscreteRewardTransform:
         rewards = np.asarray(rewards)
         if rewards.shape != (structure.n_vertices,):

@@ -110,3 +110,20 @@ def test_nuts_exponential_matches_conjugate(numpyro):
     post_a, post_b = a + data.size, b + float(data.sum())
     np.testing.assert_allclose(rate.mean(), post_a / post_b, rtol=0.05)
     np.testing.assert_allclose(rate.std(), np.sqrt(post_a) / post_b, rtol=0.2)
+
+
+def test_discrete_rewards(numpyro):
+    """Geometric chain (leave w.p. p each step) earning 2 per step: Y = 2 T,
+    P(Y = 2k) = (1 - p)^(k - 1) p, odd values impossible; E[Y] = 2 / p."""
+    model = pj.Graph.from_callback(
+        lambda s: [((1,), [1.0])] if s[0] == 0 else [], (0,), n_params=1, discrete=True
+    ).compile()
+    rewards = np.array([0.0, 2.0, 0.0])
+    p = 0.3
+    values = jnp.array([2, 4, 6, 3])
+    lp = jax.jit(lambda th: infer.PhaseTypeDistribution(model, th, rewards=rewards).log_prob(values))(jnp.array([p]))
+    expected = [np.log((1 - p) ** (k - 1) * p) for k in (1, 2, 3)] + [-np.inf]
+    np.testing.assert_allclose(lp, expected, rtol=1e-12)
+    draws = infer.PhaseTypeDistribution(model, jnp.array([p]), rewards=rewards).sample(jax.random.PRNGKey(0), (4000,))
+    assert np.all(np.asarray(draws) % 2 == 0)
+    np.testing.assert_allclose(np.mean(draws), 2 / p, rtol=0.06)  # sd of the mean ~ 1.3%

@@ -21,14 +21,18 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._compile import Model
+from .._rewards import DiscreteRewardTransform
 from ._posterior import log_likelihood
 
 
 class PhaseTypeDistribution(_dist.Distribution):
     """``model(theta)`` as a numpyro distribution over absorption times (step counts
-    for a discrete model; accumulated rewards with strictly positive ``rewards``).
+    for a discrete model), or over accumulated rewards with ``rewards`` (continuous:
+    strictly positive, ``reward_scaled``; discrete: non-negative integers, concrete,
+    ``reward_transform``).
 
     ``theta`` has shape ``batch_shape + (n_params,)``; ``log_prob`` is
     ``logpdf``/``logpmf`` (exact gradients in ``theta``), ``sample`` draws by
@@ -40,7 +44,7 @@ class PhaseTypeDistribution(_dist.Distribution):
     raises instead.
     """
 
-    pytree_data_fields = ("model", "theta", "rewards")
+    pytree_data_fields = ("model", "theta", "rewards", "reward_plan")
     pytree_aux_fields = ("discrete", "logpdf_kwargs", "out_of_range")
 
     def __init__(self, model, theta, *, rewards=None, logpdf_kwargs=None, out_of_range="-inf", validate_args=None):
@@ -54,11 +58,13 @@ class PhaseTypeDistribution(_dist.Distribution):
             theta = theta.astype(jnp.result_type(float))
         if theta.ndim < 1 or theta.shape[-1] != model.n_params:
             raise ValueError(f"theta must have shape batch_shape + ({model.n_params},), got {theta.shape}")
-        if rewards is not None and model.discrete:
-            raise ValueError("rewards are supported for continuous models only")
         self.model = model
         self.theta = theta
         self.rewards = None if rewards is None else jnp.asarray(rewards, theta.dtype)
+        # discrete: integer rewards fix the transformed structure, planned once here
+        self.reward_plan = (
+            DiscreteRewardTransform.build(model.structure, np.asarray(rewards)) if rewards is not None and model.discrete else None
+        )
         self.discrete = model.discrete
         self.logpdf_kwargs = tuple(sorted((logpdf_kwargs or {}).items()))
         if out_of_range not in ("raise", "-inf"):
@@ -70,17 +76,20 @@ class PhaseTypeDistribution(_dist.Distribution):
     def support(self):
         return _constraints.nonnegative_integer if self.discrete else _constraints.positive
 
+    def _accumulated(self, dist):
+        """The distribution of the accumulated reward (the absorption time without rewards)."""
+        if self.rewards is None:
+            return dist
+        return dist.reward_scaled(self.rewards) if self.reward_plan is None else self.reward_plan(dist)
+
     def _dist(self, theta):
-        d = self.model(theta)
-        return d if self.rewards is None else d.reward_scaled(self.rewards)
+        return self._accumulated(self.model(theta))
 
     def _log_prob_flat(self, theta, values):
         if self.out_of_range == "raise":
             return log_likelihood(self._dist(theta), values, self.discrete, dict(self.logpdf_kwargs), "raise")
         dist, admissible = self.model.guarded(theta)  # a bad proposal (rate 0, inf, NaN): -inf
-        if self.rewards is not None:
-            dist = dist.reward_scaled(self.rewards)
-        log_p = log_likelihood(dist, values, self.discrete, dict(self.logpdf_kwargs), "-inf")
+        log_p = log_likelihood(self._accumulated(dist), values, self.discrete, dict(self.logpdf_kwargs), "-inf")
         return jnp.where(admissible, log_p, -jnp.inf)
 
     def log_prob(self, value):
