@@ -156,12 +156,9 @@ def dph_visits(alpha, T):
 
 
 # -- random matrices ------------------------------------------------------------------
-def random_subintensity(rng, n, density=0.05, defect=0.0, exit_fraction=0.3):
-    """A random irreducible-ish sparse sub-intensity matrix with cycles, and ``alpha``.
-
-    A random cycle through all states guarantees cycles; a random subset of states
-    has exit rates (at least one), so every state reaches absorption.
-    """
+def cycle_with_exits(rng, n, density, exit_fraction):
+    """Off-diagonal rates of a random graph with a Hamiltonian cycle (so cyclic) plus random
+    edges, and exit rates on some states (at least one), so every state reaches absorption."""
     S = np.zeros((n, n))
     perm = rng.permutation(n)
     S[perm, np.roll(perm, 1)] = rng.uniform(0.5, 2.0, n)
@@ -170,6 +167,12 @@ def random_subintensity(rng, n, density=0.05, defect=0.0, exit_fraction=0.3):
     S[mask] += rng.uniform(0.1, 3.0, mask.sum())
     exit_ = np.where(rng.random(n) < exit_fraction, rng.uniform(0.5, 2.0, n), 0.0)
     exit_[rng.integers(n)] = 1.0
+    return S, exit_
+
+
+def random_subintensity(rng, n, density=0.05, defect=0.0, exit_fraction=0.3):
+    """A random sparse sub-intensity matrix with cycles (:func:`cycle_with_exits`), and ``alpha``."""
+    S, exit_ = cycle_with_exits(rng, n, density, exit_fraction)
     np.fill_diagonal(S, -(S.sum(axis=1) + exit_))
     alpha = np.zeros(n)
     support = rng.choice(n, size=max(1, n // 10), replace=False)

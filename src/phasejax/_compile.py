@@ -258,16 +258,13 @@ class Model(eqx.Module):
         ok = jnp.all(jnp.isfinite(rates) & (rates >= 0)) & jnp.all(diag > 0) & (jnp.sum(alpha) <= 1 + 1e-12)
         if self.discrete:
             ok = ok & jnp.all(diag <= 1 + 1e-12)
-        n_edges = rates.shape[0]
-        src = np.asarray(self.structure.src)
-        out_degree = np.bincount(src, minlength=self.n_transient)
-        stand_in = np.ones(n_edges)
+        stand_in = jnp.ones_like(rates)
         if self.discrete:
-            stand_in[np.asarray(self.edge_index)] = 1.0 / (out_degree[src] + 1.0)
-        init_index = np.asarray(self.init_index)
-        stand_in[init_index] = 1.0 / max(init_index.size, 1)
-        safe = jnp.where(ok, rates, jnp.asarray(stand_in, rates.dtype))
-        return self._build(*self._parts(safe)), ok
+            src = self.structure.src
+            out_degree = _sparse.segment_sum(jnp.ones_like(rate), src, self.n_transient)
+            stand_in = stand_in.at[self.edge_index].set(1.0 / (out_degree[src] + 1.0))
+        stand_in = stand_in.at[self.init_index].set(1.0 / max(self.init_index.shape[0], 1))
+        return self._build(*self._parts(jnp.where(ok, rates, stand_in))), ok
 
 
 def compile_graph(

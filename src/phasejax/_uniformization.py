@@ -310,7 +310,10 @@ def _log_coeffs(coeffs, dtype):
 
 
 def _mix_forward(coeffs, mu, tol):
-    """Results per observation, and the (batched, sorted) windows ``[left, right]`` used."""
+    """Results per observation, and what the backward pass reuses: the sort order, the
+    batches of ``mu`` and the windows ``[left, right]`` used (``None`` without data)."""
+    if mu.shape[0] == 0:
+        return jnp.zeros((0, coeffs.shape[1]), coeffs.dtype), None
     log_ct, log_factorial = _log_coeffs(coeffs, mu.dtype)
     order, batches = _batched(mu)
     shape = (coeffs.shape[1], BATCH)
@@ -329,15 +332,15 @@ def _mix_forward(coeffs, mu, tol):
         return out.T, (wide, right)
 
     out, windows = jax.lax.map(one_batch, batches)
-    return _unbatch(out, order, mu.shape[0]), windows
+    return _unbatch(out, order, mu.shape[0]), (order, batches, windows)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def poisson_mix_log(coeffs: Float[Array, "K q"], mu: Float[Array, " t"], tol: float) -> Float[Array, "t q"]:
     """``log sum_k Pois(k; mu_i) c_k`` for every observation, summing only its Poisson window.
 
-    Observations are sorted by ``mu`` and processed in batches of 256 that share one
-    loop over the union of their windows, so the cost is about ``sum_i width(mu_i)``
+    Observations are sorted by ``mu`` and processed in batches of 256 whose loop walks
+    each observation's own window, so the cost is about ``sum_i width(mu_i)``
     with ``width(mu) ~ 2 sqrt(2 log(2/tol) mu)`` — never a dense times x steps matrix.
     Where the default window could drop terms that matter relative to the result (far
     tails), the window is widened to the left (:func:`_relative_left`), so small values
@@ -345,24 +348,20 @@ def poisson_mix_log(coeffs: Float[Array, "K q"], mu: Float[Array, " t"], tol: fl
     custom VJP over the same windows) is exact in ``coeffs`` and in ``mu``
     (``d/dmu = sum_k Pois(k; mu)(c_{k+1} - c_k)``).
     """
-    if mu.shape[0] == 0:
-        return jnp.zeros((0, coeffs.shape[1]), coeffs.dtype)
     return _mix_forward(coeffs, mu, tol)[0]
 
 
 def _mix_fwd(coeffs, mu, tol):
-    if mu.shape[0] == 0:
-        return jnp.zeros((0, coeffs.shape[1]), coeffs.dtype), (coeffs, mu, None, None)
-    out, windows = _mix_forward(coeffs, mu, tol)
-    return out, (coeffs, mu, out, windows)
+    out, reuse = _mix_forward(coeffs, mu, tol)
+    return out, (coeffs, mu, out, reuse)
 
 
 def _mix_bwd(tol, residuals, g):
-    coeffs, mu, log_f, windows = residuals
-    if mu.shape[0] == 0:
+    coeffs, mu, log_f, reuse = residuals
+    if reuse is None:  # no observations
         return jnp.zeros_like(coeffs), jnp.zeros_like(mu)
+    order, batches, windows = reuse
     log_ct, log_factorial = _log_coeffs(coeffs, mu.dtype)
-    order, batches = _batched(mu)
     finite = jnp.isfinite(log_f)
     # cotangent per observation scaled by 1 / f (0 where f = 0)
     scale = jnp.where(finite, g * jnp.exp(-jnp.where(finite, log_f, 0.0)), 0.0)
@@ -389,7 +388,6 @@ def _mix_bwd(tol, residuals, g):
 
 
 poisson_mix_log.defvjp(_mix_fwd, _mix_bwd)
-
 
 
 def poisson_tail_mix(coeffs: Float[Array, "K q"], mu: Float[Array, " t"]) -> Float[Array, "t q"]:

@@ -10,6 +10,7 @@ import numpy as np
 import scipy.linalg
 
 import phasejax as pj
+from _oracle import cycle_with_exits  # tests/ is on sys.path (tests/conftest.py)
 
 RTOL = 1e-10
 
@@ -82,23 +83,9 @@ def random_acyclic(rng, n, defect=0.0, density=0.3):
     return pj.Graph.from_matrices(alpha, S)
 
 
-def _cycle_with_exits(rng, n, density, exit_fraction):
-    """Off-diagonal rates of a random graph with a Hamiltonian cycle (so cyclic) plus random
-    edges, and exit rates on some states (at least one), so every state reaches absorption."""
-    S = np.zeros((n, n))
-    perm = rng.permutation(n)
-    S[perm, np.roll(perm, 1)] = rng.uniform(0.5, 2.0, n)
-    mask = rng.random((n, n)) < density
-    np.fill_diagonal(mask, False)
-    S[mask] += rng.uniform(0.1, 3.0, mask.sum())
-    exit_ = np.where(rng.random(n) < exit_fraction, rng.uniform(0.5, 2.0, n), 0.0)
-    exit_[rng.integers(n)] = 1.0
-    return S, exit_
-
-
 def random_cyclic(rng, n, defect=0.0, density=0.1):
     """Random cyclic PH: a Hamiltonian cycle plus random edges, exits on some states."""
-    S, exit_ = _cycle_with_exits(rng, n, density, 0.3)
+    S, exit_ = cycle_with_exits(rng, n, density, 0.3)
     np.fill_diagonal(S, -(S.sum(axis=1) + exit_))
     alpha = np.zeros(n)
     support = rng.choice(n, size=max(1, n // 5), replace=False)
@@ -109,7 +96,7 @@ def random_cyclic(rng, n, defect=0.0, density=0.1):
 
 def random_discrete(rng, n, defect=0.0, stay=0.3, density=0.15):
     """Random cyclic DPH: rows of T sum to below 1 (exit + implicit stay)."""
-    S, exit_ = _cycle_with_exits(rng, n, density, 0.4)
+    S, exit_ = cycle_with_exits(rng, n, density, 0.4)
     total = S.sum(axis=1) + exit_
     T = S * ((1.0 - stay) / total)[:, None] + stay * np.eye(n)
     alpha = rng.random(n) + 0.05
