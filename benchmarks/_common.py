@@ -22,8 +22,9 @@ def once(fn, *args):
     return time.perf_counter() - t0, out
 
 
-def best_of(fn, *args, repeat: int = 7, number: int | None = None, budget: float = 1.0,
-            warm: bool = True) -> float:
+def best_of(
+    fn, *args, repeat: int = 7, number: int | None = None, budget: float = 1.0, warm: bool = True
+) -> float:
     """Best-of-``repeat`` mean time per call of ``fn(*args)`` (each repeat runs ``number``
     calls; ``number`` is chosen so that one repeat takes about ``budget / repeat`` s).
     ``warm=False`` skips the warm-up call (when ``fn`` has just been called)."""

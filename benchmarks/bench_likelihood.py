@@ -32,12 +32,12 @@ import time
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy.linalg  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+from _common import best_of, fmt_time, load, machine, once, ratio, table
 
-import phasejax as pj  # noqa: E402
-from _common import best_of, fmt_time, load, machine, once, ratio, table  # noqa: E402
+import phasejax as pj
 
 N_OBS = 1000
 THETA_TRUE = 1.0
@@ -146,7 +146,10 @@ def bench_ours(model, times, batch_subset: int | None = None):
     r["grad"] = best_of(grad_one, theta, ms_one, repeat=5, warm=False)
     r["g"] = float(g[0])
     r["many_first"], lls = once(many, thetas, ms_many)
-    r["many"] = best_of(many, thetas, ms_many, repeat=1 if batch_subset else 2, number=1, warm=False) * scale
+    r["many"] = (
+        best_of(many, thetas, ms_many, repeat=1 if batch_subset else 2, number=1, warm=False)
+        * scale
+    )
     r["grad_many_first"], _ = once(grad_many, thetas, ms_many)
     r["grad_many"] = best_of(grad_many, thetas, ms_many, repeat=1, number=1, warm=False) * scale
     r["scaled"] = scale != 1
@@ -192,8 +195,10 @@ def bench_c(graph, times, n_loop: int | None):
 
 def run(sizes, subsets):
     print(machine())
-    print(f"{N_OBS} TMRCAs sampled from the model at theta = {THETA_TRUE}; one theta = {THETA}; "
-          f"100 thetas = linspace(0.5, 2, 100); log-likelihood = sum of log densities\n")
+    print(
+        f"{N_OBS} TMRCAs sampled from the model at theta = {THETA_TRUE}; one theta = {THETA}; "
+        f"100 thetas = linspace(0.5, 2, 100); log-likelihood = sum of log densities\n"
+    )
     rows, acc, notes = [], [], False
     for n in sizes:
         graph = pj.models.kingman(n)
@@ -204,7 +209,9 @@ def run(sizes, subsets):
         exact_g = oracle_grad(n, THETA, times)
         ours = bench_ours(model, times, subsets.get(n))
         theirs = bench_c(graph, times, subsets.get(n))
-        exact_many = {th: oracle_loglik(n, th, times) for th in set(ours["lls"]) | set(theirs["lls"])}
+        exact_many = {
+            th: oracle_loglik(n, th, times) for th in set(ours["lls"]) | set(theirs["lls"])
+        }
 
         def max_err(lls):
             return max(abs(v - exact_many[th]) for th, v in lls.items())
@@ -213,44 +220,114 @@ def run(sizes, subsets):
         notes |= bool(mark)
         label = f"n={n} ({graph.vertices_length() - 1:,} states)"
         rows += [
-            [label, "log-lik, 1 theta", fmt_time(ours["one_first"]), fmt_time(ours["one"]),
-             fmt_time(theirs["one_first"]), fmt_time(theirs["one"]), ratio(ours["one"], theirs["one"])],
-            ["", "log-lik + gradient, 1 theta", fmt_time(ours["grad_first"]), fmt_time(ours["grad"]),
-             "-", fmt_time(theirs["grad"]), ratio(ours["grad"], theirs["grad"])],
-            ["", "log-lik, 100 thetas" + mark, fmt_time(ours["many_first"]) + mark, fmt_time(ours["many"]) + mark,
-             "-", fmt_time(theirs["many"]) + mark, ratio(ours["many"], theirs["many"])],
-            ["", "log-lik + gradient, 100 thetas" + mark, fmt_time(ours["grad_many_first"]) + mark,
-             fmt_time(ours["grad_many"]) + mark, "-", fmt_time(theirs["grad_many"]) + mark,
-             ratio(ours["grad_many"], theirs["grad_many"])],
+            [
+                label,
+                "log-lik, 1 theta",
+                fmt_time(ours["one_first"]),
+                fmt_time(ours["one"]),
+                fmt_time(theirs["one_first"]),
+                fmt_time(theirs["one"]),
+                ratio(ours["one"], theirs["one"]),
+            ],
+            [
+                "",
+                "log-lik + gradient, 1 theta",
+                fmt_time(ours["grad_first"]),
+                fmt_time(ours["grad"]),
+                "-",
+                fmt_time(theirs["grad"]),
+                ratio(ours["grad"], theirs["grad"]),
+            ],
+            [
+                "",
+                "log-lik, 100 thetas" + mark,
+                fmt_time(ours["many_first"]) + mark,
+                fmt_time(ours["many"]) + mark,
+                "-",
+                fmt_time(theirs["many"]) + mark,
+                ratio(ours["many"], theirs["many"]),
+            ],
+            [
+                "",
+                "log-lik + gradient, 100 thetas" + mark,
+                fmt_time(ours["grad_many_first"]) + mark,
+                fmt_time(ours["grad_many"]) + mark,
+                "-",
+                fmt_time(theirs["grad_many"]) + mark,
+                ratio(ours["grad_many"], theirs["grad_many"]),
+            ],
         ]
-        acc.append([
-            f"n={n}", f"{exact:.6f}",
-            f"{abs(float(ours['ll']) - exact):.1e}", f"{abs(theirs['ll'] - exact):.1e}",
-            f"{max_err(ours['lls']):.1e}", f"{max_err(theirs['lls']):.1e}", str(len(exact_many)),
-            f"{abs(ours['g'] - exact_g) / abs(exact_g):.1e}", f"{abs(theirs['g'] - exact_g) / abs(exact_g):.1e}",
-            f"{ours['max_steps'][0]} / {ours['max_steps'][1]}", str(theirs["granularity"]), f"{lump_err:.0e}",
-        ])
+        acc.append(
+            [
+                f"n={n}",
+                f"{exact:.6f}",
+                f"{abs(float(ours['ll']) - exact):.1e}",
+                f"{abs(theirs['ll'] - exact):.1e}",
+                f"{max_err(ours['lls']):.1e}",
+                f"{max_err(theirs['lls']):.1e}",
+                str(len(exact_many)),
+                f"{abs(ours['g'] - exact_g) / abs(exact_g):.1e}",
+                f"{abs(theirs['g'] - exact_g) / abs(exact_g):.1e}",
+                f"{ours['max_steps'][0]} / {ours['max_steps'][1]}",
+                str(theirs["granularity"]),
+                f"{lump_err:.0e}",
+            ]
+        )
         print(f"  done n={n}", file=sys.stderr)
-    print(table(["model", "operation", "phasejax first call (incl. jit)", "phasejax steady",
-                 "C first call", "C steady (default granularity)", "C / phasejax (steady)"], rows))
-    print("\nphasejax 100 thetas: one jax.vmap call. C 100 thetas: a Python loop; C gradient = value + "
-          "central FD (3 pdf passes per theta).")
+    print(
+        table(
+            [
+                "model",
+                "operation",
+                "phasejax first call (incl. jit)",
+                "phasejax steady",
+                "C first call",
+                "C steady (default granularity)",
+                "C / phasejax (steady)",
+            ],
+            rows,
+        )
+    )
+    print(
+        "\nphasejax 100 thetas: one jax.vmap call. C 100 thetas: a Python loop; C gradient = value + "
+        "central FD (3 pdf passes per theta)."
+    )
     if notes:
-        print("* measured on 10 of the 100 thetas (phasejax: vmap over 10; C: loop over 10) and scaled by "
-              "10 (vmap on CPU and the C loop are linear in the batch; `--full` runs all 100). The "
-              "phasejax first call is the 10-theta call, not scaled.")
+        print(
+            "* measured on 10 of the 100 thetas (phasejax: vmap over 10; C: loop over 10) and scaled by "
+            "10 (vmap on CPU and the C loop are linear in the batch; `--full` runs all 100). The "
+            "phasejax first call is the 10-theta call, not scaled."
+        )
     print()
-    print(table(["model", "exact log-lik (theta=1.3)", "phasejax abs. error", "C abs. error",
-                 "phasejax max abs. error over thetas", "C max abs. error over thetas", "thetas checked",
-                 "phasejax rel. error d/dtheta", "C rel. error d/dtheta (FD)", "max_steps (1 / 100 thetas)",
-                 "C granularity", "oracle lumping check"], acc))
+    print(
+        table(
+            [
+                "model",
+                "exact log-lik (theta=1.3)",
+                "phasejax abs. error",
+                "C abs. error",
+                "phasejax max abs. error over thetas",
+                "C max abs. error over thetas",
+                "thetas checked",
+                "phasejax rel. error d/dtheta",
+                "C rel. error d/dtheta (FD)",
+                "max_steps (1 / 100 thetas)",
+                "C granularity",
+                "oracle lumping check",
+            ],
+            acc,
+        )
+    )
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="*", default=[10, 20])
-    p.add_argument("--full", action="store_true",
-                   help="no subsets: C loops and the batched gradient over all 100 thetas for every n (slow)")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="no subsets: C loops and the batched gradient over all 100 thetas for every n (slow)",
+    )
     args = p.parse_args()
     t0 = time.perf_counter()
     run(args.sizes, {} if args.full else {20: 10})

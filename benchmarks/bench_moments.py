@@ -27,11 +27,11 @@ import time
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+from _common import best_of, fmt_time, load, machine, once, peak_rss_mb, ratio, table
 
-import phasejax as pj  # noqa: E402
-from _common import best_of, fmt_time, load, machine, once, peak_rss_mb, ratio, table  # noqa: E402
+import phasejax as pj
 
 THETA = 1.3
 THETAS = np.linspace(0.5, 2.0, 100)
@@ -91,8 +91,12 @@ def bench_ours(graph, n):
     me, mv = closed_form(n, THETA)
     mes, mvs = closed_form(n, THETAS)
     res["err_value"] = max(rel(e, me), rel(v, mv), rel(es, mes), rel(vs, mvs))
-    res["err_grad"] = max(rel(ge, -me / THETA), rel(gv, -2 * mv / THETA),
-                          rel(ges, -mes / THETAS), rel(gvs, -2 * mvs / THETAS))
+    res["err_grad"] = max(
+        rel(ge, -me / THETA),
+        rel(gv, -2 * mv / THETA),
+        rel(ges, -mes / THETAS),
+        rel(gvs, -2 * mvs / THETAS),
+    )
     res["solver"] = type(model.solver).__name__
     return res
 
@@ -142,8 +146,10 @@ def run(sizes):
     print(machine())
     if not sizes:
         return
-    print(f"theta = {THETA} for one theta; 100 thetas = linspace(0.5, 2, 100); "
-          f"steady = best of 7 (C loops: best of 3-5); C gradient = central FD, h = {FD_STEP:g} theta\n")
+    print(
+        f"theta = {THETA} for one theta; 100 thetas = linspace(0.5, 2, 100); "
+        f"steady = best of 7 (C loops: best of 3-5); C gradient = central FD, h = {FD_STEP:g} theta\n"
+    )
     rows, acc_rows = [], []
     for n in sizes:
         t0 = time.perf_counter()
@@ -153,25 +159,90 @@ def run(sizes):
         ours = bench_ours(graph, n)
         theirs = bench_c(graph, n)
         label = f"n={n} ({states:,} states, {edges:,} edges)"
-        rows.append([label, "build graph (shared, Python)", fmt_time(t_build), "", fmt_time(t_build), "", ""])
-        rows.append(["", "compile / C construct", fmt_time(ours["compile"]), "", fmt_time(theirs["compile"]), "", ""])
-        for key, name in [("one", "E + Var, 1 theta"), ("many", "E + Var, 100 thetas"),
-                          ("grad", "E + Var + d/dtheta, 1 theta"), ("grad_many", "E + Var + d/dtheta, 100 thetas")]:
+        rows.append(
+            [
+                label,
+                "build graph (shared, Python)",
+                fmt_time(t_build),
+                "",
+                fmt_time(t_build),
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "",
+                "compile / C construct",
+                fmt_time(ours["compile"]),
+                "",
+                fmt_time(theirs["compile"]),
+                "",
+                "",
+            ]
+        )
+        for key, name in [
+            ("one", "E + Var, 1 theta"),
+            ("many", "E + Var, 100 thetas"),
+            ("grad", "E + Var + d/dtheta, 1 theta"),
+            ("grad_many", "E + Var + d/dtheta, 100 thetas"),
+        ]:
             first = ours.get(f"{key}_first")
             c_first = theirs.get(f"{key}_first")
-            rows.append(["", name, fmt_time(first), fmt_time(ours[key]), fmt_time(c_first),
-                         fmt_time(theirs[key]), ratio(ours[key], theirs[key])])
-        acc_rows.append([f"n={n}", ours["solver"], f"{ours['err_value']:.1e}", f"{theirs['err_value']:.1e}",
-                         f"{ours['err_grad']:.1e}", f"{theirs['err_grad']:.1e}"])
+            rows.append(
+                [
+                    "",
+                    name,
+                    fmt_time(first),
+                    fmt_time(ours[key]),
+                    fmt_time(c_first),
+                    fmt_time(theirs[key]),
+                    ratio(ours[key], theirs[key]),
+                ]
+            )
+        acc_rows.append(
+            [
+                f"n={n}",
+                ours["solver"],
+                f"{ours['err_value']:.1e}",
+                f"{theirs['err_value']:.1e}",
+                f"{ours['err_grad']:.1e}",
+                f"{theirs['err_grad']:.1e}",
+            ]
+        )
         print(f"  done n={n}", file=sys.stderr)
-    print(table(["model", "operation", "phasejax first call (incl. jit)", "phasejax steady",
-                 "C first call", "C steady", "C / phasejax (steady)"], rows))
-    print("\n'C first call' of E + Var includes phasic's symbolic elimination (recorded once, then "
-          "replayed per theta). C's 100-theta rows are a Python loop over update_weights + "
-          "expectation + variance (per-call overhead of the pybind layer included).\n")
-    print(table(["model", "phasejax solver", "phasejax max rel. error E/Var", "C max rel. error E/Var",
-                 "phasejax max rel. error gradient (exact, jax.grad)", "C max rel. error gradient (central FD)"],
-                acc_rows))
+    print(
+        table(
+            [
+                "model",
+                "operation",
+                "phasejax first call (incl. jit)",
+                "phasejax steady",
+                "C first call",
+                "C steady",
+                "C / phasejax (steady)",
+            ],
+            rows,
+        )
+    )
+    print(
+        "\n'C first call' of E + Var includes phasic's symbolic elimination (recorded once, then "
+        "replayed per theta). C's 100-theta rows are a Python loop over update_weights + "
+        "expectation + variance (per-call overhead of the pybind layer included).\n"
+    )
+    print(
+        table(
+            [
+                "model",
+                "phasejax solver",
+                "phasejax max rel. error E/Var",
+                "C max rel. error E/Var",
+                "phasejax max rel. error gradient (exact, jax.grad)",
+                "C max rel. error gradient (central FD)",
+            ],
+            acc_rows,
+        )
+    )
 
 
 def big_worker(side: str, n: int) -> dict:
@@ -225,7 +296,9 @@ def big_worker(side: str, n: int) -> dict:
 
 
 def run_big(n: int = 50, timeout: float = 3600):
-    print(f"\n## Big graph: Kingman n={n} (E and Var, theta={THETA}); each side in its own process\n")
+    print(
+        f"\n## Big graph: Kingman n={n} (E and Var, theta={THETA}); each side in its own process\n"
+    )
     rows = []
     for side in ("ours", "c"):
         cmd = [sys.executable, __file__, "--big-worker", side, "-n", str(n)]
@@ -237,21 +310,61 @@ def run_big(n: int = 50, timeout: float = 3600):
             continue
         if proc.returncode != 0:
             tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
-            rows.append([side, f"failed (rc {proc.returncode}): {tail[0][:120]}", "", "", "", "", "", "", ""])
+            rows.append(
+                [
+                    side,
+                    f"failed (rc {proc.returncode}): {tail[0][:120]}",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         name = f"phasejax ({r['solver']})" if side == "ours" else "phasic C"
-        grad = (f"{fmt_time(r['grad_first'])} / {fmt_time(r['grad_steady'])}" if side == "ours"
-                else "- (FD: 2 x steady)")
-        rows.append([name, f"{r['states']:,} / {r['edges']:,}", fmt_time(r["build"]), fmt_time(r["compile"]),
-                     fmt_time(r["first"]), fmt_time(r["steady"]), grad,
-                     f"{r['rss_build_mb']:.0f} MB / {r['peak_rss_mb']:.0f} MB", f"{r['err']:.1e}"])
+        grad = (
+            f"{fmt_time(r['grad_first'])} / {fmt_time(r['grad_steady'])}"
+            if side == "ours"
+            else "- (FD: 2 x steady)"
+        )
+        rows.append(
+            [
+                name,
+                f"{r['states']:,} / {r['edges']:,}",
+                fmt_time(r["build"]),
+                fmt_time(r["compile"]),
+                fmt_time(r["first"]),
+                fmt_time(r["steady"]),
+                grad,
+                f"{r['rss_build_mb']:.0f} MB / {r['peak_rss_mb']:.0f} MB",
+                f"{r['err']:.1e}",
+            ]
+        )
         print(f"  {side} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    print(table(["side", "states / edges", "build graph", "compile / C construct", "E + Var first call",
-                 "E + Var steady", "d Var/d theta first / steady",
-                 "peak RSS after build / at the end", "max rel. error"], rows))
-    print("\nPeak RSS is getrusage(RUSAGE_SELF).ru_maxrss of each side's process; the graph build "
-          "(Python, shared by both sides) is included. C's gradient would be a finite difference.")
+    print(
+        table(
+            [
+                "side",
+                "states / edges",
+                "build graph",
+                "compile / C construct",
+                "E + Var first call",
+                "E + Var steady",
+                "d Var/d theta first / steady",
+                "peak RSS after build / at the end",
+                "max rel. error",
+            ],
+            rows,
+        )
+    )
+    print(
+        "\nPeak RSS is getrusage(RUSAGE_SELF).ru_maxrss of each side's process; the graph build "
+        "(Python, shared by both sides) is included. C's gradient would be a finite difference."
+    )
 
 
 def main():

@@ -52,13 +52,13 @@ from pathlib import Path
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+import optax
+from _common import fmt_time, load, machine, table
 
-import phasejax as pj  # noqa: E402
-from _common import fmt_time, load, machine, table  # noqa: E402
-from phasejax import infer  # noqa: E402
+import phasejax as pj
+from phasejax import infer
 
 N_SAMPLES = 10
 N_OBS = 1000
@@ -108,7 +108,13 @@ def grid_posterior(post):
     sd = float(np.sqrt(np.sum(w * (g - mean) ** 2)))
     cdf = np.cumsum(w)
     lo, hi = np.interp([0.025, 0.975], cdf, g)
-    return {"mean": mean, "sd": sd, "lo": float(lo), "hi": float(hi), "edge_mass": float(w[0] + w[-1])}
+    return {
+        "mean": mean,
+        "sd": sd,
+        "lo": float(lo),
+        "hi": float(hi),
+        "edge_mass": float(w[0] + w[-1]),
+    }
 
 
 def summarize(theta: np.ndarray, exact: dict) -> dict:
@@ -134,8 +140,15 @@ def run_phasejax(model, data, n_particles: int, repeats: int, kernel=None) -> di
     for _ in range(repeats):
         t0 = time.perf_counter()
         fit = infer.fit_svgd(
-            model, data, prior=infer.LogNormal(PRIOR_LOC, PRIOR_SCALE), transform="softplus",
-            n_particles=n_particles, steps=STEPS, init=init, optimizer=OPTIMIZER, kernel=kernel,
+            model,
+            data,
+            prior=infer.LogNormal(PRIOR_LOC, PRIOR_SCALE),
+            transform="softplus",
+            n_particles=n_particles,
+            steps=STEPS,
+            init=init,
+            optimizer=OPTIMIZER,
+            kernel=kernel,
             logpdf_kwargs={"max_steps": MAX_STEPS},
         )
         jax.block_until_ready(fit.particles)
@@ -212,12 +225,15 @@ for rep in range(cfg["repeats"]):
 '''
 
 
-def run_phasic(python: str, workdir: Path, data: np.ndarray, n_particles: int, repeats: int,
-               timeout: float) -> dict:
+def run_phasic(
+    python: str, workdir: Path, data: np.ndarray, n_particles: int, repeats: int, timeout: float
+) -> dict:
     """One subprocess per particle count; returns the child's JSON (possibly partial) and
     an ``error`` string when it did not finish."""
     if not (os.path.isfile(python) and os.access(python, os.X_OK)):
-        return {"error": f"not available: {python} not found (set --phasic-python or $PHASIC_PYTHON)"}
+        return {
+            "error": f"not available: {python} not found (set --phasic-python or $PHASIC_PYTHON)"
+        }
     child = workdir / "phasic_child.py"
     child.write_text(PHASIC_CHILD)
     np.save(workdir / "data.npy", data)
@@ -225,18 +241,35 @@ def run_phasic(python: str, workdir: Path, data: np.ndarray, n_particles: int, r
     np.save(workdir / f"z0_{n_particles}.npy", theta0 + np.log(-np.expm1(-theta0)))  # softplus^-1
     out_path = workdir / f"phasic_{n_particles}.json"
     cfg = {
-        "n": N_SAMPLES, "data": str(workdir / "data.npy"), "z0": str(workdir / f"z0_{n_particles}.npy"),
-        "steps": STEPS, "repeats": repeats, "prior_loc": PRIOR_LOC, "prior_scale": PRIOR_SCALE,
-        "lr_first": LR_FIRST, "lr_last": LR_LAST, "lr_tau": LR_TAU, "out": str(out_path),
+        "n": N_SAMPLES,
+        "data": str(workdir / "data.npy"),
+        "z0": str(workdir / f"z0_{n_particles}.npy"),
+        "steps": STEPS,
+        "repeats": repeats,
+        "prior_loc": PRIOR_LOC,
+        "prior_scale": PRIOR_SCALE,
+        "lr_first": LR_FIRST,
+        "lr_last": LR_LAST,
+        "lr_tau": LR_TAU,
+        "out": str(out_path),
     }
     cfg_path = workdir / f"cfg_{n_particles}.json"
     cfg_path.write_text(json.dumps(cfg))
-    home = workdir / f"home_{n_particles}"  # phasic writes ~/.phasic_cache: keep it fresh and out of $HOME
+    home = (
+        workdir / f"home_{n_particles}"
+    )  # phasic writes ~/.phasic_cache: keep it fresh and out of $HOME
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "PYTHONPATH"))}
     env.update(HOME=str(home), JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([python, str(child), str(cfg_path)], cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [python, str(child), str(cfg_path)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     error = None
     try:
         log, _ = proc.communicate(timeout=timeout)
@@ -259,14 +292,27 @@ def run_phasic(python: str, workdir: Path, data: np.ndarray, n_particles: int, r
 # ------------------------------------------------------------------------- report
 
 
-def rows_for(name: str, n_particles: int, times: list, particles, exact: dict, status: str = "ok") -> list:
+def rows_for(
+    name: str, n_particles: int, times: list, particles, exact: dict, status: str = "ok"
+) -> list:
     first = fmt_time(times[0]) if times else "-"
     steady = fmt_time(min(times[1:])) if len(times) > 1 else "-"
     if particles is None:
         return [name, n_particles, first, steady, "-", "-", "-", "-", "-", "-", status]
     s = summarize(particles, exact)
-    return [name, n_particles, first, steady, f"{s['mean']:.4f}", f"{s['sd']:.4f}", f"{s['mean'] - THETA_TRUE:+.4f}",
-            f"{s['bias']:+.2f}", f"{s['sd_ratio']:.2f}", "yes" if s["covers"] else "no", status]
+    return [
+        name,
+        n_particles,
+        first,
+        steady,
+        f"{s['mean']:.4f}",
+        f"{s['sd']:.4f}",
+        f"{s['mean'] - THETA_TRUE:+.4f}",
+        f"{s['bias']:+.2f}",
+        f"{s['sd_ratio']:.2f}",
+        "yes" if s["covers"] else "no",
+        status,
+    ]
 
 
 def phasic_rows(res: dict, n_particles: int, exact: dict) -> list:
@@ -291,60 +337,140 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--particles", type=int, nargs="+", default=[20, 100])
     p.add_argument("--phasic-python", default=os.environ.get("PHASIC_PYTHON", DEFAULT_PHASIC))
-    p.add_argument("--phasic-timeout", type=float, default=2400.0, help="seconds per phasic subprocess")
-    p.add_argument("--no-steady", action="store_true", help="first calls only (about half the time)")
+    p.add_argument(
+        "--phasic-timeout", type=float, default=2400.0, help="seconds per phasic subprocess"
+    )
+    p.add_argument(
+        "--no-steady", action="store_true", help="first calls only (about half the time)"
+    )
     p.add_argument("--no-phasic", action="store_true")
-    p.add_argument("--flipped", action="store_true",
-                   help="also run phasejax with phasic's kernel sign (attraction), first call only")
+    p.add_argument(
+        "--flipped",
+        action="store_true",
+        help="also run phasejax with phasic's kernel sign (attraction), first call only",
+    )
     args = p.parse_args()
     repeats = 1 if args.no_steady else 2
     t_start = time.perf_counter()
     print(machine())
-    print(f"date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; command: {' '.join([Path(sys.executable).name] + sys.argv)}")
+    print(
+        f"date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; command: {' '.join([Path(sys.executable).name] + sys.argv)}"
+    )
 
     model = pj.models.kingman(N_SAMPLES).compile()
-    data = model(jnp.array([THETA_TRUE])).sample(jax.random.key(N_SAMPLES), (N_OBS,))  # bench_likelihood's
-    post = infer.PosteriorLogDensity(model, data, prior=infer.LogNormal(PRIOR_LOC, PRIOR_SCALE),
-                                     logpdf_kwargs={"max_steps": MAX_STEPS})
+    data = model(jnp.array([THETA_TRUE])).sample(
+        jax.random.key(N_SAMPLES), (N_OBS,)
+    )  # bench_likelihood's
+    post = infer.PosteriorLogDensity(
+        model,
+        data,
+        prior=infer.LogNormal(PRIOR_LOC, PRIOR_SCALE),
+        logpdf_kwargs={"max_steps": MAX_STEPS},
+    )
     t0 = time.perf_counter()
     exact = grid_posterior(post)
     exact_s = time.perf_counter() - t0
-    print(f"exact grid posterior ({GRID[2]} points on [{GRID[0]}, {GRID[1]}], {exact_s:.1f} s): "
-          f"mean {exact['mean']:.5f}, sd {exact['sd']:.5f}, 95% [{exact['lo']:.4f}, {exact['hi']:.4f}], "
-          f"mass at the grid ends {exact['edge_mass']:.1e}", flush=True)
+    print(
+        f"exact grid posterior ({GRID[2]} points on [{GRID[0]}, {GRID[1]}], {exact_s:.1f} s): "
+        f"mean {exact['mean']:.5f}, sd {exact['sd']:.5f}, 95% [{exact['lo']:.4f}, {exact['hi']:.4f}], "
+        f"mass at the grid ends {exact['edge_mass']:.1e}",
+        flush=True,
+    )
 
     rows = []
     for n_particles in args.particles:
         print(f"phasejax, {n_particles} particles ... ({load()})", file=sys.stderr, flush=True)
         res = run_phasejax(model, data, n_particles, repeats)
-        rows.append(rows_for("phasejax `fit_svgd`", n_particles, res["times"], res["particles"], exact))
+        rows.append(
+            rows_for("phasejax `fit_svgd`", n_particles, res["times"], res["particles"], exact)
+        )
         if args.flipped:
             res = run_phasejax(model, data, n_particles, 1, kernel=FlippedRBF())
-            rows.append(rows_for("phasejax, kernel sign flipped as phasic's", n_particles, res["times"],
-                                 res["particles"], exact))
+            rows.append(
+                rows_for(
+                    "phasejax, kernel sign flipped as phasic's",
+                    n_particles,
+                    res["times"],
+                    res["particles"],
+                    exact,
+                )
+            )
     phasic_info = {}
     if not args.no_phasic:
         with tempfile.TemporaryDirectory(prefix="bench_svgd_") as tmp:
             for n_particles in args.particles:
-                print(f"phasic, {n_particles} particles ... ({load()})", file=sys.stderr, flush=True)
-                res = run_phasic(args.phasic_python, Path(tmp), np.asarray(data), n_particles, repeats,
-                                 args.phasic_timeout)
-                phasic_info = {k: res[k] for k in ("version", "jax", "x64", "import_s", "build_s", "vertices",
-                                                   "mean_at_1") if k in res} or phasic_info
+                print(
+                    f"phasic, {n_particles} particles ... ({load()})", file=sys.stderr, flush=True
+                )
+                res = run_phasic(
+                    args.phasic_python,
+                    Path(tmp),
+                    np.asarray(data),
+                    n_particles,
+                    repeats,
+                    args.phasic_timeout,
+                )
+                phasic_info = {
+                    k: res[k]
+                    for k in (
+                        "version",
+                        "jax",
+                        "x64",
+                        "import_s",
+                        "build_s",
+                        "vertices",
+                        "mean_at_1",
+                    )
+                    if k in res
+                } or phasic_info
                 rows.extend(phasic_rows(res, n_particles, exact))
                 for r in res.get("runs", []):
                     if "traceback" in r:
-                        print(f"phasic traceback ({n_particles} particles):\n{r['traceback']}", file=sys.stderr)
+                        print(
+                            f"phasic traceback ({n_particles} particles):\n{r['traceback']}",
+                            file=sys.stderr,
+                        )
     order = {n: i for i, n in enumerate(args.particles)}
     rows.sort(key=lambda r: order[r[1]])
-    rows.insert(0, [f"exact posterior ({GRID[2]}-point grid)", "-", fmt_time(exact_s), "-", f"{exact['mean']:.4f}",
-                    f"{exact['sd']:.4f}", f"{exact['mean'] - THETA_TRUE:+.4f}", "0", "1", "yes" if exact["lo"] <= THETA_TRUE <= exact["hi"] else "no",
-                    f"95% interval [{exact['lo']:.4f}, {exact['hi']:.4f}]"])
+    rows.insert(
+        0,
+        [
+            f"exact posterior ({GRID[2]}-point grid)",
+            "-",
+            fmt_time(exact_s),
+            "-",
+            f"{exact['mean']:.4f}",
+            f"{exact['sd']:.4f}",
+            f"{exact['mean'] - THETA_TRUE:+.4f}",
+            "0",
+            "1",
+            "yes" if exact["lo"] <= THETA_TRUE <= exact["hi"] else "no",
+            f"95% interval [{exact['lo']:.4f}, {exact['hi']:.4f}]",
+        ],
+    )
     print()
-    print(f"Kingman n={N_SAMPLES}, {N_OBS} TMRCAs at theta = {THETA_TRUE}; {STEPS} SVGD iterations; "
-          f"prior log theta ~ N({PRIOR_LOC}, {PRIOR_SCALE}); truth {THETA_TRUE}")
-    print(table(["run", "particles", "first call (incl. compile)", "steady", "posterior mean", "posterior sd",
-                 "mean - truth", "(mean - exact) / exact sd", "sd / exact sd", "2.5-97.5% covers truth", "status"], rows))
+    print(
+        f"Kingman n={N_SAMPLES}, {N_OBS} TMRCAs at theta = {THETA_TRUE}; {STEPS} SVGD iterations; "
+        f"prior log theta ~ N({PRIOR_LOC}, {PRIOR_SCALE}); truth {THETA_TRUE}"
+    )
+    print(
+        table(
+            [
+                "run",
+                "particles",
+                "first call (incl. compile)",
+                "steady",
+                "posterior mean",
+                "posterior sd",
+                "mean - truth",
+                "(mean - exact) / exact sd",
+                "sd / exact sd",
+                "2.5-97.5% covers truth",
+                "status",
+            ],
+            rows,
+        )
+    )
     if phasic_info:
         print(f"\nphasic: {phasic_info}")
     print(f"\n(total wall time {time.perf_counter() - t_start:.0f} s; at the end: {load()})")

@@ -1,6 +1,6 @@
 """GPU correctness and timing check (run on a machine with a GPU; prints a markdown table).
 
-    PYTHONPATH=src python benchmarks/gpu_check.py
+PYTHONPATH=src python benchmarks/gpu_check.py
 """
 
 import time

@@ -3,6 +3,7 @@
 The phasic package is located with importlib.util.find_spec, which does not
 execute phasic/__init__.py (importing phasic would flip JAX flags).
 """
+
 import importlib.util
 import os
 import sys
@@ -24,8 +25,10 @@ def _phasic_paths():
     site = os.path.dirname(pkg_dir)
     inc = os.path.join(pkg_dir, "include", "c")
     lib = os.path.join(site, "lib64")
-    for path, what in ((os.path.join(inc, "phasic.h"), "header"),
-                       (os.path.join(lib, "liblibphasic.so"), "library")):
+    for path, what in (
+        (os.path.join(inc, "phasic.h"), "header"),
+        (os.path.join(lib, "liblibphasic.so"), "library"),
+    ):
         if not os.path.exists(path):
             sys.exit(f"phasic_reference: phasic {what} not found at {path}")
     return inc, lib

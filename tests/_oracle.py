@@ -222,12 +222,12 @@ def oracle_bundle_from(alpha, M, vs, V, discrete, R, k=3):
     ones = np.ones(len(alpha))
     out = {"defect": 1.0 - alpha.sum()}
     if discrete:
-        mom = lambda r, j: dph_reward_moments(alpha, M, r, j)  # noqa: E731
+        mom = lambda r, j: dph_reward_moments(alpha, M, r, j)
         out["cov"] = dph_cov_matrix(alpha, M, Rt)
         out["factorial"] = dph_factorial_moments(alpha, M, k)
         out["sojourn"] = scatter(dph_visits(alpha, M), vs, V)
     else:
-        mom = lambda r, j: ph_moments(alpha, M, r, j)  # noqa: E731
+        mom = lambda r, j: ph_moments(alpha, M, r, j)
         out["cov"] = ph_cov_matrix(alpha, M, Rt)
         out["sojourn"] = scatter(alpha @ U, vs, V)
     out["moments_r"] = mom(Rt[0], k)

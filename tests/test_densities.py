@@ -96,7 +96,10 @@ def _random_graph(seed, n, defect):
 CASES = {
     "erlang": (lambda: pj.models.erlang(4), [[2.0], [0.7]]),
     "kingman": (lambda: pj.models.kingman(5), [[1.0], [0.3]]),
-    "two_island": (lambda: pj.models.two_island(2, 1), [[1.0, 2.0, 0.5, 0.3], [0.5, 1.0, 2.0, 1.0]]),
+    "two_island": (
+        lambda: pj.models.two_island(2, 1),
+        [[1.0, 2.0, 0.5, 0.3], [0.5, 1.0, 2.0, 1.0]],
+    ),
     "rabbit_flooding": (lambda: pj.models.rabbit_flooding(3), [[2.0, 4.0], [0.5, 1.5]]),
     "mm1_capacity": (lambda: pj.models.mm1_capacity(4), [[1.0, 2.0], [2.0, 0.7]]),
     "birth_death": (lambda: pj.models.birth_death(5, 2), [[1.0, 1.5], [0.4, 2.0]]),
@@ -187,7 +190,10 @@ def test_against_expm(name):
         if "pdf_default" in got:
             # default tol: the documented absolute bounds, at every time (tails included);
             # 1e-13 of slack for rounding
-            np.testing.assert_array_less(np.abs(got["pdf_default"][i] - ref["pdf"]), 1e-12 * s.max() + 1e-13 * ref["pdf"].max())
+            np.testing.assert_array_less(
+                np.abs(got["pdf_default"][i] - ref["pdf"]),
+                1e-12 * s.max() + 1e-13 * ref["pdf"].max(),
+            )
             np.testing.assert_array_less(np.abs(got["cdf_default"][i] - ref["cdf"]), 1e-12 + 1e-13)
         # per-vertex quantities: transient vertices against the oracle, the start vertex
         # (column 0) and absorbing/unreachable vertices exactly 0
@@ -198,10 +204,18 @@ def test_against_expm(name):
             assert block.shape == (len(SNAP), V), (key, block.shape)
             np.testing.assert_array_equal(block[:, others], 0.0)
             _assert_rel(block[:, vs], ref[refkey][SNAP], axis=1, what=f"{tag} {key}")
-        _assert_rel(got["occupancy"][i][:, vs], ref["occupancy_formula"][SNAP], rtol=1e-8, floor=1e-6, axis=1,
-                    what=f"{tag} occupancy vs alpha S^-1 (e^St - I)")
+        _assert_rel(
+            got["occupancy"][i][:, vs],
+            ref["occupancy_formula"][SNAP],
+            rtol=1e-8,
+            floor=1e-6,
+            axis=1,
+            what=f"{tag} occupancy vs alpha S^-1 (e^St - I)",
+        )
         # state probabilities sum to the survival function
-        np.testing.assert_allclose(got["state"][i].sum(axis=1), ref["sf"][SNAP], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(
+            got["state"][i].sum(axis=1), ref["sf"][SNAP], rtol=1e-12, atol=1e-15
+        )
         # at t = 0: P(X_0 = i) = alpha_i and nothing has accumulated yet
         assert case.times[i][SNAP[0]] == 0.0
         np.testing.assert_allclose(got["state"][i][0, vs], alpha, rtol=1e-14, atol=0)
@@ -275,9 +289,14 @@ def test_stiff_against_mpmath(name):
 # -- closed forms -------------------------------------------------------------------------
 def test_exponential_closed_form():
     model = pj.models.erlang(1).compile()
-    f = jax.jit(jax.vmap(lambda th, t: (lambda d: (d.pdf(t), d.logpdf(t), d.cdf(t), d.sf(t)))(model(th))))
+    f = jax.jit(
+        jax.vmap(lambda th, t: (lambda d: (d.pdf(t), d.logpdf(t), d.cdf(t), d.sf(t)))(model(th)))
+    )
     rates = np.array([1.7, 0.2])
-    t = np.array([0.0, 1e-9, 1e-6, 1e-3, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0])[None, :] / rates[:, None]
+    t = (
+        np.array([0.0, 1e-9, 1e-6, 1e-3, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0])[None, :]
+        / rates[:, None]
+    )
     pdf, logpdf, cdf, sf = (np.asarray(x) for x in f(rates[:, None], t))
     lam, rt = rates[:, None], rates[:, None] * t
     # values >= e^-20 ~ 2e-9 of the max: the default absolute bound 1e-12 * lam is still
@@ -315,9 +334,16 @@ def _hypoexponential(rates, ts):
                 if j != i:
                     c *= lj / (lj - li)
             coef.append(c)
-        pdf = [sum(c * li * mpmath.exp(-li * t) for c, li in zip(coef, ls)) for t in map(mpmath.mpf, ts)]
+        pdf = [
+            sum(c * li * mpmath.exp(-li * t) for c, li in zip(coef, ls))
+            for t in map(mpmath.mpf, ts)
+        ]
         sf = [sum(c * mpmath.exp(-li * t) for c, li in zip(coef, ls)) for t in map(mpmath.mpf, ts)]
-        return np.array([float(x) for x in pdf]), np.array([float(x) for x in sf]), np.array([float(1 - x) for x in sf])
+        return (
+            np.array([float(x) for x in pdf]),
+            np.array([float(x) for x in sf]),
+            np.array([float(1 - x) for x in sf]),
+        )
 
 
 def test_kingman_tmrca_is_hypoexponential():
@@ -366,7 +392,15 @@ def test_reward_scaled_against_expm(name):
     def f(theta, r, t):
         d = model(theta)
         y = d.reward_scaled(r)
-        return y.pdf(t, tol=TIGHT), y.cdf(t, tol=TIGHT), y.sf(t, tol=TIGHT), y.mean(), d.mean(r), y.var(), d.var(r)
+        return (
+            y.pdf(t, tol=TIGHT),
+            y.cdf(t, tol=TIGHT),
+            y.sf(t, tol=TIGHT),
+            y.mean(),
+            d.mean(r),
+            y.var(),
+            d.var(r),
+        )
 
     pdf, cdf, sf, mean_y, mean_r, var_y, var_r = (np.asarray(x) for x in f(theta, r, ts))
     _assert_rel(pdf, ref["pdf"], what="reward_scaled pdf")
@@ -444,7 +478,9 @@ def test_loglik_gradient_finite_differences(grad_models, name):
     for theta in thetas:
         g = np.asarray(value_and_grad(theta)[1])
         fd = _central_difference(lambda th: value_and_grad(th)[0], theta)
-        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6 * np.abs(fd).max(), err_msg=f"{name} {theta}")
+        np.testing.assert_allclose(
+            g, fd, rtol=1e-6, atol=1e-6 * np.abs(fd).max(), err_msg=f"{name} {theta}"
+        )
 
 
 def test_cdf_sf_gradients():
@@ -490,7 +526,9 @@ def test_vmap_over_100_thetas_equals_loop(grad_models):
     np.testing.assert_allclose(batched, [float(v) for v, _ in looped], rtol=1e-13)
     # gradients under vmap take the series' own batching rule (sequential on CPU)
     _, grads = jax.jit(jax.vmap(value_and_grad))(thetas[::10])
-    np.testing.assert_allclose(np.asarray(grads), np.array([np.asarray(g) for _, g in looped[::10]]), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(grads), np.array([np.asarray(g) for _, g in looped[::10]]), rtol=1e-12
+    )
 
 
 # -- large data: 100,000 observations ------------------------------------------------------

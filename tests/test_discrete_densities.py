@@ -38,7 +38,9 @@ def _param_graph():
 
 
 def _random_graph(seed, n, defect):
-    alpha, T = random_subtransition(np.random.default_rng(seed), n, density=0.1, defect=defect, stay=0.3)
+    alpha, T = random_subtransition(
+        np.random.default_rng(seed), n, density=0.1, defect=defect, stay=0.3
+    )
     return pj.Graph.from_matrices(alpha, T, discrete=True)
 
 
@@ -67,7 +69,9 @@ def _assert_rel(got, want, rtol=1e-11, floor=1e-12, what=""):
     assert got.shape == want.shape, (what, got.shape, want.shape)
     mask = np.abs(want) > floor * np.abs(want).max()
     np.testing.assert_allclose(got[mask], want[mask], rtol=rtol, err_msg=what)
-    np.testing.assert_allclose(got[~mask], want[~mask], rtol=0, atol=floor * np.abs(want).max() * 10, err_msg=what)
+    np.testing.assert_allclose(
+        got[~mask], want[~mask], rtol=0, atol=floor * np.abs(want).max() * 10, err_msg=what
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +93,12 @@ def compiled():
                 "defect": d.defect(),
             }
 
-        out[name] = (graph, model, np.asarray(thetas, dtype=np.float64), jax.jit(jax.vmap(one, in_axes=(0, None, None))))
+        out[name] = (
+            graph,
+            model,
+            np.asarray(thetas, dtype=np.float64),
+            jax.jit(jax.vmap(one, in_axes=(0, None, None))),
+        )
     return out
 
 
@@ -128,7 +137,9 @@ def test_against_matrix_powers(compiled, name):
 
 def test_two_dimensional_step_counts(compiled):
     graph, model, _, _ = compiled["random30_defect"]
-    f = jax.jit(lambda k: (lambda d: (d.pmf(k), d.cdf(k), d.sf(k), d.expected_visits_until(k)))(model()))
+    f = jax.jit(
+        lambda k: (lambda d: (d.pmf(k), d.cdf(k), d.sf(k), d.expected_visits_until(k)))(model())
+    )
     k2 = np.array([[0, 1, 2], [5, 9, 3]])
     pmf, cdf, sf, visits = (np.asarray(x) for x in f(k2))
     assert pmf.shape == cdf.shape == sf.shape == (2, 3)
@@ -146,6 +157,7 @@ DATA = np.array([1, 1, 2, 3, 3, 4, 5, 7, 9, 12, 15, 20])
 
 def test_logpmf_gradient_finite_differences(compiled):
     _, model, _, _ = compiled["param_cyclic"]
+
     def loglik(th):
         return jnp.sum(model(th).logpmf(DATA))
 
@@ -155,14 +167,20 @@ def test_logpmf_gradient_finite_differences(compiled):
         for j in range(2):
             h = 1e-6 * theta[j]
             e = np.eye(2)[j] * h
-            fd[j] = (float(value_and_grad(theta + e)[0]) - float(value_and_grad(theta - e)[0])) / (2 * h)
-        np.testing.assert_allclose(np.asarray(value_and_grad(theta)[1]), fd, rtol=1e-6, err_msg=str(theta))
+            fd[j] = (float(value_and_grad(theta + e)[0]) - float(value_and_grad(theta - e)[0])) / (
+                2 * h
+            )
+        np.testing.assert_allclose(
+            np.asarray(value_and_grad(theta)[1]), fd, rtol=1e-6, err_msg=str(theta)
+        )
     # vmap over thetas equals a loop
     thetas = np.stack([np.linspace(0.1, 0.5, 10), np.linspace(0.4, 0.1, 10)], axis=1)
     batched = jax.jit(jax.vmap(value_and_grad.__wrapped__))(thetas)
     looped = [value_and_grad(th) for th in thetas]
     np.testing.assert_allclose(np.asarray(batched[0]), [float(v) for v, _ in looped], rtol=1e-13)
-    np.testing.assert_allclose(np.asarray(batched[1]), np.stack([np.asarray(g) for _, g in looped]), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        np.asarray(batched[1]), np.stack([np.asarray(g) for _, g in looped]), rtol=1e-12, atol=1e-14
+    )
 
 
 # -- error paths ---------------------------------------------------------------------------
@@ -187,4 +205,6 @@ def test_step_count_beyond_max_steps_raises(compiled):
     # exactly max_steps is allowed
     alpha, T, _ = graph_matrices(graph)
     want = alpha @ np.linalg.matrix_power(T, 50) @ np.ones(len(alpha))
-    np.testing.assert_allclose(float(jax.jit(lambda k: d.sf(k, max_steps=50))(np.array(50))), want, rtol=1e-11)
+    np.testing.assert_allclose(
+        float(jax.jit(lambda k: d.sf(k, max_steps=50))(np.array(50))), want, rtol=1e-11
+    )

@@ -33,7 +33,17 @@ def _build(root: Path, site: Path) -> str:
     """Run ``mkdocs build --strict`` in ``root``; fail on any warning or error."""
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONWARNINGS="ignore::DeprecationWarning")
     proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(root / "mkdocs.yml"), "--site-dir", str(site)],
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(root / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
         cwd=root,
         env=env,
         capture_output=True,
@@ -55,10 +65,22 @@ def _page(site: Path, *parts: str) -> str:
 def test_docs_build_strict(tmp_path):
     site = tmp_path / "site"
     _build(ROOT, site)
-    for page in [(), ("getting-started",), ("maths",), ("migration",), ("notebooks",), ("architecture",)]:
+    for page in [
+        (),
+        ("getting-started",),
+        ("maths",),
+        ("migration",),
+        ("notebooks",),
+        ("architecture",),
+    ]:
         _page(site, *page)
     api = _page(site, "api", "phasejax")
-    for name in ("phasejax.Graph", "phasejax.PhaseType.logpdf", "phasejax.DiscretePhaseType.pmf", "phasejax.compile_graph"):
+    for name in (
+        "phasejax.Graph",
+        "phasejax.PhaseType.logpdf",
+        "phasejax.DiscretePhaseType.pmf",
+        "phasejax.compile_graph",
+    ):
         assert f'id="{name}"' in api, f"{name} missing from the API reference"
     assert 'id="phasejax.models.kingman"' in _page(site, "api", "models")
     assert 'id="phasejax.infer.fit_svgd"' in _page(site, "api", "infer")
@@ -71,7 +93,11 @@ def test_docs_build_strict(tmp_path):
 def _notebook(title: str, link: str) -> dict:
     return {
         "cells": [
-            {"cell_type": "markdown", "metadata": {}, "source": [f"# {title}\n", "\n", f"See [the next one]({link}).\n"]},
+            {
+                "cell_type": "markdown",
+                "metadata": {},
+                "source": [f"# {title}\n", "\n", f"See [the next one]({link}).\n"],
+            },
             {
                 "cell_type": "code",
                 "execution_count": 1,
@@ -80,7 +106,9 @@ def _notebook(title: str, link: str) -> dict:
                 "source": ["print(1 + 2)"],
             },
         ],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}
+        },
         "nbformat": 4,
         "nbformat_minor": 4,
     }
@@ -94,8 +122,12 @@ def test_docs_build_with_notebooks(tmp_path):
     shutil.copytree(ROOT / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
     notebooks = root / "notebooks"
     notebooks.mkdir()
-    (notebooks / "01_first.ipynb").write_text(json.dumps(_notebook("A first notebook", "02_second.ipynb#top")))
-    (notebooks / "02_second.ipynb").write_text(json.dumps(_notebook("A second notebook", "01_first.ipynb")))
+    (notebooks / "01_first.ipynb").write_text(
+        json.dumps(_notebook("A first notebook", "02_second.ipynb#top"))
+    )
+    (notebooks / "02_second.ipynb").write_text(
+        json.dumps(_notebook("A second notebook", "01_first.ipynb"))
+    )
     site = tmp_path / "site"
     _build(root, site)
     first = _page(site, "notebooks", "01_first")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import phasejax as pj
-
 from _oracle import random_subintensity, random_subtransition
 
 

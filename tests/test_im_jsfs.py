@@ -56,7 +56,8 @@ def simulate_im(n1, n2, params, reps, seed):
         coal_rate = np.where(before[:, None], np.where(dm == 0, coal_1, coal_2), coal_anc)
         same = al[:, pi] & al[:, pj_] & (dm[:, pi] == dm[:, pj_])
         rates = np.concatenate(
-            [same * coal_rate[:, pi], al * before[:, None] * np.where(dm == 0, mig_12, mig_21)], axis=1
+            [same * coal_rate[:, pi], al * before[:, None] * np.where(dm == 0, mig_12, mig_21)],
+            axis=1,
         )
         total = rates.sum(1)
         with np.errstate(divide="ignore"):
@@ -123,7 +124,9 @@ def test_state_convention_and_rewards():
             want = 0 if aa + bb in (0, n1 + n2) else states[:, c] + states[:, k + c]
             np.testing.assert_array_equal(R[aa, bb], want)
     # n2 = 0: the joint layout is the block-counting one
-    np.testing.assert_array_equal(pj.models.two_island(4, joint=True).states(), pj.models.two_island(4).states())
+    np.testing.assert_array_equal(
+        pj.models.two_island(4, joint=True).states(), pj.models.two_island(4).states()
+    )
     with pytest.raises(ValueError, match="joint=True"):
         pj.models.jsfs_rewards(pj.models.two_island(2, 3, joint=True), 3, 2)
     with pytest.raises(ValueError, match="no rewards"):
@@ -153,7 +156,9 @@ def test_marginals_are_subsample_sfs(im32):
     alone = pj.models.IsolationWithMigration(alone_graph)
     sfs1 = jnp.asarray(pj.models.sfs_rewards(alone_graph, n=n1))
     with_migration = im32[1](*PARAMS)[0]
-    np.testing.assert_allclose(with_migration.sum(1)[1:n1], jax.jit(lambda *p: alone(*p).mean(sfs1))(*PARAMS), rtol=1e-10)
+    np.testing.assert_allclose(
+        with_migration.sum(1)[1:n1], jax.jit(lambda *p: alone(*p).mean(sfs1))(*PARAMS), rtol=1e-10
+    )
     # and with migration it is not Kingman (the check has power)
     assert np.abs(with_migration.sum(1)[1:n1] - 2 / (PARAMS[0] * np.arange(1, n1))).max() > 0.05
 
@@ -195,9 +200,13 @@ def test_gradients_against_finite_differences(im22):
     def f(mig_12, split):
         return compiled(1.0, 0.4, mig_12, 1.5, 2.0, split)[0]
 
-    jac = jax.jit(jax.jacrev(lambda m, s: im.expected_jsfs(1.0, 0.4, m, 1.5, 2.0, s), argnums=(0, 1)))(0.6, 0.8)
+    jac = jax.jit(
+        jax.jacrev(lambda m, s: im.expected_jsfs(1.0, 0.4, m, 1.5, 2.0, s), argnums=(0, 1))
+    )(0.6, 0.8)
     h = 1e-5
-    for arg, (lo, hi) in enumerate([((0.6 - h, 0.8), (0.6 + h, 0.8)), ((0.6, 0.8 - h), (0.6, 0.8 + h))]):
+    for arg, (lo, hi) in enumerate(
+        [((0.6 - h, 0.8), (0.6 + h, 0.8)), ((0.6, 0.8 - h), (0.6, 0.8 + h))]
+    ):
         fd = (f(*hi) - f(*lo)) / (2 * h)
         assert np.abs(fd).max() > 1e-3
         np.testing.assert_allclose(jac[arg], fd, rtol=1e-6, atol=1e-9)

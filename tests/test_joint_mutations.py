@@ -73,18 +73,62 @@ def _random_rewards(graph, seed, n_classes=2):
 
 CASES = [
     # name, graph, solver, theta, rewards_of, mu, bounds
-    ("kingman4-sfs3", lambda: pj.models.kingman(4), "auto", [1.0], lambda g: pj.models.sfs_rewards(g), 0.6, (3, 2, 2)),
-    ("island-cyclic-dense", lambda: pj.models.two_island(2, 1), "auto", [1.0, 2.0, 0.5, 0.3],
-     lambda g: pj.models.sfs_rewards(g, 3), 0.4, (2, 2)),
-    ("rabbits-zero-rewards", lambda: pj.models.rabbit_flooding(3), "auto", [0.7, 1.2],
-     lambda g: np.stack([np.where(np.arange(g.vertices_length()) % 2 == 0, 0.0, 1.5),
-                         np.where(np.arange(g.vertices_length()) % 3 == 0, 0.7, 0.0)]), np.array([0.8, 0.3]), (2, 3)),
-    ("random-defect-dense", lambda: random_cyclic_graph(0), "dense", None, lambda g: _random_rewards(g, 1), 0.7, (2, 3)),
-    ("random-defect-krylov", lambda: random_cyclic_graph(0), "krylov", None, lambda g: _random_rewards(g, 1), 0.7, (1, 2)),
+    (
+        "kingman4-sfs3",
+        lambda: pj.models.kingman(4),
+        "auto",
+        [1.0],
+        lambda g: pj.models.sfs_rewards(g),
+        0.6,
+        (3, 2, 2),
+    ),
+    (
+        "island-cyclic-dense",
+        lambda: pj.models.two_island(2, 1),
+        "auto",
+        [1.0, 2.0, 0.5, 0.3],
+        lambda g: pj.models.sfs_rewards(g, 3),
+        0.4,
+        (2, 2),
+    ),
+    (
+        "rabbits-zero-rewards",
+        lambda: pj.models.rabbit_flooding(3),
+        "auto",
+        [0.7, 1.2],
+        lambda g: np.stack(
+            [
+                np.where(np.arange(g.vertices_length()) % 2 == 0, 0.0, 1.5),
+                np.where(np.arange(g.vertices_length()) % 3 == 0, 0.7, 0.0),
+            ]
+        ),
+        np.array([0.8, 0.3]),
+        (2, 3),
+    ),
+    (
+        "random-defect-dense",
+        lambda: random_cyclic_graph(0),
+        "dense",
+        None,
+        lambda g: _random_rewards(g, 1),
+        0.7,
+        (2, 3),
+    ),
+    (
+        "random-defect-krylov",
+        lambda: random_cyclic_graph(0),
+        "krylov",
+        None,
+        lambda g: _random_rewards(g, 1),
+        0.7,
+        (1, 2),
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, build, solver, theta, rewards_of, mu, bounds", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    "name, build, solver, theta, rewards_of, mu, bounds", CASES, ids=[c[0] for c in CASES]
+)
 def test_against_product_chain(name, build, solver, theta, rewards_of, mu, bounds):
     graph = build()
     rewards = np.asarray(rewards_of(graph), float)
@@ -95,7 +139,9 @@ def test_against_product_chain(name, build, solver, theta, rewards_of, mu, bound
     grid, oracle = product_chain_pmf(alpha, s, rewards[:, vertices], mu_c, bounds)
     probs = pj.joint_mutation_pmf(dist, mu, rewards, grid)
     assert oracle.min() > 1e-6 or name.startswith("random")  # non-trivial configurations
-    np.testing.assert_allclose(probs, oracle, rtol=1e-9 if solver == "krylov" else 1e-11, atol=1e-15)
+    np.testing.assert_allclose(
+        probs, oracle, rtol=1e-9 if solver == "krylov" else 1e-11, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("c, mu", [(1.0, 0.85), (2.5, 0.3)])
@@ -159,14 +205,28 @@ def test_marginals_match_mutation_counts():
 
 
 GRAD_CASES = [
-    ("kingman4", lambda: pj.models.kingman(4), lambda g: pj.models.sfs_rewards(g), [[1.0], [0.4]], [0.5, 1.3],
-     np.array([[0, 0, 0], [2, 1, 0], [1, 1, 1], [3, 0, 2]])),
-    ("island", lambda: pj.models.two_island(2, 1), lambda g: pj.models.sfs_rewards(g, 3),
-     [[1.0, 2.0, 0.5, 0.3], [0.6, 1.1, 1.4, 0.2]], [0.4, 0.9], np.array([[0, 0], [2, 1], [1, 2]])),
+    (
+        "kingman4",
+        lambda: pj.models.kingman(4),
+        lambda g: pj.models.sfs_rewards(g),
+        [[1.0], [0.4]],
+        [0.5, 1.3],
+        np.array([[0, 0, 0], [2, 1, 0], [1, 1, 1], [3, 0, 2]]),
+    ),
+    (
+        "island",
+        lambda: pj.models.two_island(2, 1),
+        lambda g: pj.models.sfs_rewards(g, 3),
+        [[1.0, 2.0, 0.5, 0.3], [0.6, 1.1, 1.4, 0.2]],
+        [0.4, 0.9],
+        np.array([[0, 0], [2, 1], [1, 2]]),
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, build, rewards_of, thetas, mus, counts", GRAD_CASES, ids=[c[0] for c in GRAD_CASES])
+@pytest.mark.parametrize(
+    "name, build, rewards_of, thetas, mus, counts", GRAD_CASES, ids=[c[0] for c in GRAD_CASES]
+)
 def test_gradients_against_finite_differences(name, build, rewards_of, thetas, mus, counts):
     graph = build()
     model = graph.compile()
@@ -215,7 +275,9 @@ def test_gradients_closed_form_and_rewards():
     assert abs(g_mu[0] - g_mu[1]) > 1e-3
     # rewards are differentiable (here: the doubleton reward of state (1, 1, 0))
     v = int(np.flatnonzero(sfs[1] > 0)[0])
-    fd = (f(float(c), mus, sfs.at[1, v].add(eps)) - f(float(c), mus, sfs.at[1, v].add(-eps))) / (2 * eps)
+    fd = (f(float(c), mus, sfs.at[1, v].add(eps)) - f(float(c), mus, sfs.at[1, v].add(-eps))) / (
+        2 * eps
+    )
     np.testing.assert_allclose(g_r[1, v], fd, rtol=1e-7)
 
 
@@ -227,9 +289,15 @@ def test_jit_vmap_and_traced_counts():
     grid, oracle = product_chain_pmf(alpha, s, sfs[:, vertices], [0.6] * 3, (2, 3, 1))
     thetas = jnp.array([[0.5], [1.0], [2.0]])
     # traced counts of any batch shape, on a static grid larger than needed
-    traced = jax.jit(lambda t, k: pj.joint_mutation_pmf(model(t), 0.6, sfs, k, max_counts=(3, 3, 2)))
+    traced = jax.jit(
+        lambda t, k: pj.joint_mutation_pmf(model(t), 0.6, sfs, k, max_counts=(3, 3, 2))
+    )
     picks = [len(grid) - 1, 0, 7, 1, 5, 20]
-    np.testing.assert_allclose(traced(thetas[2], jnp.asarray(grid[picks]).reshape(2, 3, 3)), oracle[picks].reshape(2, 3), rtol=1e-11)
+    np.testing.assert_allclose(
+        traced(thetas[2], jnp.asarray(grid[picks]).reshape(2, 3, 3)),
+        oracle[picks].reshape(2, 3),
+        rtol=1e-11,
+    )
     batched = jax.vmap(traced, in_axes=(0, None))(thetas, jnp.asarray(grid))
     for theta, row in zip(thetas, batched):
         np.testing.assert_allclose(row, traced(theta, jnp.asarray(grid)), rtol=1e-12)
@@ -281,4 +349,6 @@ def test_errors():
         traced(jnp.array([[0.5, 0.0]]))
     discrete = pj.Graph.from_matrices(np.array([1.0]), np.array([[0.5]]), discrete=True).compile()()
     with pytest.raises(ValueError, match="continuous"):
-        pj.joint_mutation_pmf(discrete, 0.5, np.ones((1, discrete.structure.n_vertices)), np.array([[0]]))
+        pj.joint_mutation_pmf(
+            discrete, 0.5, np.ones((1, discrete.structure.n_vertices)), np.array([[0]])
+        )

@@ -38,7 +38,11 @@ def _island_case():
     return graph, np.array([1.0, 2.0, 0.5, 0.3]), r
 
 
-CASES = {"random40_defect": _random_case, "kingman_sfs": _kingman_case, "two_island_sfs": _island_case}
+CASES = {
+    "random40_defect": _random_case,
+    "kingman_sfs": _kingman_case,
+    "two_island_sfs": _island_case,
+}
 
 
 def laplace_reference(alpha, S, r, s_values):
@@ -56,7 +60,7 @@ def compiled():
 
         def f(theta, r, s, model=model):
             d = model(theta)
-            lt = lambda x: d.laplace(x, r)  # noqa: E731
+            lt = lambda x: d.laplace(x, r)
             return {
                 "with_r": d.laplace(s, r),
                 "time": d.laplace(s),
@@ -76,8 +80,15 @@ def test_laplace_against_dense_solve(compiled, name):
     rt = r[vs]
     assert np.any(rt == 0) and np.any(rt > 0)  # the zero-reward path is exercised
     got = {k: np.asarray(v) for k, v in f(theta, r, S_VALUES).items()}
-    np.testing.assert_allclose(got["with_r"], laplace_reference(alpha, S, rt, S_VALUES), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(got["time"], laplace_reference(alpha, S, np.ones(len(alpha)), S_VALUES), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        got["with_r"], laplace_reference(alpha, S, rt, S_VALUES), rtol=1e-12, atol=1e-15
+    )
+    np.testing.assert_allclose(
+        got["time"],
+        laplace_reference(alpha, S, np.ones(len(alpha)), S_VALUES),
+        rtol=1e-12,
+        atol=1e-15,
+    )
     assert got["with_r"][0] == pytest.approx(1.0, abs=1e-13)
     assert got["time"][0] == pytest.approx(1.0, abs=1e-13)
     # with zero rewards some mass never accumulates anything: the limit at s -> inf is
@@ -105,10 +116,14 @@ def test_laplace_shapes_and_reward_scaled():
     grid, scaled, scalar = f(theta, s)
     assert grid.shape == (2, 2) and scalar.shape == ()
     alpha, S, vs = graph_matrices(graph, theta)
-    np.testing.assert_allclose(np.asarray(grid).ravel(), laplace_reference(alpha, S, r[vs], s.ravel()), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(grid).ravel(), laplace_reference(alpha, S, r[vs], s.ravel()), rtol=1e-12
+    )
     # Y = int r dt has the distribution of reward_scaled(r): same transform
     np.testing.assert_allclose(np.asarray(scaled), np.asarray(grid), rtol=1e-12)
-    np.testing.assert_allclose(float(scalar), laplace_reference(alpha, S, r[vs], [2.0])[0], rtol=1e-12)
+    np.testing.assert_allclose(
+        float(scalar), laplace_reference(alpha, S, r[vs], [2.0])[0], rtol=1e-12
+    )
 
 
 def test_laplace_gradient_in_theta_finite_differences(compiled):

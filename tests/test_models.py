@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import phasejax as pj
-
 from _oracle import assert_bundle_close, library_bundle, oracle_bundle, random_rewards
 
 # -- the documented transition rules, written out independently -----------------------------
@@ -170,7 +169,9 @@ SPEC_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, build, start, spec, theta", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
+@pytest.mark.parametrize(
+    "name, build, start, spec, theta", SPEC_CASES, ids=[c[0] for c in SPEC_CASES]
+)
 def test_model_matrices_match_specification(name, build, start, spec, theta):
     graph = build()
     theta = np.asarray(theta)
@@ -197,7 +198,9 @@ def test_two_island_total_out_rate():
     theta = np.array([1.1, 0.4, 0.3, 0.9])
     mats = graph.as_matrices(theta)
     k1, k2 = mats.states[:, :5].sum(axis=1), mats.states[:, 5:].sum(axis=1)
-    want = theta[0] * k1 * (k1 - 1) / 2 + theta[1] * k2 * (k2 - 1) / 2 + theta[2] * k1 + theta[3] * k2
+    want = (
+        theta[0] * k1 * (k1 - 1) / 2 + theta[1] * k2 * (k2 - 1) / 2 + theta[2] * k1 + theta[3] * k2
+    )
     np.testing.assert_allclose(-np.diag(mats.matrix), want, rtol=1e-14)
 
 
@@ -243,11 +246,16 @@ MODELS = {
         [[0.5, 1.2, 2.0, 0.3, 0.9, 1.4, 2.2], [2.0, 0.1, 0.7, 1.0, 0.05, 0.3, 3.0]],
         True,
     ),
-    "two_island": (lambda: pj.models.two_island(3, 2), [[1.0, 0.5, 0.3, 0.7], [2.0, 1.0, 1.5, 0.1]], False),
+    "two_island": (
+        lambda: pj.models.two_island(3, 2),
+        [[1.0, 0.5, 0.3, 0.7], [2.0, 1.0, 1.5, 0.1]],
+        False,
+    ),
     "rabbit_flooding": (lambda: pj.models.rabbit_flooding(4), [[2.0, 3.0], [0.5, 1.5]], False),
     "mm1_capacity": (lambda: pj.models.mm1_capacity(8), [[1.0, 1.5], [2.0, 0.7]], False),
     "birth_death": (lambda: pj.models.birth_death(10, 3), [[0.8, 1.0], [1.5, 1.0]], False),
 }
+
 
 def _cases():
     for name, (_, _, acyclic) in MODELS.items():
@@ -260,12 +268,12 @@ def _cases():
             yield pytest.param(name, "krylov", id=f"{name}-krylov")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _graph(name):
     return MODELS[name][0]()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bundle(name, solver):
     return library_bundle(_graph(name).compile(solver=solver), lite=solver == "krylov")
 

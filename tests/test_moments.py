@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import phasejax as pj
-
 from _oracle import (
     assert_bundle_close,
     dph_factorial_moments,
@@ -41,7 +40,6 @@ SOLVERS = ["sweep", "dense", "krylov"]
 RTOL = {"sweep": 1e-10, "dense": 1e-10, "krylov": 1e-9}
 
 
-
 def _jit_quantities(model, k=4):
     """One jitted function returning (moments(k), var, mean) of the absorption time."""
 
@@ -54,7 +52,7 @@ def _jit_quantities(model, k=4):
 
 
 # -- closed forms ------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _erlang_fn(k, solver):
     return _jit_quantities(pj.models.erlang(k).compile(solver=solver))
 
@@ -172,7 +170,7 @@ def _geometric_graph():
     return g
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _geometric_fn(solver):
     graph = _geometric_graph()
     model = graph.compile(solver=solver)
@@ -180,7 +178,15 @@ def _geometric_fn(solver):
     @jax.jit
     def f(theta, r):
         d = model(theta)
-        return d.mean(), d.var(), d.factorial_moments(3), d.moments(3), d.mean(r), d.var(r), d.expected_visits()
+        return (
+            d.mean(),
+            d.var(),
+            d.factorial_moments(3),
+            d.moments(3),
+            d.mean(r),
+            d.var(r),
+            d.expected_visits(),
+        )
 
     return f
 
@@ -198,7 +204,9 @@ def test_geometric_dph(solver, p):
     want_fact = np.array([factorial(j) * (1 - p) ** (j - 1) / p**j for j in (1, 2, 3)])
     np.testing.assert_allclose(np.asarray(fact), want_fact, rtol=tol)
     # raw moments from factorial moments (Stirling numbers of the second kind)
-    raw = np.array([want_fact[0], want_fact[1] + want_fact[0], want_fact[2] + 3 * want_fact[1] + want_fact[0]])
+    raw = np.array(
+        [want_fact[0], want_fact[1] + want_fact[0], want_fact[2] + 3 * want_fact[1] + want_fact[0]]
+    )
     np.testing.assert_allclose(np.asarray(moments), raw, rtol=tol)
     # a reward per visit scales tau
     np.testing.assert_allclose(float(mean_r), r / p, rtol=tol)
@@ -274,10 +282,12 @@ def test_ph_oracle_against_quadrature():
     p_enter = alpha[0] + alpha[1] * 0.5 / 1.5
     rate_back = 1.0 * 0.5 / 1.5  # from 0 to 1 and back to 0
     exit0 = 2.0 - rate_back
-    want = [quad(lambda y: y**k * p_enter * exit0 * np.exp(-exit0 * y), 0, np.inf)[0] for k in (1, 2, 3)]
+    want = [
+        quad(lambda y: y**k * p_enter * exit0 * np.exp(-exit0 * y), 0, np.inf)[0] for k in (1, 2, 3)
+    ]
     np.testing.assert_allclose(ph_moments(alpha, S, np.array([1.0, 0.0]), 3), want, rtol=1e-10)
     # the absorption time against the matrix-exponential density
-    dens = lambda x: alpha @ expm(S * x) @ (-S.sum(axis=1))  # noqa: E731
+    dens = lambda x: alpha @ expm(S * x) @ (-S.sum(axis=1))
     want_t = [quad(lambda x: x**k * dens(x), 0, 60)[0] for k in (1, 2)]
     np.testing.assert_allclose(ph_moments(alpha, S, np.ones(2), 2), want_t, rtol=1e-9)
 
@@ -311,7 +321,9 @@ def test_random_graph_from_matrices(kind, discrete, solver):
     graph = pj.Graph.from_matrices(alpha, M, discrete=discrete)
     model = graph.compile(solver=solver)
     if kind == "acyclic":
-        assert isinstance(pj.Graph.from_matrices(alpha, M, discrete=discrete).compile().solver, pj.LevelSweep)
+        assert isinstance(
+            pj.Graph.from_matrices(alpha, M, discrete=discrete).compile().solver, pj.LevelSweep
+        )
     V = graph.vertices_length()
     R = random_rewards(V, seed=5)
     vs = np.arange(1, len(alpha) + 1)
@@ -384,7 +396,7 @@ class _EdgeByEdge:
         return self.alpha0.copy(), M
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _edge_by_edge(discrete):
     return _EdgeByEdge(250 if not discrete else 120, discrete, seed=3 + discrete)
 
@@ -438,7 +450,9 @@ def test_explicit_initial_distribution():
     mean, defect, sojourn = d(jnp.array([2.0]))
     np.testing.assert_allclose(float(mean), 0.5 * 2 / 2.0 + 0.25 * 4 / 2.0, rtol=1e-13)
     np.testing.assert_allclose(float(defect), 0.25, rtol=1e-13)
-    np.testing.assert_allclose(np.asarray(sojourn)[1:], [0.125, 0.125, 0.375, 0.375, 0.0], rtol=1e-13)
+    np.testing.assert_allclose(
+        np.asarray(sojourn)[1:], [0.125, 0.125, 0.375, 0.375, 0.0], rtol=1e-13
+    )
 
 
 def test_reward_entries_of_start_and_absorbing_are_ignored():
@@ -460,7 +474,9 @@ def test_expected_waiting_time_entry_zero_is_mean():
     graph = pj.models.rabbit_flooding(3)
     model = graph.compile()
     r = jnp.asarray(random_rewards(graph.vertices_length(), 2)[0])
-    w, m = jax.jit(lambda t: (model(t).expected_waiting_time(r), model(t).mean(r)))(jnp.array([1.0, 2.0]))
+    w, m = jax.jit(lambda t: (model(t).expected_waiting_time(r), model(t).mean(r)))(
+        jnp.array([1.0, 2.0])
+    )
     np.testing.assert_allclose(float(w[0]), float(m), rtol=1e-14)
     alpha, S, vs = graph_matrices(graph, [1.0, 2.0])
     np.testing.assert_allclose(np.asarray(w)[vs], np.linalg.solve(-S, restrict(r, vs)), rtol=1e-12)
@@ -471,7 +487,9 @@ def test_batched_rewards():
     graph = pj.models.kingman(5)
     sfs = jnp.asarray(pj.models.sfs_rewards(graph))
     model = graph.compile()
-    means, moments = jax.jit(lambda t: (model(t).mean(sfs), model(t).moments(2, sfs)))(jnp.array([1.0]))
+    means, moments = jax.jit(lambda t: (model(t).mean(sfs), model(t).moments(2, sfs)))(
+        jnp.array([1.0])
+    )
     np.testing.assert_allclose(np.asarray(means), 2 / np.arange(1, 5), rtol=1e-12)
     alpha, S, vs = graph_matrices(graph, [1.0])
     for a in range(4):
@@ -517,7 +535,8 @@ def test_krylov_on_acyclic_graphs():
     """Regression: BiCGStab broke down on nilpotent (acyclic) operators (NaN or wrong)."""
     for k in (3,):
         model = pj.models.erlang(k).compile(solver="krylov")
-        mean, sojourn = jax.jit(lambda t: (model(t).mean(), model(t).expected_sojourn()))(jnp.array([1.0]))
+        mean, sojourn = jax.jit(lambda t: (model(t).mean(), model(t).expected_sojourn()))(
+            jnp.array([1.0])
+        )
         np.testing.assert_allclose(float(mean), k, rtol=1e-10)
         np.testing.assert_allclose(np.asarray(sojourn)[1 : k + 1], np.ones(k), rtol=1e-10)
-

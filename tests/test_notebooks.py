@@ -24,7 +24,10 @@ def _plain(err) -> str:
 
 
 def _params():
-    return [pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem in SLOW else []) for p in PATHS]
+    return [
+        pytest.param(p, id=p.stem, marks=[pytest.mark.slow] if p.stem in SLOW else [])
+        for p in PATHS
+    ]
 
 
 def test_notebooks_exist_and_are_clean():
@@ -38,7 +41,9 @@ def test_notebooks_exist_and_are_clean():
     for path in PATHS:
         nb = json.loads(path.read_text())
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{path.name} has outputs"
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), (
+            f"{path.name} has outputs"
+        )
         assert 'jax.config.update("jax_enable_x64", True)' in "".join(code[0]["source"]), path.name
         assert nb["cells"][0]["cell_type"] == "markdown", path.name
 
@@ -51,11 +56,15 @@ def kernel_spec_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("kernels")
     spec = root / "phasejax-test"
     spec.mkdir()
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "phasejax tests",
-        "language": "python",
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "phasejax tests",
+                "language": "python",
+            }
+        )
+    )
     return root
 
 
@@ -69,7 +78,9 @@ def test_notebook_runs(path, kernel_spec_dir):
     nb = nbformat.read(path, as_version=4)
     km = KernelManager(
         kernel_name="phasejax-test",
-        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_spec_dir)], ensure_native_kernel=False),
+        kernel_spec_manager=KernelSpecManager(
+            kernel_dirs=[str(kernel_spec_dir)], ensure_native_kernel=False
+        ),
     )
     client = nbclient.NotebookClient(
         nb, km=km, timeout=CELL_TIMEOUT, resources={"metadata": {"path": str(NOTEBOOKS)}}
@@ -77,6 +88,8 @@ def test_notebook_runs(path, kernel_spec_dir):
     try:
         client.execute()
     except nbclient.exceptions.CellTimeoutError as err:
-        pytest.fail(f"{path.name}: a cell ran longer than {CELL_TIMEOUT} s\n{_plain(err)}", pytrace=False)
+        pytest.fail(
+            f"{path.name}: a cell ran longer than {CELL_TIMEOUT} s\n{_plain(err)}", pytrace=False
+        )
     except nbclient.exceptions.CellExecutionError as err:
         pytest.fail(f"{path.name}: a cell failed\n{_plain(err)}", pytrace=False)

@@ -82,10 +82,14 @@ def test_graph_nonlinear_rate_fn_names_and_no_labels():
     g = pj.models.mm1_capacity(2)
     fig, ax = plot.graph(g, param_names=["λ", "μ"], engine="matplotlib")
     assert sorted({t.get_text() for t in _by_gid(ax.texts, "edge-label")}) == ["1", "λ", "μ"]
-    fig, ax = plot.graph(g, theta=[0.0, np.log(2.0)], rate_fn=lambda th, c: c @ np.exp(th), engine="matplotlib")
+    fig, ax = plot.graph(
+        g, theta=[0.0, np.log(2.0)], rate_fn=lambda th, c: c @ np.exp(th), engine="matplotlib"
+    )
     assert sorted({t.get_text() for t in _by_gid(ax.texts, "edge-label")}) == ["1", "2"]
     fig, ax = plot.graph(g, labels=False, engine="matplotlib")
-    assert not _by_gid(ax.texts, "edge-label") and len(_by_gid(ax.patches, "edge")) == g.edges_length()
+    assert (
+        not _by_gid(ax.texts, "edge-label") and len(_by_gid(ax.patches, "edge")) == g.edges_length()
+    )
     with pytest.raises(ValueError, match="parameter names"):
         plot.graph(g, param_names=["only one"], engine="matplotlib")
 
@@ -115,7 +119,10 @@ def test_to_dot_has_one_line_per_vertex_and_edge():
     dot = plot.to_dot(g)
     lines = dot.splitlines()
     assert sum("->" in line for line in lines) == g.edges_length()
-    assert sum(line.strip().startswith("v") and "->" not in line for line in lines) == g.vertices_length()
+    assert (
+        sum(line.strip().startswith("v") and "->" not in line for line in lines)
+        == g.vertices_length()
+    )
     assert 'label="θ₂"' in dot or 'label="θ₃"' in dot  # migration edges
 
 
@@ -133,7 +140,9 @@ def test_graph_uses_graphviz_when_available(monkeypatch):
             return buf.getvalue()
 
     monkeypatch.setitem(sys.modules, "graphviz", types.SimpleNamespace(Source=Source))
-    monkeypatch.setattr(plot.shutil, "which", lambda name: "/usr/bin/dot" if name == "dot" else None)
+    monkeypatch.setattr(
+        plot.shutil, "which", lambda name: "/usr/bin/dot" if name == "dot" else None
+    )
     g = pj.models.kingman(3)
     fig, ax = plot.graph(g)
     assert len(ax.images) == 1 and ax.images[0].get_array().shape[:2] == (4, 6)
@@ -188,7 +197,9 @@ def test_pdf_given_times_and_one_axes(kingman5):
     fig2, axes = plot.pdf(kingman5, times, ax=ax)
     assert fig2 is fig and len(axes) == 1 and len(ax.lines) == 1
     np.testing.assert_allclose(ax.lines[0].get_xdata(), times)
-    np.testing.assert_allclose(ax.lines[0].get_ydata(), _dense_pdf_cdf(pj.models.kingman(5), [1.0], times)[0], rtol=1e-9)
+    np.testing.assert_allclose(
+        ax.lines[0].get_ydata(), _dense_pdf_cdf(pj.models.kingman(5), [1.0], times)[0], rtol=1e-9
+    )
     fig, axes = plot.pdf(kingman5, times, cdf=False)
     assert len(axes) == 1
 
@@ -203,14 +214,23 @@ def test_pdf_of_an_epoch_model():
     alpha, s1, _, _ = g.as_matrices([rates[0]])
     _, s2, _, _ = g.as_matrices([rates[1]])
     entry = alpha @ expm(s1 * tau)
-    expected = [alpha @ expm(s1 * u) @ -s1.sum(1) if u < tau else entry @ expm(s2 * (u - tau)) @ -s2.sum(1) for u in t]
+    expected = [
+        alpha @ expm(s1 * u) @ -s1.sum(1) if u < tau else entry @ expm(s2 * (u - tau)) @ -s2.sum(1)
+        for u in t
+    ]
     np.testing.assert_allclose(axes[0].lines[0].get_ydata(), expected, rtol=1e-9, atol=1e-12)
 
 
 def _segregating_sites_pmf(n, theta, k):
     """Tavare (1984): P(S = k) under the standard coalescent, mutation rate theta / 2."""
     i = np.arange(2, n + 1)[:, None]
-    terms = (-1.0) ** i * comb(n - 1, i - 1) * (i - 1) / (theta + i - 1) * (theta / (theta + i - 1)) ** k
+    terms = (
+        (-1.0) ** i
+        * comb(n - 1, i - 1)
+        * (i - 1)
+        / (theta + i - 1)
+        * (theta / (theta + i - 1)) ** k
+    )
     return terms.sum(axis=0)
 
 
@@ -224,8 +244,12 @@ def test_pmf_bars_and_data_frequencies(kingman5):
     ks = np.round([b.get_x() + b.get_width() for b in model_bars]).astype(int)  # bars sit left of k
     np.testing.assert_array_equal(ks, np.arange(ks.size))  # P(K = 0) > 0: starts at 0
     assert len(model_bars) == len(data_bars) == ks.size >= data.max() + 1
-    np.testing.assert_allclose([b.get_height() for b in model_bars], _segregating_sites_pmf(5, 2 * mu, ks), rtol=1e-9)
-    np.testing.assert_allclose([b.get_height() for b in data_bars], [np.mean(data == k) for k in ks])
+    np.testing.assert_allclose(
+        [b.get_height() for b in model_bars], _segregating_sites_pmf(5, 2 * mu, ks), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        [b.get_height() for b in data_bars], [np.mean(data == k) for k in ks]
+    )
 
 
 def test_pmf_of_a_dph_without_defect_starts_at_one():

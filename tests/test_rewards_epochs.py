@@ -14,7 +14,12 @@ import phasejax as pj
 def dense_reward_transform(alpha, s, r):
     """Independent dense fold of zero-reward states: (alpha', S') over positive states."""
     pos, zer = r > 0, r == 0
-    spp, spz, szp, szz = s[np.ix_(pos, pos)], s[np.ix_(pos, zer)], s[np.ix_(zer, pos)], s[np.ix_(zer, zer)]
+    spp, spz, szp, szz = (
+        s[np.ix_(pos, pos)],
+        s[np.ix_(pos, zer)],
+        s[np.ix_(zer, pos)],
+        s[np.ix_(zer, zer)],
+    )
     fold = np.linalg.solve(-szz, szp) if zer.any() else np.zeros((0, pos.sum()))
     s_new = np.diag(1 / r[pos]) @ (spp + spz @ fold)
     a_new = alpha[pos] + alpha[zer] @ fold
@@ -33,12 +38,30 @@ def reward_moments(alpha, s, r, k):
 
 
 CASES = [
-    ("kingman6-singletons", lambda: pj.models.kingman(6), [1.3], lambda g: pj.models.sfs_rewards(g)[0]),
-    ("kingman6-tripletons", lambda: pj.models.kingman(6), [0.7], lambda g: pj.models.sfs_rewards(g)[2]),
-    ("rabbits-alternating", lambda: pj.models.rabbit_flooding(3), [0.7, 1.2],
-     lambda g: np.where(np.arange(g.vertices_length()) % 2 == 0, 0.0, 1.5)),
-    ("island-deme1", lambda: pj.models.two_island(2, 1), [1.0, 2.0, 0.5, 0.3],
-     lambda g: (g.states()[:, :3].sum(1) > 0).astype(float) * 2.0),
+    (
+        "kingman6-singletons",
+        lambda: pj.models.kingman(6),
+        [1.3],
+        lambda g: pj.models.sfs_rewards(g)[0],
+    ),
+    (
+        "kingman6-tripletons",
+        lambda: pj.models.kingman(6),
+        [0.7],
+        lambda g: pj.models.sfs_rewards(g)[2],
+    ),
+    (
+        "rabbits-alternating",
+        lambda: pj.models.rabbit_flooding(3),
+        [0.7, 1.2],
+        lambda g: np.where(np.arange(g.vertices_length()) % 2 == 0, 0.0, 1.5),
+    ),
+    (
+        "island-deme1",
+        lambda: pj.models.two_island(2, 1),
+        [1.0, 2.0, 0.5, 0.3],
+        lambda g: (g.states()[:, :3].sum(1) > 0).astype(float) * 2.0,
+    ),
 ]
 
 
@@ -112,15 +135,23 @@ def test_mutation_counts_closed_forms():
     total = pj.models.sfs_rewards(graph).sum(0)
     k = np.arange(8)
     # n = 2: S ~ Geometric with P(S = k) = (theta / (1 + theta))^k / (1 + theta)
-    np.testing.assert_allclose(dist.mutation_counts(theta / 2, total).pmf(k), (theta / (1 + theta)) ** k / (1 + theta), rtol=1e-12)
+    np.testing.assert_allclose(
+        dist.mutation_counts(theta / 2, total).pmf(k),
+        (theta / (1 + theta)) ** k / (1 + theta),
+        rtol=1e-12,
+    )
     for n in (4, 7):
         graph = pj.models.kingman(n)
         dist = graph.compile()(jnp.array([1.0]))
         sfs = pj.models.sfs_rewards(graph)
         counts = dist.mutation_counts(theta / 2, sfs.sum(0))
-        np.testing.assert_allclose(counts.mean(), theta * np.sum(1 / np.arange(1, n)), rtol=1e-12)  # Watterson
+        np.testing.assert_allclose(
+            counts.mean(), theta * np.sum(1 / np.arange(1, n)), rtol=1e-12
+        )  # Watterson
         for i in range(1, n):
-            np.testing.assert_allclose(dist.mutation_counts(theta / 2, sfs[i - 1]).mean(), theta / i, rtol=1e-10)
+            np.testing.assert_allclose(
+                dist.mutation_counts(theta / 2, sfs[i - 1]).mean(), theta / i, rtol=1e-10
+            )
 
 
 def test_mutation_counts_against_mixture_oracle():
@@ -181,12 +212,21 @@ def test_epochs_against_piecewise_expm():
     transient = np.asarray(graph.compile().transient_vertices)
     np.testing.assert_allclose(e.state_probability(ts)[:, transient], np.array(probs), atol=1e-12)
     oracle_sf = lambda t: piecewise_sf_oracle(graph, thetas, breaks, t)[0].sum()
-    moments = [si.quad(lambda t: k * t ** (k - 1) * oracle_sf(t), 0, 200, limit=200, points=breaks)[0] for k in (1, 2, 3)]
+    moments = [
+        si.quad(lambda t: k * t ** (k - 1) * oracle_sf(t), 0, 200, limit=200, points=breaks)[0]
+        for k in (1, 2, 3)
+    ]
     np.testing.assert_allclose(e.moments(3), moments, rtol=1e-8)
     # mean with rewards (singletons): sum of occupancies, against numerical integration
     reward = pj.models.sfs_rewards(graph)[0]
     r = reward[transient]
-    oracle = si.quad(lambda t: piecewise_sf_oracle(graph, thetas, breaks, t)[0] @ r, 0, 200, limit=200, points=breaks)[0]
+    oracle = si.quad(
+        lambda t: piecewise_sf_oracle(graph, thetas, breaks, t)[0] @ r,
+        0,
+        200,
+        limit=200,
+        points=breaks,
+    )[0]
     np.testing.assert_allclose(e.mean(reward), oracle, rtol=1e-8)
 
 
@@ -220,7 +260,9 @@ def test_isolation_with_migration():
     im = pj.models.IsolationWithMigration(pj.models.two_island(1, 1))
     # no migration: the two lineages can only meet after the split, then at rate 2
     for split in (0.3, 2.0):
-        np.testing.assert_allclose(im(1.0, 1.0, 0.0, 0.0, 2.0, split).mean(), split + 0.5, rtol=1e-10)
+        np.testing.assert_allclose(
+            im(1.0, 1.0, 0.0, 0.0, 2.0, split).mean(), split + 0.5, rtol=1e-10
+        )
     # with migration: against piecewise expm with the merge at the split
     graph = pj.models.two_island(2, 1)
     im = pj.models.IsolationWithMigration(graph)
@@ -233,7 +275,10 @@ def test_isolation_with_migration():
     v = first.alpha @ sl.expm(first.matrix * 0.7) @ merge @ sl.expm(second.matrix * (t - 0.7))
     np.testing.assert_allclose(e.sf(np.array([t]))[0], v.sum(), rtol=1e-10)
     g = jax.grad(lambda s: im(1.0, 0.5, 0.3, 0.6, 2.0, s).mean())(0.7)
-    fd = (im(1.0, 0.5, 0.3, 0.6, 2.0, 0.7 + 1e-6).mean() - im(1.0, 0.5, 0.3, 0.6, 2.0, 0.7 - 1e-6).mean()) / 2e-6
+    fd = (
+        im(1.0, 0.5, 0.3, 0.6, 2.0, 0.7 + 1e-6).mean()
+        - im(1.0, 0.5, 0.3, 0.6, 2.0, 0.7 - 1e-6).mean()
+    ) / 2e-6
     np.testing.assert_allclose(g, fd, rtol=1e-6)
 
 
@@ -244,7 +289,11 @@ def test_two_locus_correlation_closed_form(rho):
     rewards = pj.models.tmrca_rewards(graph)
     cov = dist.covariance_matrix(rewards)
     np.testing.assert_allclose(dist.mean(rewards[0]), 1.0, rtol=1e-12)
-    np.testing.assert_allclose(cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]), (rho + 18) / (rho**2 + 13 * rho + 18), rtol=1e-10)
+    np.testing.assert_allclose(
+        cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]),
+        (rho + 18) / (rho**2 + 13 * rho + 18),
+        rtol=1e-10,
+    )
 
 
 def test_two_locus_larger_sample_against_dense():
@@ -257,7 +306,9 @@ def test_two_locus_larger_sample_against_dense():
     u = np.linalg.inv(-s)
     ra, rb = rewards[0][vertices], rewards[1][vertices]
     cross = alpha @ u @ np.diag(ra) @ u @ rb + alpha @ u @ np.diag(rb) @ u @ ra
-    np.testing.assert_allclose(dist.cov(rewards[0], rewards[1]), cross - (alpha @ u @ ra) * (alpha @ u @ rb), rtol=1e-10)
+    np.testing.assert_allclose(
+        dist.cov(rewards[0], rewards[1]), cross - (alpha @ u @ ra) * (alpha @ u @ rb), rtol=1e-10
+    )
 
 
 def dph_reward_pmf_oracle(alpha, t_matrix, r, size):
@@ -272,7 +323,7 @@ def dph_reward_pmf_oracle(alpha, t_matrix, r, size):
         nxt = np.zeros_like(f)
         for i in range(n):
             shifted = np.zeros_like(f[i])
-            shifted[r[i]:] = f[i][: f.shape[1] - r[i]]
+            shifted[r[i] :] = f[i][: f.shape[1] - r[i]]
             p_y += exit_prob[i] * shifted
             nxt += np.outer(t_matrix[i], shifted)
         f = nxt
@@ -286,7 +337,9 @@ def test_discrete_reward_transform_against_dynamic_programming(seed):
     rng = np.random.default_rng(seed)
     n = 6
     t_matrix = rng.random((n, n)) * (rng.random((n, n)) < 0.6)
-    t_matrix = t_matrix / (t_matrix.sum(1, keepdims=True) + rng.random((n, 1)) + 0.3)  # diagonal: staying
+    t_matrix = t_matrix / (
+        t_matrix.sum(1, keepdims=True) + rng.random((n, 1)) + 0.3
+    )  # diagonal: staying
     alpha = rng.random(n)
     alpha = alpha / alpha.sum() * 0.95
     graph = pj.Graph.from_matrices(alpha, t_matrix, discrete=True)

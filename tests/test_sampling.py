@@ -51,7 +51,9 @@ def kingman():
     model = graph.compile()
     theta = np.array([1.0])
     R = np.vstack([np.ones(graph.vertices_length()), pj.models.sfs_rewards(graph)])  # (n, V)
-    draws = np.asarray(jax.jit(lambda th, key: model(th).sample(key, (N,), R))(theta, jax.random.key(0)))
+    draws = np.asarray(
+        jax.jit(lambda th, key: model(th).sample(key, (N,), R))(theta, jax.random.key(0))
+    )
     return graph, model, theta, R, draws
 
 
@@ -74,7 +76,9 @@ def test_kingman_ks_against_cdf(kingman):
     cdf = jax.jit(lambda th, t: model(th).cdf(t))
     assert scipy.stats.kstest(draws[:, 0], _cdf_wrapper(lambda t: cdf(theta, t))).pvalue > 1e-3
     # and a slightly wrong distribution is rejected (the test has power)
-    assert scipy.stats.kstest(draws[:, 0], _cdf_wrapper(lambda t: cdf(theta * 1.05, t))).pvalue < 1e-3
+    assert (
+        scipy.stats.kstest(draws[:, 0], _cdf_wrapper(lambda t: cdf(theta * 1.05, t))).pvalue < 1e-3
+    )
 
 
 # -- continuous: random cyclic graph with a defect -------------------------------------------
@@ -119,7 +123,7 @@ def test_random_ph_ks(random_ph):
     def conditional_cdfs(t):
         d = model()
         y = d.reward_scaled(R[1])
-        cond = lambda c: (c - defect) / (1 - defect)  # noqa: E731
+        cond = lambda c: (c - defect) / (1 - defect)
         return cond(d.cdf(t[0], max_steps=max_steps)), cond(y.cdf(t[1], max_steps=max_steps))
 
     # one compiled call for both columns (sorted, as kstest would)
@@ -167,7 +171,9 @@ def test_dph_steps_rewards_and_pmf():
     tau = draws[:, 0]
     assert np.all(tau == np.round(tau)) and tau.min() == 0
     for row in range(2):
-        _check_mean_var(draws[:, row], dph_reward_moments(alpha, T, R[row][vs], 4), f"dph row {row}")
+        _check_mean_var(
+            draws[:, row], dph_reward_moments(alpha, T, R[row][vs], 4), f"dph row {row}"
+        )
     # empirical frequencies of tau = k against the pmf (binomial standard errors)
     ks = np.arange(0, 30)
     pmf = np.asarray(jax.jit(lambda k: model().pmf(k))(ks))

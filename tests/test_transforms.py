@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import phasejax as pj
-
 from _oracle import (
     graph_matrices,
     library_quantities,
@@ -25,7 +24,18 @@ from _oracle import (
 )
 
 # keys compared in the derivative tests (every quantity of the bundle)
-KEYS = ["mean", "mean_r", "moments_r", "moments_1", "var_r", "cov", "cov01", "wait_r", "wait_1", "sojourn"]
+KEYS = [
+    "mean",
+    "mean_r",
+    "moments_r",
+    "moments_1",
+    "var_r",
+    "cov",
+    "cov01",
+    "wait_r",
+    "wait_1",
+    "sojourn",
+]
 DKEYS = KEYS + ["factorial"]
 
 
@@ -86,7 +96,12 @@ def _small_dph(acyclic=False):
     for a, b, base, coef in edges:
         if not (acyclic and b < a):
             g.add_edge(v[a], v[b], base, coef)
-    for a, base, coef in [(1, 0.1, [0.05, 0.0]), (3, 0.2, None), (4, 0.1, [0.0, 0.1]), (0, 0.05, None)]:
+    for a, base, coef in [
+        (1, 0.1, [0.05, 0.0]),
+        (3, 0.2, None),
+        (4, 0.1, [0.0, 0.1]),
+        (0, 0.05, None),
+    ]:
         g.add_edge(v[a], end, base, coef)
     return g
 
@@ -94,7 +109,10 @@ def _small_dph(acyclic=False):
 GRAD_CASES = {
     "coxian": (lambda: pj.models.coxian(3), [[0.5, 1.2, 0.3, 0.9, 1.4], [2.0, 0.4, 1.1, 0.2, 0.7]]),
     "kingman": (lambda: pj.models.kingman(5), [[1.0], [0.3]]),
-    "two_island": (lambda: pj.models.two_island(2, 1), [[1.0, 0.5, 0.3, 0.7], [0.4, 2.0, 1.5, 0.2]]),
+    "two_island": (
+        lambda: pj.models.two_island(2, 1),
+        [[1.0, 0.5, 0.3, 0.7], [0.4, 2.0, 1.5, 0.2]],
+    ),
     "rabbits": (lambda: pj.models.rabbit_flooding(3), [[2.0, 3.0], [0.5, 1.5]]),
     "dph": (_small_dph, [[0.5, 1.0], [1.0, 0.2], [0.1, 0.7]]),
     "dph_acyclic": (lambda: _small_dph(acyclic=True), [[0.5, 1.0], [0.1, 0.7]]),
@@ -112,12 +130,14 @@ GRAD_SOLVERS = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _graph(name):
     return GRAD_CASES[name][0]()
 
 
-@pytest.mark.parametrize("name, solver, keys", GRAD_SOLVERS, ids=[f"{c[0]}-{c[1]}" for c in GRAD_SOLVERS])
+@pytest.mark.parametrize(
+    "name, solver, keys", GRAD_SOLVERS, ids=[f"{c[0]}-{c[1]}" for c in GRAD_SOLVERS]
+)
 def test_jacobian_of_every_quantity_against_finite_differences(name, solver, keys):
     graph = _graph(name)
     model = graph.compile(solver=solver)
@@ -162,7 +182,9 @@ def test_grad_kingman_mean_closed_form_vmapped():
     model = pj.models.kingman(n).compile()
     thetas = jnp.linspace(0.2, 3.0, 7)[:, None]
     g = jax.jit(jax.vmap(jax.grad(lambda t: model(t).mean())))(thetas)
-    np.testing.assert_allclose(np.asarray(g)[:, 0], -2 * (1 - 1 / n) / np.asarray(thetas[:, 0]) ** 2, rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(g)[:, 0], -2 * (1 - 1 / n) / np.asarray(thetas[:, 0]) ** 2, rtol=1e-12
+    )
 
 
 def test_custom_rate_fn_chain_rule():
@@ -174,7 +196,9 @@ def test_custom_rate_fn_chain_rule():
     v_lin, g_lin = jax.jit(jax.value_and_grad(lambda t: linear(t).var()))(jnp.exp(log_theta))
     v_log, g_log = jax.jit(jax.value_and_grad(lambda t: logged(t).var()))(log_theta)
     np.testing.assert_allclose(float(v_log), float(v_lin), rtol=1e-13)
-    np.testing.assert_allclose(np.asarray(g_log), np.asarray(g_lin) * np.exp(np.asarray(log_theta)), rtol=1e-11)
+    np.testing.assert_allclose(
+        np.asarray(g_log), np.asarray(g_lin) * np.exp(np.asarray(log_theta)), rtol=1e-11
+    )
     alpha, S, vs = graph_matrices(graph, np.exp(np.asarray(log_theta)))
     m1, m2 = ph_moments(alpha, S, np.ones(len(alpha)), 2)
     np.testing.assert_allclose(float(v_log), m2 - m1**2, rtol=1e-12)
@@ -211,7 +235,9 @@ def test_vmap_over_100_thetas(solver):
         m1, m2 = ph_moments(alpha, S, np.ones(len(alpha)), 2)
         np.testing.assert_allclose(moments[i], [m1, m2], rtol=tol)
         if cov is not None:
-            np.testing.assert_allclose(cov[i], ph_cov_matrix(alpha, S, restrict(sfs, vs)), rtol=tol, atol=tol)
+            np.testing.assert_allclose(
+                cov[i], ph_cov_matrix(alpha, S, restrict(sfs, vs)), rtol=tol, atol=tol
+            )
         np.testing.assert_allclose(soj[i][vs], alpha @ np.linalg.inv(-S), rtol=tol, atol=tol)
 
 
@@ -222,8 +248,12 @@ def test_vmap_sweep_and_dph_over_100_thetas():
     graph = pj.models.kingman(6)
     for i, theta in enumerate(np.asarray(thetas)):
         alpha, S, vs = graph_matrices(graph, theta)
-        np.testing.assert_allclose(np.asarray(moments[i]), ph_moments(alpha, S, np.ones(len(alpha)), 3), rtol=1e-10)
-    np.testing.assert_allclose(np.asarray(means), 2 * (1 - 1 / 6) / np.asarray(thetas[:, 0]), rtol=1e-12)
+        np.testing.assert_allclose(
+            np.asarray(moments[i]), ph_moments(alpha, S, np.ones(len(alpha)), 3), rtol=1e-10
+        )
+    np.testing.assert_allclose(
+        np.asarray(means), 2 * (1 - 1 / 6) / np.asarray(thetas[:, 0]), rtol=1e-12
+    )
 
     dph = _graph("dph")
     model = dph.compile(solver="dense")

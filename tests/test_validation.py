@@ -18,6 +18,7 @@ import phasejax as pj
 
 RUNTIME_ERRORS = (RuntimeError, ValueError)
 
+
 def _chain(discrete=False, n_params=1, weight=None, coef=(1.0,)):
     """start -> a -> b -> end, with a -> b parameterised (weight + coef . theta)."""
     g = pj.Graph(1, discrete=discrete, n_params=n_params)
@@ -154,9 +155,13 @@ def test_from_matrices_validation():
     with pytest.raises(ValueError, match="non-positive row sums"):
         pj.Graph.from_matrices(np.array([1.0, 0.0]), np.array([[-1.0, 2.0], [0.5, -1.0]]))
     with pytest.raises(ValueError, match="T must be non-negative with row sums at most 1"):
-        pj.Graph.from_matrices(np.array([1.0, 0.0]), np.array([[0.5, 0.6], [0.1, 0.1]]), discrete=True)
+        pj.Graph.from_matrices(
+            np.array([1.0, 0.0]), np.array([[0.5, 0.6], [0.1, 0.1]]), discrete=True
+        )
     with pytest.raises(ValueError, match="T must be non-negative"):
-        pj.Graph.from_matrices(np.array([1.0, 0.0]), np.array([[0.5, -0.1], [0.1, 0.1]]), discrete=True)
+        pj.Graph.from_matrices(
+            np.array([1.0, 0.0]), np.array([[0.5, -0.1], [0.1, 0.1]]), discrete=True
+        )
 
 
 # -- compile time --------------------------------------------------------------------------------------
@@ -178,7 +183,9 @@ def test_reachable_state_that_can_never_reach_absorption():
     a.add_edge(b, 1.0)  # b <-> c is a closed class reachable from a
     b.add_edge(c, 1.0)
     c.add_edge(b, 2.0)
-    with pytest.raises(ValueError, match=r"2 reachable state\(s\) can never reach an absorbing state"):
+    with pytest.raises(
+        ValueError, match=r"2 reachable state\(s\) can never reach an absorbing state"
+    ):
         g.compile()
 
 
@@ -262,7 +269,9 @@ def test_continuous_initial_probabilities_above_one():
 
 # -- call time: theta ------------------------------------------------------------------------------------
 def test_theta_of_wrong_shape(chain_model):
-    with pytest.raises(ValueError, match=r"theta has shape \(2,\), but this model has 1 parameters"):
+    with pytest.raises(
+        ValueError, match=r"theta has shape \(2,\), but this model has 1 parameters"
+    ):
         chain_model(jnp.array([1.0, 2.0]))
     with pytest.raises(ValueError, match=r"theta has shape \(0,\)"):
         chain_model()  # theta omitted on a parameterised model
@@ -284,14 +293,18 @@ def test_negative_or_nan_rate_at_theta(chain_model, theta):
 
 def test_negative_rate_under_vmap(chain_model):
     f = jax.jit(jax.vmap(lambda t: chain_model(t).mean()))
-    np.testing.assert_allclose(np.asarray(f(jnp.array([[1.0], [2.0]]))), [1 + 2, 0.5 + 2], rtol=1e-14)
+    np.testing.assert_allclose(
+        np.asarray(f(jnp.array([[1.0], [2.0]]))), [1 + 2, 0.5 + 2], rtol=1e-14
+    )
     with pytest.raises(RUNTIME_ERRORS, match="negative or NaN"):
         f(jnp.array([[1.0], [-0.5]]))
 
 
 def test_rate_fn_producing_negative_rates():
     model = _chain().compile(solver="dense", rate_fn=lambda th, c: c @ jnp.sin(th))
-    np.testing.assert_allclose(float(jax.jit(lambda t: model(t).mean())(jnp.array([np.pi / 2]))), 3.0)
+    np.testing.assert_allclose(
+        float(jax.jit(lambda t: model(t).mean())(jnp.array([np.pi / 2]))), 3.0
+    )
     with pytest.raises(RUNTIME_ERRORS, match="negative or NaN"):
         jax.jit(lambda t: model(t).mean())(jnp.array([-np.pi / 2]))
 
@@ -313,7 +326,9 @@ def test_state_that_can_never_be_left_at_theta(chain_model):
 
 def test_discrete_parameterised_probabilities_above_one_at_call():
     model = _chain(discrete=True, weight=0.5).compile(solver="dense")
-    np.testing.assert_allclose(float(jax.jit(lambda t: model(t).mean())(jnp.array([0.25]))), 1 / 0.75 + 2)
+    np.testing.assert_allclose(
+        float(jax.jit(lambda t: model(t).mean())(jnp.array([0.25]))), 1 / 0.75 + 2
+    )
     with pytest.raises(RUNTIME_ERRORS, match="out-probabilities of a state sum to more than 1"):
         model(jnp.array([0.6]))
     with pytest.raises(RUNTIME_ERRORS, match="out-probabilities of a state sum to more than 1"):
@@ -335,7 +350,9 @@ def test_discrete_parameterised_initial_above_one_at_call():
 def test_rewards_of_wrong_length(chain_model):
     d = chain_model(jnp.array([1.0]))
     V = 4
-    with pytest.raises(ValueError, match=r"rewards have 3 entries along axis 0, expected one per vertex \(4"):
+    with pytest.raises(
+        ValueError, match=r"rewards have 3 entries along axis 0, expected one per vertex \(4"
+    ):
         d.mean(jnp.ones(V - 1))
     with pytest.raises(ValueError, match="expected one per vertex"):
         d.moments(2, jnp.ones(V + 1))
@@ -384,4 +401,6 @@ def test_guarded_flags_inadmissible_theta_without_raising():
     assert bool(dph.guarded(jnp.array([0.3]))[1])
     dist, ok = dph.guarded(jnp.array([0.7]))  # 2 x 0.7 > 1
     assert not bool(ok)
-    np.testing.assert_allclose(float(dist.mean()), 1.5, rtol=1e-12)  # stand-in 1/3 per edge: leaves w.p. 2/3
+    np.testing.assert_allclose(
+        float(dist.mean()), 1.5, rtol=1e-12
+    )  # stand-in 1/3 per edge: leaves w.p. 2/3

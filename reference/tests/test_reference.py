@@ -2,6 +2,7 @@
 
 Never imports the phasic Python package.
 """
+
 import gc
 import math
 import os
@@ -9,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from phasic_reference import ReferenceGraph, from_description
 from phasic_reference.adapter import describe, reference_graph
 
@@ -51,10 +51,12 @@ def restrict(r, trans):
     return np.asarray(r, float)[trans]
 
 
-CYC = dict(n_vertices=5,
-           src=[0, 0, 1, 1, 2, 2, 3, 3],
-           dst=[1, 2, 2, 4, 1, 3, 1, 4],
-           weight=[0.6, 0.4, 1.5, 0.5, 0.7, 2.0, 1.0, 3.0])
+CYC = dict(
+    n_vertices=5,
+    src=[0, 0, 1, 1, 2, 2, 3, 3],
+    dst=[1, 2, 2, 4, 1, 3, 1, 4],
+    weight=[0.6, 0.4, 1.5, 0.5, 0.7, 2.0, 1.0, 3.0],
+)
 
 
 # ---------------------------------------------------------- continuous ---
@@ -77,10 +79,10 @@ def test_erlang():
     np.testing.assert_allclose(g.moments(3), [1.5, 3.0, 7.5], rtol=1e-12)
     assert g.variance() == pytest.approx(0.75, rel=1e-12)
     t = np.array([0.1, 0.5, 1.0, 1.5, 2.0, 4.0])
-    exact = 2 ** 3 * t ** 2 * np.exp(-2 * t) / 2
+    exact = 2**3 * t**2 * np.exp(-2 * t) / 2
     assert g.default_granularity() == 1024
     np.testing.assert_allclose(g.pdf(t), exact, atol=1e-2)
-    cexact = 1 - np.exp(-2 * t) * (1 + 2 * t + 2 * t ** 2)
+    cexact = 1 - np.exp(-2 * t) * (1 + 2 * t + 2 * t**2)
     np.testing.assert_allclose(g.cdf(t), cexact, atol=1e-2)
     # finer explicit granularity -> smaller (O(1/g)) error
     err_default = np.abs(g.pdf(t) - exact).max()
@@ -104,7 +106,7 @@ def test_cyclic_vs_numpy():
     E3 = 6 * alpha @ U @ U @ U @ one
     assert g.expectation() == pytest.approx(E, rel=1e-12)
     np.testing.assert_allclose(g.moments(3), [E, E2, E3], rtol=1e-12)
-    assert g.variance() == pytest.approx(E2 - E ** 2, rel=1e-12)
+    assert g.variance() == pytest.approx(E2 - E**2, rel=1e-12)
     np.testing.assert_allclose(g.expected_waiting_time()[trans], U @ one, rtol=1e-12)
 
     r1 = np.array([0.0, 1.0, 2.0, 0.5, 0.0])
@@ -112,7 +114,7 @@ def test_cyclic_vs_numpy():
     R1, R2 = np.diag(restrict(r1, trans)), np.diag(restrict(r2, trans))
     e1, e2 = alpha @ U @ R1 @ one, alpha @ U @ R2 @ one
     assert g.expectation(r1) == pytest.approx(e1, rel=1e-12)
-    var1 = 2 * alpha @ U @ R1 @ U @ R1 @ one - e1 ** 2
+    var1 = 2 * alpha @ U @ R1 @ U @ R1 @ one - e1**2
     assert g.variance(r1) == pytest.approx(var1, rel=1e-12)
     cov = alpha @ U @ R1 @ U @ R2 @ one + alpha @ U @ R2 @ U @ R1 @ one - e1 * e2
     assert g.covariance(r1, r2) == pytest.approx(cov, rel=1e-12)
@@ -162,8 +164,13 @@ def test_defect_handling():
 
 
 # ------------------------------------------------------------ discrete ---
-DPH = dict(n_vertices=4, src=[0, 0, 1, 1, 2], dst=[1, 2, 2, 3, 1],
-           weight=[0.6, 0.4, 0.5, 0.2, 0.3], discrete=True)
+DPH = dict(
+    n_vertices=4,
+    src=[0, 0, 1, 1, 2],
+    dst=[1, 2, 2, 3, 1],
+    weight=[0.6, 0.4, 0.5, 0.2, 0.3],
+    discrete=True,
+)
 
 
 def test_dph_pmf_vs_matrix_powers():
@@ -193,7 +200,7 @@ def test_dph_known_wrong_variance_and_covariance():
     one = np.ones(len(alpha))
     E = alpha @ U @ one
     ET2 = alpha @ (2 * U @ U - U) @ one  # E[T^2]
-    true_var = ET2 - E ** 2
+    true_var = ET2 - E**2
     assert g.expectation() == pytest.approx(E, rel=1e-12)
     # moments(2)[1] is 2 alpha U^2 1 = E[T(T+1)], not E[T^2]
     assert g.moments(2)[1] == pytest.approx(ET2 + E, rel=1e-12)
@@ -208,12 +215,17 @@ def test_dph_known_wrong_variance_and_covariance():
     r2 = np.array([0.0, 0.0, 1.0, 0.0])
     R1, R2 = np.diag(restrict(r1, trans)), np.diag(restrict(r2, trans))
     e1, e2 = alpha @ U @ R1 @ one, alpha @ U @ R2 @ one
-    true_cov = (alpha @ U @ R1 @ U @ R2 @ one + alpha @ U @ R2 @ U @ R1 @ one
-                - alpha @ U @ R1 @ R2 @ one - e1 * e2)
+    true_cov = (
+        alpha @ U @ R1 @ U @ R2 @ one
+        + alpha @ U @ R2 @ U @ R1 @ one
+        - alpha @ U @ R1 @ R2 @ one
+        - e1 * e2
+    )
     c12, c21 = g.covariance(r1, r2), g.covariance(r2, r1)
     # phasic: alpha U R2 U R1 1 + alpha U R1 R2 1 - e1 e2 (one cross term, wrong sign)
-    assert c12 == pytest.approx(alpha @ U @ R2 @ U @ R1 @ one + alpha @ U @ R1 @ R2 @ one - e1 * e2,
-                                rel=1e-12)
+    assert c12 == pytest.approx(
+        alpha @ U @ R2 @ U @ R1 @ one + alpha @ U @ R1 @ R2 @ one - e1 * e2, rel=1e-12
+    )
     assert c12 != pytest.approx(c21, rel=1e-3)  # asymmetric
     assert c12 != pytest.approx(true_cov, rel=1e-3)
 
@@ -221,13 +233,15 @@ def test_dph_known_wrong_variance_and_covariance():
 def test_dph_reward_transform():
     g = ReferenceGraph(**DPH)
     r = np.array([0, 2, 1, 0])
-    assert g.reward_transform_expectation(r) == pytest.approx(g.expectation(r.astype(float)), rel=1e-12)
+    assert g.reward_transform_expectation(r) == pytest.approx(
+        g.expectation(r.astype(float)), rel=1e-12
+    )
 
 
 # ------------------------------------------------------ parameterized ---
 def test_parameterized_matches_constant_and_caches():
     src, dst = CYC["src"], CYC["dst"]
-    C = np.array([[0, 0], [0, 0], [1.5, 0], [0, .5], [.7, 0], [0, 2], [1, 0], [0, 3]])
+    C = np.array([[0, 0], [0, 0], [1.5, 0], [0, 0.5], [0.7, 0], [0, 2], [1, 0], [0, 3]])
     ipv = np.array([0.6, 0.4, 0, 0, 0, 0, 0, 0])
     g = ReferenceGraph.parameterized(5, src, dst, C, weight=ipv)
     assert g.cache_info()["edge_mode"] == 2
@@ -285,7 +299,7 @@ def test_adapter():
 # ------------------------------------------------------------- memory ---
 def _rss_mb():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def test_no_leak():

@@ -1,13 +1,13 @@
 """phasejax: phase-type distributions from state-space graphs, in pure JAX."""
 
+from . import models
 from ._compile import Model, Structure, compile_graph, linear_rates, make_structure
-from ._epochs import EpochPhaseType, epochs
-from ._rewards import DiscreteRewardTransform, RewardTransform, mutation_counts, reward_transform
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
+from ._epochs import EpochPhaseType, epochs
 from ._graph import Graph, Matrices, Vertex
 from ._mutations import joint_mutation_pmf
+from ._rewards import DiscreteRewardTransform, RewardTransform, mutation_counts, reward_transform
 from ._solve import AbstractSolver, DenseLU, Krylov, LevelSweep, System
-from . import models
 
 __all__ = [
     "AbstractPhaseType",

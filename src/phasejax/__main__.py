@@ -19,7 +19,9 @@ def demo(n: int = 10) -> int:
     t0 = time.perf_counter()
     graph = pj.models.kingman(n)
     model = graph.compile()
-    print(f"Kingman coalescent n={n}: {graph} built and compiled in {time.perf_counter() - t0:.3f} s")
+    print(
+        f"Kingman coalescent n={n}: {graph} built and compiled in {time.perf_counter() - t0:.3f} s"
+    )
     dist = model(jnp.array([1.0]))
     moments = dist.moments(4)
     sfs_rewards = pj.models.sfs_rewards(graph)
@@ -34,15 +36,23 @@ def demo(n: int = 10) -> int:
     for name, (ours, exact) in expected.items():
         good = abs(ours - exact) <= 1e-10 * abs(exact)
         ok &= good
-        print(f"  {name:<11} = {ours:.12f}   closed form {exact:.12f}   {'ok' if good else 'MISMATCH'}")
+        print(
+            f"  {name:<11} = {ours:.12f}   closed form {exact:.12f}   {'ok' if good else 'MISMATCH'}"
+        )
     print("  moments E[T^k], k=1..4:", np.array2string(np.asarray(moments), precision=8))
     sfs_ok = np.allclose(np.asarray(sfs), 2 / i, rtol=1e-10)
     ok &= sfs_ok
-    print("  expected SFS:", np.array2string(np.asarray(sfs), precision=6), f"(2/i: {'ok' if sfs_ok else 'MISMATCH'})")
+    print(
+        "  expected SFS:",
+        np.array2string(np.asarray(sfs), precision=6),
+        f"(2/i: {'ok' if sfs_ok else 'MISMATCH'})",
+    )
     grad = jax.grad(lambda th: model(th).mean())(jnp.array([1.0]))
     grad_ok = abs(float(grad[0]) + 2 * (1 - 1 / n)) < 1e-10
     ok &= grad_ok
-    print(f"  d E[TMRCA] / d theta at theta=1: {float(grad[0]):.12f} (exact {-2 * (1 - 1 / n):.12f})")
+    print(
+        f"  d E[TMRCA] / d theta at theta=1: {float(grad[0]):.12f} (exact {-2 * (1 - 1 / n):.12f})"
+    )
     thetas = jnp.linspace(0.5, 2.0, 100)[:, None]
     means = jax.jit(jax.vmap(lambda th: model(th).mean()))(thetas)
     vmap_ok = np.allclose(np.asarray(means), 2 * (1 - 1 / n) / np.asarray(thetas[:, 0]), rtol=1e-10)
@@ -84,7 +94,9 @@ def fit_demo(model, theta_true: float = 1.7, n_obs: int = 1000) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="phasejax")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="build a Kingman coalescent, compute its quantities and check them")
+    p = sub.add_parser(
+        "demo", help="build a Kingman coalescent, compute its quantities and check them"
+    )
     p.add_argument("-n", type=int, default=10, help="sample size (default 10)")
     args = parser.parse_args(argv)
     return demo(args.n)

@@ -25,7 +25,9 @@ from ._solve import AbstractSolver, DenseLU, Krylov, LevelSweep, level_schedule
 DENSE_LIMIT = 2000
 
 
-def linear_rates(theta: Float[Array, " p"], coefficients: Float[Array, "e p"]) -> Float[Array, " e"]:
+def linear_rates(
+    theta: Float[Array, " p"], coefficients: Float[Array, "e p"]
+) -> Float[Array, " e"]:
     """The default rate function: ``coefficients @ theta``."""
     return coefficients @ theta
 
@@ -77,10 +79,14 @@ class Structure(eqx.Module):
     def n_transient(self) -> int:
         return self.transient_vertices.shape[0]
 
-    def to_vertices(self, x: Float[Array, " n ..."], start: Array | float = 0.0) -> Float[Array, " V ..."]:
+    def to_vertices(
+        self, x: Float[Array, " n ..."], start: Array | float = 0.0
+    ) -> Float[Array, " V ..."]:
         """Scatter a per-transient-state array into vertex order (states sharing a vertex add up);
         row 0 (start) is ``start``."""
-        out = jnp.zeros((self.n_vertices,) + x.shape[1:], x.dtype).at[self.transient_vertices].add(x)
+        out = (
+            jnp.zeros((self.n_vertices,) + x.shape[1:], x.dtype).at[self.transient_vertices].add(x)
+        )
         return out.at[0].set(start)
 
     def from_vertices(self, rewards: ArrayLike, dtype) -> Float[Array, " n ..."]:
@@ -91,7 +97,11 @@ class Structure(eqx.Module):
                 f"rewards have {rewards.shape[0]} entries along axis 0, expected one per vertex "
                 f"({self.n_vertices}, the starting vertex included)"
             )
-        rewards = eqx.error_if(rewards, jnp.any(jnp.isnan(rewards) | (rewards < 0)), "rewards must be non-negative and not NaN")
+        rewards = eqx.error_if(
+            rewards,
+            jnp.any(jnp.isnan(rewards) | (rewards < 0)),
+            "rewards must be non-negative and not NaN",
+        )
         return rewards[self.transient_vertices]
 
 
@@ -201,13 +211,17 @@ class Model(eqx.Module):
                 f"theta has shape {theta.shape}, but this model has {self.n_params} parameters "
                 f"(expected shape ({self.n_params},); use jax.vmap for a batch)"
             )
-        return jnp.asarray(self.base, dtype) + self.rate_fn(theta, jnp.asarray(self.coefficients, dtype))
+        return jnp.asarray(self.base, dtype) + self.rate_fn(
+            theta, jnp.asarray(self.coefficients, dtype)
+        )
 
     def rates(self, theta: ArrayLike | None = None) -> Float[Array, " E"]:
         """All edge rates (graph edge order) at ``theta``, checked non-negative and finite."""
         rates = self._raw_rates(theta)
         return eqx.error_if(
-            rates, jnp.any(jnp.isnan(rates) | (rates < 0)), "an edge rate is negative or NaN at this theta"
+            rates,
+            jnp.any(jnp.isnan(rates) | (rates < 0)),
+            "an edge rate is negative or NaN at this theta",
         )
 
     def _parts(self, rates):
@@ -224,7 +238,9 @@ class Model(eqx.Module):
     def _build(self, rate, diag, alpha):
         from ._distribution import DiscretePhaseType, PhaseType
 
-        return (DiscretePhaseType if self.discrete else PhaseType)(self.structure, rate, diag, alpha)
+        return (DiscretePhaseType if self.discrete else PhaseType)(
+            self.structure, rate, diag, alpha
+        )
 
     def __call__(self, theta: ArrayLike | None = None, *, require_exit: bool = True):
         """The distribution at ``theta``.
@@ -236,11 +252,17 @@ class Model(eqx.Module):
         rate, diag, alpha = self._parts(self.rates(theta))
         if require_exit:
             diag = eqx.error_if(
-                diag, jnp.any(diag <= 0), "a transient state can never be left: its out-rates are all zero at this theta"
+                diag,
+                jnp.any(diag <= 0),
+                "a transient state can never be left: its out-rates are all zero at this theta",
             )
-        alpha = eqx.error_if(alpha, jnp.sum(alpha) > 1 + 1e-12, "initial probabilities sum to more than 1")
+        alpha = eqx.error_if(
+            alpha, jnp.sum(alpha) > 1 + 1e-12, "initial probabilities sum to more than 1"
+        )
         if self.discrete:
-            diag = eqx.error_if(diag, jnp.any(diag > 1 + 1e-12), "out-probabilities of a state sum to more than 1")
+            diag = eqx.error_if(
+                diag, jnp.any(diag > 1 + 1e-12), "out-probabilities of a state sum to more than 1"
+            )
         return self._build(rate, diag, alpha)
 
     def guarded(self, theta: ArrayLike) -> tuple:
@@ -255,7 +277,11 @@ class Model(eqx.Module):
         """
         rates = self._raw_rates(theta)
         rate, diag, alpha = self._parts(rates)
-        ok = jnp.all(jnp.isfinite(rates) & (rates >= 0)) & jnp.all(diag > 0) & (jnp.sum(alpha) <= 1 + 1e-12)
+        ok = (
+            jnp.all(jnp.isfinite(rates) & (rates >= 0))
+            & jnp.all(diag > 0)
+            & (jnp.sum(alpha) <= 1 + 1e-12)
+        )
         if self.discrete:
             ok = ok & jnp.all(diag <= 1 + 1e-12)
         stand_in = jnp.ones_like(rates)
@@ -309,7 +335,9 @@ def compile_graph(
         )
     start_sum = base[from_start].sum()
     if initial is None and start_sum > 1 + 1e-12 and not np.any(coef[from_start]):
-        raise ValueError(f"initial probabilities (the starting vertex's edges) sum to {start_sum:.6g} > 1")
+        raise ValueError(
+            f"initial probabilities (the starting vertex's edges) sum to {start_sum:.6g} > 1"
+        )
     if graph.discrete:
         out = np.bincount(src, weights=base, minlength=v)
         bad = np.flatnonzero(out > 1 + 1e-12)
@@ -328,7 +356,9 @@ def compile_graph(
     if initial is not None:
         initial = np.asarray(initial, dtype=np.float64)
         if initial.shape != (v,) or np.any(initial < 0) or initial.sum() > 1 + 1e-12:
-            raise ValueError(f"`initial` must be {v} non-negative probabilities summing to at most 1")
+            raise ValueError(
+                f"`initial` must be {v} non-negative probabilities summing to at most 1"
+            )
         initial = initial[transient]
     return Model(
         structure=make_structure(v, transient, t_src, t_dst, graph.discrete, solver),

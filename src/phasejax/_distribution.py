@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from . import _sparse, _uniformization as _unif
-from ._sample import sample_paths
+from . import _sparse
+from . import _uniformization as _unif
 from ._compile import Structure
+from ._sample import sample_paths
 from ._solve import System, solve
 
 DEFAULT_TOL = 1e-12
@@ -57,7 +58,9 @@ class AbstractPhaseType(eqx.Module):
         """``solve(rhs, transpose=False)`` for ``system`` (default: this model's ``M``)."""
         system = self.system if system is None else system
         state = self.structure.solver.prepare(system)
-        return lambda rhs, transpose=False: solve(self.structure.solver, system, state, rhs, transpose)
+        return lambda rhs, transpose=False: solve(
+            self.structure.solver, system, state, rhs, transpose
+        )
 
     def _rewards(self, rewards: ArrayLike | None) -> Float[Array, " n ..."]:
         if rewards is None:
@@ -75,10 +78,19 @@ class AbstractPhaseType(eqx.Module):
         """Rows ``(alpha P^k) @ proj``, ``k = 0..max_steps`` (zero past ``n_steps``)."""
         m = self.structure
         lam = jax.lax.stop_gradient(jnp.asarray(lam, self.diag.dtype))
-        return _unif.series(self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, n_steps, max_steps)
+        return _unif.series(
+            self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, n_steps, max_steps
+        )
 
     @eqx.filter_jit
-    def sample(self, key, shape: tuple[int, ...] = (), rewards: ArrayLike | None = None, *, max_jumps: int = 1_000_000) -> Array:
+    def sample(
+        self,
+        key,
+        shape: tuple[int, ...] = (),
+        rewards: ArrayLike | None = None,
+        *,
+        max_jumps: int = 1_000_000,
+    ) -> Array:
         """Draw absorption times (``rewards=None``), accumulated rewards (``(V,)``), or
         a multivariate reward vector per draw (``(m, V)`` -> output ``shape + (m,)``).
 
@@ -86,8 +98,16 @@ class AbstractPhaseType(eqx.Module):
         """
         r = self._rewards(rewards)
         out = sample_paths(
-            key, tuple(shape), self.structure.out_edges, self.structure.dst, self.rate, self.diag,
-            self.alpha, r.reshape(r.shape[0], -1), self.structure.discrete, max_jumps,
+            key,
+            tuple(shape),
+            self.structure.out_edges,
+            self.structure.dst,
+            self.rate,
+            self.diag,
+            self.alpha,
+            r.reshape(r.shape[0], -1),
+            self.structure.discrete,
+            max_jumps,
         )
         return out[..., 0] if r.ndim == 1 else out
 
@@ -175,7 +195,9 @@ class AbstractPhaseType(eqx.Module):
     @eqx.filter_jit
     def cov(self, rewards1: ArrayLike, rewards2: ArrayLike) -> Float[Array, ""]:
         """``Cov[Y_1, Y_2]`` for two reward vectors."""
-        return self.covariance_matrix(jnp.stack([jnp.asarray(rewards1), jnp.asarray(rewards2)]))[0, 1]
+        return self.covariance_matrix(jnp.stack([jnp.asarray(rewards1), jnp.asarray(rewards2)]))[
+            0, 1
+        ]
 
 
 class PhaseType(AbstractPhaseType):
@@ -191,10 +213,16 @@ class PhaseType(AbstractPhaseType):
         by ``r_i`` (``S' = R^{-1} S``). Zero rewards need ``reward_transform``.
         """
         r = self._rewards(rewards)
-        r = eqx.error_if(r, jnp.any(r <= 0), "reward_scaled needs strictly positive rewards on transient states")
-        return PhaseType(self.structure, self.rate / r[self.structure.src], self.diag / r, self.alpha)
+        r = eqx.error_if(
+            r, jnp.any(r <= 0), "reward_scaled needs strictly positive rewards on transient states"
+        )
+        return PhaseType(
+            self.structure, self.rate / r[self.structure.src], self.diag / r, self.alpha
+        )
 
-    def mutation_counts(self, mutation_rate: ArrayLike, rewards: ArrayLike | None = None, positive=None) -> DiscretePhaseType:
+    def mutation_counts(
+        self, mutation_rate: ArrayLike, rewards: ArrayLike | None = None, positive=None
+    ) -> DiscretePhaseType:
         """Distribution of the number of mutations on the reward-weighted branches.
 
         See :func:`phasejax._rewards.mutation_counts`: ``K | Y ~ Poisson(mutation_rate * Y)``.
@@ -216,7 +244,9 @@ class PhaseType(AbstractPhaseType):
         return _unif.poisson_mix_log(coeffs, mu, tol).reshape(jnp.shape(t) + (proj.shape[1],))
 
     @eqx.filter_jit
-    def logpdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def logpdf(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
         """``log f(t)``, ``f(t) = alpha exp(S t) s``, by uniformization (log space throughout).
 
         Absolute truncation error of ``f`` at most ``tol * max(s)``; raises if more than
@@ -224,30 +254,41 @@ class PhaseType(AbstractPhaseType):
         """
         return self._log_mixture(t, self.exit[:, None], tol, max_steps)[..., 0]
 
-    def pdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def pdf(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
         """Density ``f(t) = alpha exp(S t) s`` (see :meth:`logpdf`)."""
         return jnp.exp(self.logpdf(t, tol=tol, max_steps=max_steps))
 
     @eqx.filter_jit
-    def sf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def sf(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
         """Survival ``P(T > t) = alpha exp(S t) 1`` (absolute error at most ``tol``)."""
         ones = jnp.ones_like(self.diag)[:, None]
         return jnp.exp(self._log_mixture(t, ones, tol, max_steps)[..., 0])
 
     @eqx.filter_jit
-    def cdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def cdf(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
         """``P(T <= t)``: defect plus ``sum_k Pois(k; Lambda t) P(absorbed within k jumps)``.
 
         Computed from the cumulative exit (not ``1 - sf``) so small values keep their
         relative precision.
         """
         coeffs, mu, lam = self._uniformized(t, self.exit[:, None], tol, max_steps)
-        absorbed = self.defect() + jnp.concatenate([jnp.zeros((1, 1), coeffs.dtype), jnp.cumsum(coeffs, 0)[:-1]]) / lam
+        absorbed = (
+            self.defect()
+            + jnp.concatenate([jnp.zeros((1, 1), coeffs.dtype), jnp.cumsum(coeffs, 0)[:-1]]) / lam
+        )
         log_mix = _unif.poisson_mix_log(absorbed, mu, tol)
         return jnp.exp(log_mix[:, 0]).reshape(jnp.shape(t))
 
     @eqx.filter_jit
-    def state_probability(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def state_probability(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
         """``P(X_t = i)`` for each vertex, shape ``t.shape + (V,)``: ``alpha exp(S t)``.
 
         Memory ``max_steps x n`` (the whole series is kept): meant for modest models.
@@ -256,18 +297,26 @@ class PhaseType(AbstractPhaseType):
         return jax.vmap(self.structure.to_vertices)(probs).reshape(jnp.shape(t) + (-1,))
 
     @eqx.filter_jit
-    def transient_probability(self, t: Array, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def transient_probability(
+        self, t: Array, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
         """``alpha exp(S t)`` over transient states (not vertices), shape ``(len(t), n)``."""
-        coeffs, mu, _ = self._uniformized(t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps)
+        coeffs, mu, _ = self._uniformized(
+            t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps
+        )
         return jnp.exp(_unif.poisson_mix_log(coeffs, mu, tol))
 
     @eqx.filter_jit
-    def accumulated_occupancy(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def accumulated_occupancy(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
         """Expected time spent in each vertex up to ``t``: ``int_0^t alpha exp(S u) du``.
 
         Uses ``int_0^t Pois(k; Lambda u) du = P(N_{Lambda t} > k) / Lambda``.
         """
-        coeffs, mu, lam = self._uniformized(t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps)
+        coeffs, mu, lam = self._uniformized(
+            t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps
+        )
         occupancy = _unif.poisson_tail_mix(coeffs, mu) / lam
         return jax.vmap(self.structure.to_vertices)(occupancy).reshape(jnp.shape(t) + (-1,))
 
@@ -321,7 +370,9 @@ class DiscretePhaseType(AbstractPhaseType):
         k = jnp.asarray(k)
         k = eqx.error_if(k, jnp.any(k < 0), "step counts must be non-negative integers")
         n_steps = eqx.error_if(
-            jnp.max(k, initial=0), jnp.max(k, initial=0) > max_steps, "step count exceeds max_steps: raise max_steps"
+            jnp.max(k, initial=0),
+            jnp.max(k, initial=0) > max_steps,
+            "step count exceeds max_steps: raise max_steps",
         )
         return self._series(proj, n_steps.astype(jnp.int32), max_steps), k
 
@@ -352,12 +403,18 @@ class DiscretePhaseType(AbstractPhaseType):
     @eqx.filter_jit
     def state_probability(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """``P(X_k = i)`` per vertex (``alpha T^k``), shape ``k.shape + (V,)``."""
-        coeffs, k = self._steps(k, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), max_steps)
+        coeffs, k = self._steps(
+            k, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), max_steps
+        )
         return jax.vmap(self.structure.to_vertices)(coeffs[k.ravel()]).reshape(k.shape + (-1,))
 
     @eqx.filter_jit
     def expected_visits_until(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
         """Expected visits to each vertex during steps ``0..k-1``: ``sum_{j<k} alpha T^j``."""
-        coeffs, k = self._steps(k, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), max_steps)
-        cumulative = jnp.concatenate([jnp.zeros((1,) + coeffs.shape[1:], coeffs.dtype), jnp.cumsum(coeffs, 0)])
+        coeffs, k = self._steps(
+            k, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), max_steps
+        )
+        cumulative = jnp.concatenate(
+            [jnp.zeros((1,) + coeffs.shape[1:], coeffs.dtype), jnp.cumsum(coeffs, 0)]
+        )
         return jax.vmap(self.structure.to_vertices)(cumulative[k.ravel()]).reshape(k.shape + (-1,))

@@ -20,7 +20,6 @@ from __future__ import annotations
 from math import comb
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammainc, gammaln
@@ -48,18 +47,26 @@ class EpochPhaseType(eqx.Module):
 
     def __check_init__(self):
         if len(self.dists) != self.breaks.shape[0] + 1:
-            raise ValueError(f"{len(self.dists)} epochs need {len(self.dists) - 1} breaks, got {self.breaks.shape[0]}")
+            raise ValueError(
+                f"{len(self.dists)} epochs need {len(self.dists) - 1} breaks, got {self.breaks.shape[0]}"
+            )
 
     def _breaks(self):
         b = jnp.asarray(self.breaks)
-        return eqx.error_if(b, jnp.any(jnp.diff(b) <= 0) | jnp.any(b <= 0), "epoch breaks must be positive and increasing")
+        return eqx.error_if(
+            b,
+            jnp.any(jnp.diff(b) <= 0) | jnp.any(b <= 0),
+            "epoch breaks must be positive and increasing",
+        )
 
     def _map(self, j, pi):
         if j >= len(self.maps) or self.maps[j] is None:
             return pi
         return _sparse.segment_sum(pi, jnp.asarray(np.asarray(self.maps[j])), pi.shape[0])
 
-    def entry_distributions(self, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> list[PhaseType]:
+    def entry_distributions(
+        self, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> list[PhaseType]:
         """Each epoch's distribution started from its entry vector ``pi_j``."""
         breaks = self._breaks()
         starts = jnp.concatenate([jnp.zeros(1, breaks.dtype), breaks])
@@ -87,24 +94,50 @@ class EpochPhaseType(eqx.Module):
             out = value if out is None else jnp.where(inside, value, out)
         return out
 
-    def pdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def pdf(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
         """Density of the absorption time."""
-        return self._piecewise(t, lambda d, u: d.pdf(u, tol=tol, max_steps=max_steps), tol, max_steps)
+        return self._piecewise(
+            t, lambda d, u: d.pdf(u, tol=tol, max_steps=max_steps), tol, max_steps
+        )
 
-    def logpdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
-        return self._piecewise(t, lambda d, u: d.logpdf(u, tol=tol, max_steps=max_steps), tol, max_steps)
+    def logpdf(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
+        return self._piecewise(
+            t, lambda d, u: d.logpdf(u, tol=tol, max_steps=max_steps), tol, max_steps
+        )
 
-    def sf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
-        return self._piecewise(t, lambda d, u: d.sf(u, tol=tol, max_steps=max_steps), tol, max_steps)
+    def sf(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
+        return self._piecewise(
+            t, lambda d, u: d.sf(u, tol=tol, max_steps=max_steps), tol, max_steps
+        )
 
-    def cdf(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
-        return self._piecewise(t, lambda d, u: d.cdf(u, tol=tol, max_steps=max_steps), tol, max_steps)
+    def cdf(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
+        return self._piecewise(
+            t, lambda d, u: d.cdf(u, tol=tol, max_steps=max_steps), tol, max_steps
+        )
 
-    def state_probability(self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def state_probability(
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
         """``P(X_t = i)`` per vertex, shape ``t.shape + (V,)``."""
-        return self._piecewise(t, lambda d, u: d.state_probability(u, tol=tol, max_steps=max_steps), tol, max_steps)
+        return self._piecewise(
+            t, lambda d, u: d.state_probability(u, tol=tol, max_steps=max_steps), tol, max_steps
+        )
 
-    def mean(self, rewards: ArrayLike | None = None, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def mean(
+        self,
+        rewards: ArrayLike | None = None,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_steps: int = DEFAULT_MAX_STEPS,
+    ) -> Array:
         """``E[Y]`` across epochs (``Y = int r(X_t) dt``; ``rewards=None``: the absorption time)."""
         breaks = self._breaks()
         starts = jnp.concatenate([jnp.zeros(1, breaks.dtype), breaks])
@@ -117,7 +150,9 @@ class EpochPhaseType(eqx.Module):
             total = total + occupancy[local.structure.transient_vertices] @ r
         return total
 
-    def moments(self, k: int, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def moments(
+        self, k: int, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+    ) -> Array:
         """``E[T], ..., E[T^k]`` of the absorption time across epochs."""
         k = int(k)
         breaks = self._breaks()
@@ -126,11 +161,15 @@ class EpochPhaseType(eqx.Module):
         integrals = []  # integrals[j][a] = int_0^{h_j} u^a pi_j e^{S_j u} 1 du
         for j, local in enumerate(locals_[:-1]):
             h = starts[j + 1] - starts[j]
-            coeffs, mu, lam = local._uniformized(h[None], jnp.ones_like(local.diag)[:, None], tol, max_steps)
+            coeffs, mu, lam = local._uniformized(
+                h[None], jnp.ones_like(local.diag)[:, None], tol, max_steps
+            )
             n = jnp.arange(coeffs.shape[0], dtype=h.dtype)
             row = []
             for a in range(k):
-                weight = jnp.exp(gammaln(n + a + 1.0) - gammaln(n + 1.0) - (a + 1) * jnp.log(lam)) * gammainc(n + a + 1.0, mu[0])
+                weight = jnp.exp(
+                    gammaln(n + a + 1.0) - gammaln(n + 1.0) - (a + 1) * jnp.log(lam)
+                ) * gammainc(n + a + 1.0, mu[0])
                 row.append(weight @ coeffs[:, 0])
             integrals.append(row)
         last = locals_[-1].moments(k)  # E[T_local^{a+1}; alive at tau_m]
@@ -146,12 +185,16 @@ class EpochPhaseType(eqx.Module):
         return jnp.stack(out)
 
 
-def epochs(model, thetas: Float[Array, "m+1 p"], breaks: Float[Array, " m"], maps=()) -> EpochPhaseType:
+def epochs(
+    model, thetas: Float[Array, "m+1 p"], breaks: Float[Array, " m"], maps=()
+) -> EpochPhaseType:
     """An :class:`EpochPhaseType` from one compiled model, one theta per epoch."""
     thetas = jnp.asarray(thetas)
     breaks = jnp.asarray(breaks, thetas.dtype)
     if thetas.ndim != 2 or thetas.shape[0] != breaks.shape[0] + 1:
-        raise ValueError(f"thetas must have shape (len(breaks) + 1, n_params), got {thetas.shape} with {breaks.shape[0]} breaks")
+        raise ValueError(
+            f"thetas must have shape (len(breaks) + 1, n_params), got {thetas.shape} with {breaks.shape[0]} breaks"
+        )
     last = thetas.shape[0] - 1
     dists = tuple(model(theta, require_exit=(j == last)) for j, theta in enumerate(thetas))
     maps = tuple(None if m is None else tuple(int(i) for i in np.asarray(m)) for m in maps)

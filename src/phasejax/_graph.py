@@ -61,8 +61,7 @@ class Vertex:
         """Out-edges as ``(target, base, coefficients)``."""
         g = self.graph
         return [
-            (Vertex(g, g._dst[e]), g._base[e], g._coefficient_row(e))
-            for e in g._out[self.index]
+            (Vertex(g, g._dst[e]), g._base[e], g._coefficient_row(e)) for e in g._out[self.index]
         ]
 
     def __eq__(self, other: object) -> bool:
@@ -80,7 +79,9 @@ def _check_weight(weight: float, what: str) -> float:
     if not np.isfinite(w):
         raise ValueError(f"{what}: weight {weight!r} is NaN or infinite")
     if w < 0:
-        raise ValueError(f"{what}: weight {weight!r} is negative; rates and probabilities must be >= 0")
+        raise ValueError(
+            f"{what}: weight {weight!r} is negative; rates and probabilities must be >= 0"
+        )
     return w
 
 
@@ -198,7 +199,9 @@ class Graph:
         if self.n_params is None:
             self.n_params = row.size
         if row.size != self.n_params:
-            raise ValueError(f"{what}: {row.size} coefficients, but the graph has {self.n_params} parameters")
+            raise ValueError(
+                f"{what}: {row.size} coefficients, but the graph has {self.n_params} parameters"
+            )
         if not np.all(np.isfinite(row)):
             raise ValueError(f"{what}: coefficients {row} contain NaN or infinity")
 
@@ -256,7 +259,13 @@ class Graph:
         seen = set(queue)
         head = 0
         states, find, key = graph._states, graph._find_or_create_index, graph._key
-        src, dst, base_weights, out, coefs = graph._src, graph._dst, graph._base, graph._out, graph._coef
+        src, dst, base_weights, out, coefs = (
+            graph._src,
+            graph._dst,
+            graph._base,
+            graph._out,
+            graph._coef,
+        )
         while head < len(queue):
             i = queue[head]
             head += 1
@@ -299,7 +308,9 @@ class Graph:
         try:
             rows = np.asarray(list(self._coef.values()), dtype=np.float64)
         except ValueError as err:
-            raise ValueError("parameterized edges have coefficient vectors of different lengths") from err
+            raise ValueError(
+                "parameterized edges have coefficient vectors of different lengths"
+            ) from err
         if rows.ndim != 2:
             raise ValueError("coefficients must be flat sequences of numbers")
         self._check_coefficients(rows[0], "parameterized edges")
@@ -330,14 +341,18 @@ class Graph:
         if m.shape != (n, n):
             raise ValueError(f"matrix has shape {m.shape}, expected ({n}, {n}) to match alpha")
         if np.any(alpha < 0) or alpha.sum() > 1 + 1e-12:
-            raise ValueError(f"alpha must be non-negative and sum to at most 1, got sum {alpha.sum()}")
+            raise ValueError(
+                f"alpha must be non-negative and sum to at most 1, got sum {alpha.sum()}"
+            )
         if states is None:
             states = np.arange(1, n + 1)[:, None]
         states = np.asarray(states, dtype=np.int64).reshape(n, -1)
         absorbing_state = (-1,) * states.shape[1]
         keys = {tuple(s) for s in states.tolist()}
         if len(keys) != n or absorbing_state in keys:
-            raise ValueError(f"states must be distinct and differ from the absorbing state {absorbing_state}")
+            raise ValueError(
+                f"states must be distinct and differ from the absorbing state {absorbing_state}"
+            )
         graph = cls(states.shape[1], discrete=discrete)
         vs = [graph._find_or_create_index(graph._key(s)) for s in states]
         absorbing = graph._find_or_create_index(absorbing_state)
@@ -349,7 +364,9 @@ class Graph:
         else:
             exit_ = -m.sum(axis=1)
             if np.any(offdiag < 0) or np.any(exit_ < -1e-12 * np.abs(np.diag(m))):
-                raise ValueError("S must have non-negative off-diagonal entries and non-positive row sums")
+                raise ValueError(
+                    "S must have non-negative off-diagonal entries and non-positive row sums"
+                )
         for i in range(n):
             if alpha[i] > 0:
                 graph.add_edge(0, vs[i], alpha[i])
@@ -363,7 +380,9 @@ class Graph:
         """The matrix form over transient vertices (those with out-edges), rates at ``theta``."""
         src, dst, base, coef = self.edge_arrays()
         rate = base if coef.shape[1] == 0 else base + coef @ np.asarray(theta, dtype=np.float64)
-        transient = np.asarray([i for i in range(1, len(self._states)) if self._out[i]], dtype=np.int64)
+        transient = np.asarray(
+            [i for i in range(1, len(self._states)) if self._out[i]], dtype=np.int64
+        )
         pos = np.full(len(self._states), -1)
         pos[transient] = np.arange(transient.size)
         n = transient.size

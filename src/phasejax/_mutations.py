@@ -85,8 +85,14 @@ def _check_counts(counts, n_classes: int, max_counts):
     values = _concrete(counts)
     if values is not None:
         if values.ndim == 0 or values.shape[-1] != n_classes:
-            raise ValueError(f"counts must have shape (..., {n_classes}) (one count per reward class), got {values.shape}")
-        if values.dtype == bool or not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+            raise ValueError(
+                f"counts must have shape (..., {n_classes}) (one count per reward class), got {values.shape}"
+            )
+        if (
+            values.dtype == bool
+            or not np.issubdtype(values.dtype, np.number)
+            or np.iscomplexobj(values)
+        ):
             raise ValueError("counts must be non-negative integers")
         if np.any(np.isnan(values)) or np.any(values < 0) or np.any(values != np.round(values)):
             raise ValueError("counts must be non-negative integers")
@@ -95,10 +101,14 @@ def _check_counts(counts, n_classes: int, max_counts):
         if max_counts is None:
             return jnp.asarray(values), tuple(int(b) for b in observed)
     if max_counts is None:
-        raise ValueError("traced counts need `max_counts=` (static per-class bounds of the count grid)")
+        raise ValueError(
+            "traced counts need `max_counts=` (static per-class bounds of the count grid)"
+        )
     bounds = np.asarray(max_counts)
     if bounds.shape != (n_classes,) or np.any(bounds < 0) or np.any(bounds != np.round(bounds)):
-        raise ValueError(f"max_counts must be {n_classes} non-negative integers, got {max_counts!r}")
+        raise ValueError(
+            f"max_counts must be {n_classes} non-negative integers, got {max_counts!r}"
+        )
     bounds = tuple(int(b) for b in bounds)
     if values is not None:
         if np.any(values > np.array(bounds)):
@@ -106,9 +116,13 @@ def _check_counts(counts, n_classes: int, max_counts):
         return jnp.asarray(values), bounds
     counts = jnp.asarray(counts)
     if counts.ndim == 0 or counts.shape[-1] != n_classes:
-        raise ValueError(f"counts must have shape (..., {n_classes}) (one count per reward class), got {counts.shape}")
+        raise ValueError(
+            f"counts must have shape (..., {n_classes}) (one count per reward class), got {counts.shape}"
+        )
     if not jnp.issubdtype(counts.dtype, jnp.integer):
-        counts = eqx.error_if(counts, jnp.any(counts != jnp.round(counts)), "counts must be non-negative integers")
+        counts = eqx.error_if(
+            counts, jnp.any(counts != jnp.round(counts)), "counts must be non-negative integers"
+        )
     counts = eqx.error_if(counts, jnp.any(counts < 0), "counts must be non-negative integers")
     counts = eqx.error_if(counts, jnp.any(counts > jnp.asarray(bounds)), "counts exceed max_counts")
     return counts.astype(jnp.int32), bounds
@@ -137,7 +151,7 @@ def joint_mutation_pmf(
     counts: ArrayLike,
     *,
     max_counts: tuple[int, ...] | None = None,
-) -> Float[Array, "..."]:
+) -> Float[Array, ...]:
     """Joint probabilities ``P(K_1 = k_1, ..., K_C = k_C)`` of mutation counts on ``C``
     reward classes of branches (e.g. the SFS classes of :func:`phasejax.models.sfs_rewards`).
 
@@ -164,14 +178,18 @@ def joint_mutation_pmf(
     rates (theta), the rewards and ``mutation_rate``.
     """
     if dist.structure.discrete:
-        raise ValueError("joint_mutation_pmf needs a continuous PhaseType (mutations fall per unit of time)")
+        raise ValueError(
+            "joint_mutation_pmf needs a continuous PhaseType (mutations fall per unit of time)"
+        )
     r = _check_rewards(dist, rewards)  # (n, C)
     n_classes = r.shape[1]
     counts, bounds = _check_counts(counts, n_classes, max_counts)
     dtype = dist.diag.dtype
     mu = jnp.asarray(mutation_rate, dtype)
     if mu.shape not in ((), (n_classes,)):
-        raise ValueError(f"mutation_rate must be a scalar or one rate per class ({n_classes},), got shape {mu.shape}")
+        raise ValueError(
+            f"mutation_rate must be a scalar or one rate per class ({n_classes},), got shape {mu.shape}"
+        )
     mu = eqx.error_if(mu, jnp.any((mu <= 0) | jnp.isnan(mu)), "mutation_rate must be positive")
     mu_r: Float[Array, "c n"] = (r * mu).T  # mutation rate of each class in each state
 
@@ -190,7 +208,9 @@ def joint_mutation_pmf(
 
     def step(previous: Float[Array, "b n"], pred_level: Int[Array, "b c"]):
         padded = jnp.concatenate([previous, jnp.zeros((1,) + previous.shape[1:], dtype)])
-        rhs = jnp.einsum("bcn,cn->nb", padded[pred_level], mu_r)  # (n, B): one column per configuration
+        rhs = jnp.einsum(
+            "bcn,cn->nb", padded[pred_level], mu_r
+        )  # (n, B): one column per configuration
         v = solve_t(rhs).T
         return v, v @ exit_rate
 

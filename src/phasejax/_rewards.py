@@ -19,7 +19,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Int
 
 from . import _sparse
 from ._compile import Structure, at_trace_time, make_structure
@@ -48,7 +48,9 @@ class RewardTransform(eqx.Module):
 
     @classmethod
     @at_trace_time
-    def build(cls, structure: Structure, positive_vertices: Bool[np.ndarray, " V"], solver="auto") -> RewardTransform:
+    def build(
+        cls, structure: Structure, positive_vertices: Bool[np.ndarray, " V"], solver="auto"
+    ) -> RewardTransform:
         """Plan the fold for rewards that are positive exactly on ``positive_vertices`` (per vertex)."""
         src = np.asarray(structure.src)
         dst = np.asarray(structure.dst)
@@ -56,11 +58,15 @@ class RewardTransform(eqx.Module):
         transient = np.asarray(structure.transient_vertices)
         mask = np.asarray(positive_vertices, dtype=bool)
         if mask.shape != (structure.n_vertices,):
-            raise ValueError(f"the positive-reward mask needs one entry per vertex ({structure.n_vertices})")
+            raise ValueError(
+                f"the positive-reward mask needs one entry per vertex ({structure.n_vertices})"
+            )
         is_pos = mask[transient]
         pos, zer = np.flatnonzero(is_pos), np.flatnonzero(~is_pos)
         if pos.size == 0:
-            raise ValueError("rewards are zero on every transient state: the accumulated reward is 0 on every path")
+            raise ValueError(
+                "rewards are zero on every transient state: the accumulated reward is 0 on every path"
+            )
         p_count, z_count = pos.size, zer.size
         local = np.full(n + 1, -1, dtype=np.int64)
         local[pos], local[zer], local[n] = np.arange(p_count), np.arange(z_count), -1
@@ -94,7 +100,9 @@ class RewardTransform(eqx.Module):
         edge_pair = np.full(src.size, len(pairs), dtype=np.int64)
         for e in np.flatnonzero(direct):
             edge_pair[e] = pair_id[(local[src[e]], target_p[e])]
-        new_structure = make_structure(structure.n_vertices, transient[pos], new_src, new_dst, False, solver)
+        new_structure = make_structure(
+            structure.n_vertices, transient[pos], new_src, new_dst, False, solver
+        )
         return cls(
             structure=new_structure,
             positive=jnp.asarray(pos),
@@ -115,29 +123,46 @@ class RewardTransform(eqx.Module):
         src, dst = dist.structure.src, dist.structure.dst
         p_count, z_count = self.positive.shape[0], self.zero.shape[0]
         rate = dist.rate
-        loc_src, loc_dst = self.local[src], self.local[jnp.minimum(dst, dist.structure.n_transient - 1)]
+        loc_src, loc_dst = (
+            self.local[src],
+            self.local[jnp.minimum(dst, dist.structure.n_transient - 1)],
+        )
         target_p = jnp.where(self.dst_kind == 2, p_count, loc_dst)
         from_z, to_z = self.src_kind == 1, self.dst_kind == 1
         new_rate = _sparse.segment_sum(rate, self.edge_pair, self.new_src.shape[0])
         alpha_p = dist.alpha[self.positive]
         if z_count:
             inner = from_z & to_z
-            m_zz = jnp.diag(dist.diag[self.zero]) - _dense(
-                jnp.where(inner, loc_src, z_count), jnp.where(inner, loc_dst, 0), jnp.where(inner, rate, 0.0), (z_count + 1, z_count)
-            )[:z_count]
+            m_zz = (
+                jnp.diag(dist.diag[self.zero])
+                - _dense(
+                    jnp.where(inner, loc_src, z_count),
+                    jnp.where(inner, loc_dst, 0),
+                    jnp.where(inner, rate, 0.0),
+                    (z_count + 1, z_count),
+                )[:z_count]
+            )
             leave = from_z & ~to_z
             rhs = _dense(
-                jnp.where(leave, loc_src, z_count), jnp.where(leave, target_p, 0), jnp.where(leave, rate, 0.0), (z_count + 1, p_count + 1)
+                jnp.where(leave, loc_src, z_count),
+                jnp.where(leave, target_p, 0),
+                jnp.where(leave, rate, 0.0),
+                (z_count + 1, p_count + 1),
             )[:z_count]
             b = jnp.linalg.solve(m_zz, rhs)  # (Z, P + 1)
             enter = ~from_z & to_z
             a_pz = _dense(
-                jnp.where(enter, loc_src, p_count), jnp.where(enter, loc_dst, 0), jnp.where(enter, rate, 0.0), (p_count + 1, z_count)
+                jnp.where(enter, loc_src, p_count),
+                jnp.where(enter, loc_dst, 0),
+                jnp.where(enter, rate, 0.0),
+                (p_count + 1, z_count),
             )[:p_count]
             new_rate = new_rate + (a_pz @ b)[self.new_src, self.new_dst]
             alpha_p = alpha_p + dist.alpha[self.zero] @ b[:, :p_count]
         new_diag = _sparse.segment_sum(new_rate, self.new_src, p_count)
-        alpha_p = eqx.error_if(alpha_p, jnp.sum(alpha_p) <= 0, "the reward is zero on every path from the start")
+        alpha_p = eqx.error_if(
+            alpha_p, jnp.sum(alpha_p) <= 0, "the reward is zero on every path from the start"
+        )
         return new_rate, new_diag, alpha_p
 
     def __call__(self, dist, rewards: ArrayLike):
@@ -145,10 +170,14 @@ class RewardTransform(eqx.Module):
         from ._distribution import PhaseType
 
         if dist.structure.discrete:
-            raise ValueError("use DiscreteRewardTransform (integer rewards) for a discrete distribution")
+            raise ValueError(
+                "use DiscreteRewardTransform (integer rewards) for a discrete distribution"
+            )
         r = dist._rewards(rewards)
         r_pos = eqx.error_if(
-            r[self.positive], jnp.any(r[self.positive] <= 0), "a reward expected positive (by the plan's mask) is zero"
+            r[self.positive],
+            jnp.any(r[self.positive] <= 0),
+            "a reward expected positive (by the plan's mask) is zero",
         )
         new_rate, new_diag, alpha_p = self.fold(dist)
         return PhaseType(self.structure, new_rate / r_pos[self.new_src], new_diag / r_pos, alpha_p)
@@ -174,7 +203,9 @@ class DiscreteRewardTransform(eqx.Module):
 
     @classmethod
     @at_trace_time
-    def build(cls, structure: Structure, rewards: np.ndarray, solver="auto") -> DiscreteRewardTransform:
+    def build(
+        cls, structure: Structure, rewards: np.ndarray, solver="auto"
+    ) -> DiscreteRewardTransform:
         rewards = np.asarray(rewards)
         if rewards.shape != (structure.n_vertices,):
             raise ValueError(f"rewards need one entry per vertex ({structure.n_vertices})")
@@ -187,15 +218,30 @@ class DiscreteRewardTransform(eqx.Module):
         first = np.concatenate([[0], np.cumsum(counts)[:-1]])
         last = first + counts - 1
         total = int(counts.sum())
-        chain_src = np.concatenate([np.arange(f, l) for f, l in zip(first, last)] + [np.zeros(0, np.int64)])
+        chain_src = np.concatenate(
+            [np.arange(f, l) for f, l in zip(first, last)] + [np.zeros(0, np.int64)]
+        )
         repeat = np.flatnonzero(counts >= 2)
         p_count = pos.size
         new_src, new_dst = np.asarray(plan.new_src), np.asarray(plan.new_dst)
         src = np.concatenate([last[new_src], chain_src, last[repeat]])
-        dst = np.concatenate([np.where(new_dst == p_count, total, first[np.minimum(new_dst, p_count - 1)]), chain_src + 1, first[repeat]])
+        dst = np.concatenate(
+            [
+                np.where(new_dst == p_count, total, first[np.minimum(new_dst, p_count - 1)]),
+                chain_src + 1,
+                first[repeat],
+            ]
+        )
         vertices = np.repeat(transient[pos], counts)
         expanded = make_structure(structure.n_vertices, vertices, src, dst, True, solver)
-        return cls(plan, expanded, jnp.asarray(first), jnp.asarray(last), jnp.asarray(chain_src), jnp.asarray(repeat))
+        return cls(
+            plan,
+            expanded,
+            jnp.asarray(first),
+            jnp.asarray(last),
+            jnp.asarray(chain_src),
+            jnp.asarray(repeat),
+        )
 
     def __call__(self, dist):
         from ._distribution import DiscretePhaseType
@@ -212,7 +258,9 @@ class DiscreteRewardTransform(eqx.Module):
         return DiscretePhaseType(self.structure, rate, diag, alpha)
 
 
-def reward_transform(dist, rewards: ArrayLike, positive: Bool[np.ndarray, " V"] | None = None, solver="auto"):
+def reward_transform(
+    dist, rewards: ArrayLike, positive: Bool[np.ndarray, " V"] | None = None, solver="auto"
+):
     """``Y = int r(X_t) dt`` as a :class:`PhaseType` (zero rewards allowed); for a
     discrete distribution ``Y = sum_k r(X_k)`` as a :class:`DiscretePhaseType`
     (non-negative integer rewards, concrete).
@@ -235,11 +283,15 @@ def reward_transform(dist, rewards: ArrayLike, positive: Bool[np.ndarray, " V"] 
         if dist.structure.discrete:
             return DiscreteRewardTransform.build(dist.structure, values, solver)(dist)
     if dist.structure.discrete:
-        raise ValueError("discrete reward transformation needs concrete integer rewards (they set the structure)")
+        raise ValueError(
+            "discrete reward transformation needs concrete integer rewards (they set the structure)"
+        )
     return RewardTransform.build(dist.structure, positive, solver)(dist, rewards)
 
 
-def mutation_counts(dist, mutation_rate: ArrayLike, rewards: ArrayLike | None = None, positive=None):
+def mutation_counts(
+    dist, mutation_rate: ArrayLike, rewards: ArrayLike | None = None, positive=None
+):
     """Number of mutations ``K`` falling on the branches counted by ``rewards``.
 
     Mutations arrive at rate ``mutation_rate`` per unit of accumulated reward
@@ -262,7 +314,9 @@ def mutation_counts(dist, mutation_rate: ArrayLike, rewards: ArrayLike | None = 
     rows, cols = np.nonzero(~np.eye(n, dtype=bool))
     src = np.concatenate([rows, np.arange(n)])
     dst = np.concatenate([cols, np.full(n, n)])
-    counts = make_structure(structure.n_vertices, np.asarray(structure.transient_vertices), src, dst, True, "auto")
+    counts = make_structure(
+        structure.n_vertices, np.asarray(structure.transient_vertices), src, dst, True, "auto"
+    )
     mu = jnp.asarray(mutation_rate, dist.rate.dtype)
     mu = eqx.error_if(mu, (mu <= 0) | jnp.isnan(mu), "mutation_rate must be positive")
     m = _sparse.dense_matrix(structure.src, structure.dst, dist.rate, dist.diag)  # -S

@@ -57,7 +57,9 @@ def sample_paths(
 
         init = (key, state, jnp.zeros(rewards.shape[1], rewards.dtype), 0)
         _, _, y, jumps = jax.lax.while_loop(lambda c: (c[1] < n) & (c[3] < max_jumps), body, init)
-        return eqx.error_if(y, jumps >= max_jumps, "a sampled path exceeded max_jumps jumps without absorbing")
+        return eqx.error_if(
+            y, jumps >= max_jumps, "a sampled path exceeded max_jumps jumps without absorbing"
+        )
 
     keys = jax.random.split(key, math.prod(shape))
     return jax.vmap(one)(keys).reshape(tuple(shape) + (rewards.shape[1],))

@@ -84,7 +84,9 @@ def _sweep_kernel(gather, scatter, edge, inv, rate, base, reverse):
         weight = weight.reshape(weight.shape + (1,) * (base.ndim - weight.ndim))
         return acc.at[s].add((base[g] + acc[g]) * weight), None
 
-    init = jnp.zeros(jnp.broadcast_shapes(base.shape, inv.shape + (1,) * (base.ndim - inv.ndim)), base.dtype)
+    init = jnp.zeros(
+        jnp.broadcast_shapes(base.shape, inv.shape + (1,) * (base.ndim - inv.ndim)), base.dtype
+    )
     acc, _ = jax.lax.scan(body, init, (gather, scatter, edge), reverse=reverse)
     return (base + acc) * inv.reshape(inv.shape + (1,) * (base.ndim - inv.ndim))
 
@@ -108,7 +110,15 @@ def _batchable_sweep(reverse: bool):
             return x.reshape(x.shape[:1] + (1,) * extra + x.shape[-1:])
 
         base_t = jnp.moveaxis(base, 0, -1) if in_batched[5] else base[..., None]
-        out = _sweep_kernel(gather, scatter, edge, trailing(inv, in_batched[3]), trailing(rate, in_batched[4]), base_t, reverse)
+        out = _sweep_kernel(
+            gather,
+            scatter,
+            edge,
+            trailing(inv, in_batched[3]),
+            trailing(rate, in_batched[4]),
+            base_t,
+            reverse,
+        )
         out = jnp.broadcast_to(out, out.shape[:-1] + (axis_size,))
         return jnp.moveaxis(out, -1, 0), True
 
@@ -176,16 +186,21 @@ class Krylov(AbstractSolver):
     def raw_solve(self, system, state, rhs, transpose):
         src, dst, rate, diag = system.src, system.dst, system.rate, system.diag
         if transpose:
+
             def operator(u):
                 return u - _sparse.offdiag_rmatvec(src, dst, rate, u / diag)
         else:
+
             def operator(x):
                 return x - _sparse.offdiag_matvec(src, dst, rate, x) / diag
+
         structure = jax.ShapeDtypeStruct((system.n,), rhs.dtype)
         op = lx.FunctionLinearOperator(operator, structure)
         # lineax's test is elementwise (|r_i| <= atol + rtol |b_i|): scale b to unit
         # max-norm and use atol = rtol, a normwise relative tolerance.
-        method = lx.GMRES(rtol=self.rtol, atol=self.rtol, max_steps=self.max_steps, restart=self.restart)
+        method = lx.GMRES(
+            rtol=self.rtol, atol=self.rtol, max_steps=self.max_steps, restart=self.restart
+        )
 
         def one(b):
             b = b if transpose else b / diag
@@ -197,7 +212,9 @@ class Krylov(AbstractSolver):
         return _columnwise(one, rhs)
 
 
-def solve(solver: AbstractSolver, system: System, state: Any, rhs: Array, transpose: bool = False) -> Array:
+def solve(
+    solver: AbstractSolver, system: System, state: Any, rhs: Array, transpose: bool = False
+) -> Array:
     """``M^{-1} rhs`` (or ``M^{-T} rhs``) with implicit-function derivatives.
 
     Differentiable in ``rhs`` and in ``system.rate``/``system.diag``; reverse mode runs

@@ -144,7 +144,13 @@ def _backward(rate, diag, proj, alpha, src, dst, lam, n_steps, ckpt, g, max_step
         )
         return b - 1, w, d_rate, d_diag, d_proj
 
-    init = (n_steps // block, jnp.zeros_like(alpha), jnp.zeros_like(rate), jnp.zeros_like(diag), jnp.zeros_like(proj))
+    init = (
+        n_steps // block,
+        jnp.zeros_like(alpha),
+        jnp.zeros_like(rate),
+        jnp.zeros_like(diag),
+        jnp.zeros_like(proj),
+    )
     _, w0, d_rate, d_diag, d_proj = jax.lax.while_loop(lambda c: c[0] >= 0, one_block, init)
     return d_rate, d_diag, d_proj, w0
 
@@ -182,8 +188,19 @@ def _batchable_backward(max_steps: int):
 
 def _series_bwd(max_steps, residuals, g):
     rate, diag, proj, alpha, src, dst, lam, n_steps, ckpt = residuals
-    d_rate, d_diag, d_proj, w0 = _batchable_backward(max_steps)(rate, diag, proj, alpha, src, dst, lam, n_steps, ckpt, g)
-    return d_rate, d_diag, d_proj, w0, _float0(src), _float0(dst), jnp.zeros_like(lam), _float0(n_steps)
+    d_rate, d_diag, d_proj, w0 = _batchable_backward(max_steps)(
+        rate, diag, proj, alpha, src, dst, lam, n_steps, ckpt, g
+    )
+    return (
+        d_rate,
+        d_diag,
+        d_proj,
+        w0,
+        _float0(src),
+        _float0(dst),
+        jnp.zeros_like(lam),
+        _float0(n_steps),
+    )
 
 
 series.defvjp(_series_fwd, _series_bwd)
@@ -256,7 +273,9 @@ def _stream_logsumexp(n_chunks, term_fn, shape, dtype):
         t = term_fn(j)
         new_m = jnp.maximum(m, jnp.max(t, axis=-1))
         safe_m = jnp.where(jnp.isfinite(new_m), new_m, 0.0)
-        acc = acc * jnp.exp(jnp.where(jnp.isfinite(m), m - safe_m, -jnp.inf)) + jnp.sum(jnp.exp(t - safe_m[..., None]), axis=-1)
+        acc = acc * jnp.exp(jnp.where(jnp.isfinite(m), m - safe_m, -jnp.inf)) + jnp.sum(
+            jnp.exp(t - safe_m[..., None]), axis=-1
+        )
         return new_m, acc
 
     init = (jnp.full(shape, -jnp.inf, dtype), jnp.zeros(shape, dtype))
@@ -336,7 +355,9 @@ def _mix_forward(coeffs, mu, tol):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
-def poisson_mix_log(coeffs: Float[Array, "K q"], mu: Float[Array, " t"], tol: float) -> Float[Array, "t q"]:
+def poisson_mix_log(
+    coeffs: Float[Array, "K q"], mu: Float[Array, " t"], tol: float
+) -> Float[Array, "t q"]:
     """``log sum_k Pois(k; mu_i) c_k`` for every observation, summing only its Poisson window.
 
     Observations are sorted by ``mu`` and processed in batches of 256 whose loop walks
@@ -377,7 +398,9 @@ def _mix_bwd(tol, residuals, g):
             return d_ct.at[:, kc].add(w[None] * scale_i.T[:, :, None], mode="promise_in_bounds")
 
         d_ct = jax.lax.fori_loop(0, n_chunks, body, d_ct)
-        log_shifted = _stream_logsumexp(n_chunks, lambda j: terms(j, shift=1)[3], log_f_i.T.shape, log_f_i.dtype).T
+        log_shifted = _stream_logsumexp(
+            n_chunks, lambda j: terms(j, shift=1)[3], log_f_i.T.shape, log_f_i.dtype
+        ).T
         finite_i = jnp.isfinite(log_f_i)
         ratio = jnp.exp(log_shifted - jnp.where(finite_i, log_f_i, 0.0))
         d_mu = jnp.sum(jnp.where(finite_i, g_i * (ratio - 1.0), 0.0), axis=-1)
@@ -399,4 +422,6 @@ def poisson_tail_mix(coeffs: Float[Array, "K q"], mu: Float[Array, " t"]) -> Flo
 
 def check_times(t: Array, name: str = "times") -> Array:
     """Error (under jit too) for negative or NaN times."""
-    return eqx.error_if(t, jnp.any(jnp.isnan(t) | (t < 0)), f"{name} must be non-negative and not NaN")
+    return eqx.error_if(
+        t, jnp.any(jnp.isnan(t) | (t < 0)), f"{name} must be non-negative and not NaN"
+    )

@@ -111,7 +111,9 @@ def _edge_labels(graph, theta, rate_fn, names) -> list[str]:
     theta = np.asarray(theta, dtype=np.float64)
     if rate_fn is None:
         if theta.shape != (coef.shape[1],):
-            raise ValueError(f"theta has shape {theta.shape}, but the graph has {coef.shape[1]} parameters")
+            raise ValueError(
+                f"theta has shape {theta.shape}, but the graph has {coef.shape[1]} parameters"
+            )
         rates = base + coef @ theta
     else:
         rates = base + np.asarray(rate_fn(theta, coef), dtype=np.float64)
@@ -124,14 +126,19 @@ def _state_label(graph, state_label: Callable | None, v: int) -> str:
     state = graph.states()[v]
     if state_label is not None:
         return str(state_label(state))
-    return str(int(state[0])) if state.size == 1 else "(" + ",".join(str(int(s)) for s in state) + ")"
+    return (
+        str(int(state[0])) if state.size == 1 else "(" + ",".join(str(int(s)) for s in state) + ")"
+    )
 
 
 def _kinds(graph) -> list[str]:
     src = graph.edge_arrays()[0]
     has_out = np.zeros(graph.vertices_length(), dtype=bool)
     has_out[src] = True
-    return ["start" if v == 0 else ("transient" if has_out[v] else "absorbing") for v in range(graph.vertices_length())]
+    return [
+        "start" if v == 0 else ("transient" if has_out[v] else "absorbing")
+        for v in range(graph.vertices_length())
+    ]
 
 
 def _layers(graph) -> list[list[int]]:
@@ -167,6 +174,7 @@ def _layers(graph) -> list[list[int]]:
         layers[depth[v]].append(v)
     position: dict[int, float] = {0: 0.0}
     for layer in layers[1:]:
+
         def key(v):
             placed = [position[u] for u in pred[v] if u in position]
             return (np.mean(placed) if placed else np.inf, rank[v])
@@ -190,8 +198,12 @@ def to_dot(
     per graph edge, labelled as in :func:`graph`, laid out left to right."""
     edge_labels = _edge_labels(g, theta, rate_fn, param_names) if labels else None
     kinds = _kinds(g)
-    lines = ["digraph phasejax {", "  rankdir=LR;", '  node [style=filled, fontsize=10, fontname="Helvetica"];',
-             '  edge [fontsize=9, fontname="Helvetica"];']
+    lines = [
+        "digraph phasejax {",
+        "  rankdir=LR;",
+        '  node [style=filled, fontsize=10, fontname="Helvetica"];',
+        '  edge [fontsize=9, fontname="Helvetica"];',
+    ]
     shapes = {"start": "box", "transient": "ellipse", "absorbing": "doublecircle"}
     for v, kind in enumerate(kinds):
         text = _state_label(g, state_label, v).replace('"', r"\"")
@@ -249,11 +261,15 @@ def graph(
     """
     n = g.vertices_length()
     if n > max_vertices:
-        raise ValueError(f"the graph has {n} vertices (max_vertices={max_vertices}); graph() is meant for small models")
+        raise ValueError(
+            f"the graph has {n} vertices (max_vertices={max_vertices}); graph() is meant for small models"
+        )
     if engine not in ("auto", "graphviz", "matplotlib"):
         raise ValueError(f"engine must be 'auto', 'graphviz' or 'matplotlib', got {engine!r}")
     if engine == "graphviz" and not _graphviz_available():
-        raise ImportError("engine='graphviz' needs the graphviz package (pip install graphviz) and the dot program")
+        raise ImportError(
+            "engine='graphviz' needs the graphviz package (pip install graphviz) and the dot program"
+        )
     use_graphviz = engine == "graphviz" or (engine == "auto" and _graphviz_available())
     layers = _layers(g)
     if figsize is None:
@@ -264,7 +280,14 @@ def graph(
     if use_graphviz:
         import graphviz
 
-        source = to_dot(g, theta=theta, rate_fn=rate_fn, param_names=param_names, labels=labels, state_label=state_label)
+        source = to_dot(
+            g,
+            theta=theta,
+            rate_fn=rate_fn,
+            param_names=param_names,
+            labels=labels,
+            state_label=state_label,
+        )
         png = graphviz.Source(source).pipe(format="png")
         ax.imshow(_plt().imread(io.BytesIO(png), format="png"))
         return fig, ax
@@ -283,7 +306,14 @@ def _draw_layered(ax, g, layers, theta, rate_fn, param_names, labels, state_labe
     boxes = {}
     for v, (x, y) in pos.items():
         text = ax.text(
-            x, y, _state_label(g, state_label, v), ha="center", va="center", fontsize=8, zorder=3, gid="vertex",
+            x,
+            y,
+            _state_label(g, state_label, v),
+            ha="center",
+            va="center",
+            fontsize=8,
+            zorder=3,
+            gid="vertex",
             bbox=dict(boxstyle="round,pad=0.3", facecolor=_FILL[kinds[v]], edgecolor="0.3", lw=0.8),
         )
         boxes[v] = text.get_bbox_patch()
@@ -302,15 +332,31 @@ def _draw_layered(ax, g, layers, theta, rate_fn, param_names, labels, state_labe
         # arrows above the vertex boxes: the boxes are drawn (and placed) first, so the
         # arrows clip against their current outlines
         arrow = FancyArrowPatch(
-            (x1, y1), (x2, y2), arrowstyle="-|>", mutation_scale=9, lw=0.8, color="0.25",
-            connectionstyle=f"arc3,rad={rad}", patchA=boxes[s], patchB=boxes[d], zorder=4, gid="edge",
+            (x1, y1),
+            (x2, y2),
+            arrowstyle="-|>",
+            mutation_scale=9,
+            lw=0.8,
+            color="0.25",
+            connectionstyle=f"arc3,rad={rad}",
+            patchA=boxes[s],
+            patchB=boxes[d],
+            zorder=4,
+            gid="edge",
         )
         ax.add_patch(arrow)
         if labels:
             # midpoint of the quadratic Bezier curve of arc3 (in data coordinates)
             mx, my = (x1 + x2) / 2 + 0.5 * rad * (y2 - y1), (y1 + y2) / 2 - 0.5 * rad * (x2 - x1)
             ax.text(
-                mx, my, edge_labels[e], ha="center", va="center", fontsize=7, zorder=5, gid="edge-label",
+                mx,
+                my,
+                edge_labels[e],
+                ha="center",
+                va="center",
+                fontsize=7,
+                zorder=5,
+                gid="edge-label",
                 bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8),
             )
     height = max(map(len, layers))
@@ -382,7 +428,9 @@ def pdf(
         axes[1].plot(times, np.asarray(values[1]), color=color, lw=1.8, label=label)
         if data is not None:
             x = np.sort(data)
-            axes[1].step(x, np.arange(1, x.size + 1) / x.size, where="post", color="0.4", lw=1, label="data")
+            axes[1].step(
+                x, np.arange(1, x.size + 1) / x.size, where="post", color="0.4", lw=1, label="data"
+            )
         axes[1].set_xlabel("t")
         axes[1].set_ylabel("P(T ≤ t)")
     if data is not None:
@@ -403,7 +451,16 @@ def _grouped_bars(ax, x, first, second, width, labels, first_kwargs=None):
     return a, b
 
 
-def pmf(dist, ks=None, data=None, *, width: float = 0.8, labels=("pmf", "data"), ax=None, figsize=(6.0, 3.2)):
+def pmf(
+    dist,
+    ks=None,
+    data=None,
+    *,
+    width: float = 0.8,
+    labels=("pmf", "data"),
+    ax=None,
+    figsize=(6.0, 3.2),
+):
     """Probability mass function of a :class:`~phasejax.DiscretePhaseType` as bars.
 
     `ks`: the counts to show (default ``0..ceil(mean + 4 sd)``, starting at 1 when the
@@ -427,13 +484,24 @@ def pmf(dist, ks=None, data=None, *, width: float = 0.8, labels=("pmf", "data"),
     freq = None
     if data is not None:
         freq = np.array([np.count_nonzero(data == k) for k in ks]) / max(data.size, 1)
-    _grouped_bars(ax, ks.astype(float), np.asarray(_call(dist, ("pmf",), ks)[0]), freq, width, labels)
+    _grouped_bars(
+        ax, ks.astype(float), np.asarray(_call(dist, ("pmf",), ks)[0]), freq, width, labels
+    )
     ax.set_xlabel("k")
     ax.set_ylabel("P(K = k)")
     return fig, ax
 
 
-def sfs(expected, observed=None, *, sd=None, width: float = 0.8, labels=("expected", "observed"), ax=None, figsize=(6.0, 3.2)):
+def sfs(
+    expected,
+    observed=None,
+    *,
+    sd=None,
+    width: float = 0.8,
+    labels=("expected", "observed"),
+    ax=None,
+    figsize=(6.0, 3.2),
+):
     """Site frequency spectrum ``ξ_1..ξ_{n-1}`` as bars.
 
     `expected`: ``n - 1`` values (e.g. ``jax.vmap(dist.mean)(sfs_rewards)``);

@@ -24,6 +24,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     def pytest_pycollect_makemodule(module_path, parent):
         return _SkippedModule.from_parent(parent, path=module_path)
 
+
 import jax
 
 jax.config.update("jax_enable_x64", True)

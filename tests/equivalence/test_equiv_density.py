@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _equiv_helpers import assert_rel, dense, ph_pdf_cdf, random_cyclic
 from phasic_reference.adapter import reference_graph
 
 import phasejax as pj
-from _equiv_helpers import assert_rel, dense, ph_pdf_cdf, random_cyclic
 
 TIMES = np.arange(1, 65) / 16.0  # (0, 4]
 
@@ -48,16 +48,22 @@ def test_c_density_is_first_order_ours_exact(case):
     g0 = c.default_granularity()
     default_pdf_err = np.abs(c.pdf(TIMES) - pdf).max()
     default_cdf_err = np.abs(c.cdf(TIMES) - cdf).max()
-    print(f"\n{case[0]}: C default granularity {g0}: max |pdf error| {default_pdf_err:.3e} "
-          f"(relative to max pdf {default_pdf_err / pdf.max():.3e}), max |cdf error| {default_cdf_err:.3e}; "
-          f"pdf errors at g = {grans}: {', '.join(f'{e:.3e}' for e in pdf_err)}")
+    print(
+        f"\n{case[0]}: C default granularity {g0}: max |pdf error| {default_pdf_err:.3e} "
+        f"(relative to max pdf {default_pdf_err / pdf.max():.3e}), max |cdf error| {default_cdf_err:.3e}; "
+        f"pdf errors at g = {grans}: {', '.join(f'{e:.3e}' for e in pdf_err)}"
+    )
     assert default_pdf_err > 1e-6
     assert default_cdf_err > 1e-6
 
     # ours: exact to 1e-10 (relative to the largest value)
     model = graph.compile()
     f = jax.jit(lambda th, t: (model(th).pdf(t), model(th).cdf(t)))
-    ours_pdf, ours_cdf = map(np.asarray, f(None if theta is None else jnp.asarray(theta), jnp.asarray(TIMES)))
+    ours_pdf, ours_cdf = map(
+        np.asarray, f(None if theta is None else jnp.asarray(theta), jnp.asarray(TIMES))
+    )
     assert_rel(ours_pdf, pdf, what="pdf vs expm")
     assert_rel(ours_cdf, cdf, what="cdf vs expm")
-    print(f"   ours: max |pdf error| {np.abs(ours_pdf - pdf).max():.3e}, max |cdf error| {np.abs(ours_cdf - cdf).max():.3e}")
+    print(
+        f"   ours: max |pdf error| {np.abs(ours_pdf - pdf).max():.3e}, max |cdf error| {np.abs(ours_cdf - cdf).max():.3e}"
+    )

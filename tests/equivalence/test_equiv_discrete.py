@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from phasic_reference.adapter import reference_graph
-
 from _equiv_helpers import assert_rel, dense, green, random_discrete
+from phasic_reference.adapter import reference_graph
 
 GRAPHS = [
     ("dph-5", lambda: random_discrete(np.random.default_rng(10), 5)),
@@ -77,10 +76,14 @@ def test_dph_matches_c(case):
     assert_rel(o["wait"][tv], c.expected_waiting_time()[tv], what="expected_waiting_time")
     assert_rel(o["mean"], c.expectation(), what="mean")
     assert_rel(o["mean_r"], c.expectation(r_int), what="mean(r)")
-    assert_rel(o["mean_r"], c.reward_transform_expectation(r_int), what="mean(r) vs dph_reward_transform")
+    assert_rel(
+        o["mean_r"], c.reward_transform_expectation(r_int), what="mean(r) vs dph_reward_transform"
+    )
     assert_rel(o["var_r"], c.variance(r_int), what="var(r) (phasic's reward branch is right)")
     # C's "second moment" is E[T(T+1)] = E[T^2] + E[T]
-    assert_rel(o["moments"][1] + o["moments"][0], c.moments(2)[1], what="C moments(2)[1] = E[T^2] + E[T]")
+    assert_rel(
+        o["moments"][1] + o["moments"][0], c.moments(2)[1], what="C moments(2)[1] = E[T^2] + E[T]"
+    )
 
 
 def test_known_difference_dph_variance_and_covariance():
@@ -97,8 +100,12 @@ def test_known_difference_dph_variance_and_covariance():
     R1, R2 = np.diag(r1[vs]), np.diag(r2[vs])
     one = np.ones(len(alpha))
     e1, e2 = alpha @ U @ R1 @ one, alpha @ U @ R2 @ one
-    true_cov = (alpha @ U @ R1 @ U @ R2 @ one + alpha @ U @ R2 @ U @ R1 @ one
-                - alpha @ U @ R1 @ R2 @ one - e1 * e2)
+    true_cov = (
+        alpha @ U @ R1 @ U @ R2 @ one
+        + alpha @ U @ R2 @ U @ R1 @ one
+        - alpha @ U @ R1 @ R2 @ one
+        - e1 * e2
+    )
 
     @jax.jit
     def ours(r1, r2):
@@ -107,12 +114,18 @@ def test_known_difference_dph_variance_and_covariance():
 
     o_var, o_c12, o_c21, o_fact = map(np.asarray, ours(jnp.asarray(r1), jnp.asarray(r2)))
     c_var, c_c12, c_c21 = c.variance(), c.covariance(r1, r2), c.covariance(r2, r1)
-    print(f"\nDPH Var[T]:      C {c_var:.10g}   phasejax {float(o_var):.10g}   dense truth {true_var:.10g}")
-    print(f"DPH Cov[Y1,Y2]:  C {c_c12:.10g} (swapped: {c_c21:.10g})   phasejax {float(o_c12):.10g}   "
-          f"dense truth {true_cov:.10g}")
+    print(
+        f"\nDPH Var[T]:      C {c_var:.10g}   phasejax {float(o_var):.10g}   dense truth {true_var:.10g}"
+    )
+    print(
+        f"DPH Cov[Y1,Y2]:  C {c_c12:.10g} (swapped: {c_c21:.10g})   phasejax {float(o_c12):.10g}   "
+        f"dense truth {true_cov:.10g}"
+    )
 
     assert_rel(o_var, true_var, what="ours var == truth")
-    assert abs(c_var - true_var) > 1e-3 * abs(true_var), "C's DPH variance() is now right: update this test"
+    assert abs(c_var - true_var) > 1e-3 * abs(true_var), (
+        "C's DPH variance() is now right: update this test"
+    )
     # what C returns instead: the second factorial moment E[T(T-1)]
     assert_rel(c_var, second - mean, what="C variance() == E[T(T-1)]")
     assert_rel(c_var, o_fact[1], what="C variance() == our factorial_moments(2)[1]")
@@ -120,8 +133,16 @@ def test_known_difference_dph_variance_and_covariance():
     scale = np.sqrt(abs(true_var))
     assert_rel(o_c12, true_cov, what="ours cov == truth", scale=abs(true_cov))
     assert_rel(o_c21, true_cov, what="ours cov symmetric", scale=abs(true_cov))
-    assert abs(c_c12 - true_cov) > 1e-3 * abs(true_cov), "C's DPH covariance is now right: update this test"
-    assert abs(c_c12 - c_c21) > 1e-3 * scale, "C's DPH covariance is now symmetric: update this test"
+    assert abs(c_c12 - true_cov) > 1e-3 * abs(true_cov), (
+        "C's DPH covariance is now right: update this test"
+    )
+    assert abs(c_c12 - c_c21) > 1e-3 * scale, (
+        "C's DPH covariance is now symmetric: update this test"
+    )
     # C's formula, exactly
-    assert_rel(c_c12, alpha @ U @ R2 @ U @ R1 @ one + alpha @ U @ R1 @ R2 @ one - e1 * e2,
-               what="C covariance formula", scale=abs(true_cov))
+    assert_rel(
+        c_c12,
+        alpha @ U @ R2 @ U @ R1 @ one + alpha @ U @ R1 @ R2 @ one - e1 * e2,
+        what="C covariance formula",
+        scale=abs(true_cov),
+    )

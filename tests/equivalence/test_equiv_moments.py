@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _equiv_helpers import assert_rel, dense, green, random_acyclic, random_cyclic
 from phasic_reference.adapter import reference_graph
 
 import phasejax as pj
-from _equiv_helpers import assert_rel, dense, green, random_acyclic, random_cyclic
 
 
 def _random_rewards(graph, m, seed):
@@ -49,24 +49,72 @@ def _coxian_thetas(k, seed=0):
 CASES = [
     ("kingman-4", lambda: pj.models.kingman(4), [[1.0], [0.37], [2.5]], "sfs"),
     ("kingman-9", lambda: pj.models.kingman(9), [[1.0], [0.37], [2.5]], "sfs"),
-    ("two_island-2-1", lambda: pj.models.two_island(2, 1),
-     [[1.0, 1.0, 0.5, 0.5], [2.0, 0.5, 1.0, 0.1], [0.3, 1.7, 0.05, 2.0]], "sfs"),
-    ("two_island-2-2", lambda: pj.models.two_island(2, 2),
-     [[1.0, 1.0, 0.5, 0.5], [2.0, 0.5, 1.0, 0.1], [0.3, 1.7, 0.05, 2.0]], "sfs"),
-    ("rabbit_flooding-2", lambda: pj.models.rabbit_flooding(2), [[1.0, 1.0], [0.5, 2.0], [3.0, 0.2]], "random"),
-    ("rabbit_flooding-5", lambda: pj.models.rabbit_flooding(5), [[1.0, 1.0], [0.5, 2.0], [3.0, 0.2]], "random"),
-    ("mm1_capacity-3", lambda: pj.models.mm1_capacity(3), [[1.0, 2.0], [2.0, 1.0], [0.5, 0.5]], "random"),
-    ("mm1_capacity-12", lambda: pj.models.mm1_capacity(12), [[1.0, 2.0], [2.0, 1.0], [0.5, 0.5]], "random"),
-    ("birth_death-5", lambda: pj.models.birth_death(5, 2), [[0.5, 1.0], [1.0, 2.0], [1.5, 1.0]], "random"),
-    ("birth_death-20", lambda: pj.models.birth_death(20, 3), [[0.5, 1.0], [1.0, 2.0], [1.5, 1.0]], "random"),
+    (
+        "two_island-2-1",
+        lambda: pj.models.two_island(2, 1),
+        [[1.0, 1.0, 0.5, 0.5], [2.0, 0.5, 1.0, 0.1], [0.3, 1.7, 0.05, 2.0]],
+        "sfs",
+    ),
+    (
+        "two_island-2-2",
+        lambda: pj.models.two_island(2, 2),
+        [[1.0, 1.0, 0.5, 0.5], [2.0, 0.5, 1.0, 0.1], [0.3, 1.7, 0.05, 2.0]],
+        "sfs",
+    ),
+    (
+        "rabbit_flooding-2",
+        lambda: pj.models.rabbit_flooding(2),
+        [[1.0, 1.0], [0.5, 2.0], [3.0, 0.2]],
+        "random",
+    ),
+    (
+        "rabbit_flooding-5",
+        lambda: pj.models.rabbit_flooding(5),
+        [[1.0, 1.0], [0.5, 2.0], [3.0, 0.2]],
+        "random",
+    ),
+    (
+        "mm1_capacity-3",
+        lambda: pj.models.mm1_capacity(3),
+        [[1.0, 2.0], [2.0, 1.0], [0.5, 0.5]],
+        "random",
+    ),
+    (
+        "mm1_capacity-12",
+        lambda: pj.models.mm1_capacity(12),
+        [[1.0, 2.0], [2.0, 1.0], [0.5, 0.5]],
+        "random",
+    ),
+    (
+        "birth_death-5",
+        lambda: pj.models.birth_death(5, 2),
+        [[0.5, 1.0], [1.0, 2.0], [1.5, 1.0]],
+        "random",
+    ),
+    (
+        "birth_death-20",
+        lambda: pj.models.birth_death(20, 3),
+        [[0.5, 1.0], [1.0, 2.0], [1.5, 1.0]],
+        "random",
+    ),
     ("erlang-2", lambda: pj.models.erlang(2), [[1.0], [0.3], [4.0]], "random"),
     ("erlang-12", lambda: pj.models.erlang(12), [[1.0], [0.3], [4.0]], "random"),
     ("coxian-2", lambda: pj.models.coxian(2), _coxian_thetas(2), "random"),
     ("coxian-6", lambda: pj.models.coxian(6), _coxian_thetas(6), "random"),
     ("random-acyclic-6", lambda: random_acyclic(np.random.default_rng(1), 6), [None], "random"),
-    ("random-acyclic-40-defect", lambda: random_acyclic(np.random.default_rng(2), 40, defect=0.2), [None], "random"),
+    (
+        "random-acyclic-40-defect",
+        lambda: random_acyclic(np.random.default_rng(2), 40, defect=0.2),
+        [None],
+        "random",
+    ),
     ("random-cyclic-8", lambda: random_cyclic(np.random.default_rng(3), 8), [None], "random"),
-    ("random-cyclic-60-defect", lambda: random_cyclic(np.random.default_rng(4), 60, defect=0.15), [None], "random"),
+    (
+        "random-cyclic-60-defect",
+        lambda: random_cyclic(np.random.default_rng(4), 60, defect=0.15),
+        [None],
+        "random",
+    ),
 ]
 
 
@@ -90,15 +138,21 @@ def _bundle(model):
 def _check_case(graph, model, theta, R, bundle=None):
     """Compare one (graph, theta) against the C library and the dense truth."""
     bundle = _bundle(model) if bundle is None else bundle
-    ours = jax.tree.map(np.asarray, bundle(None if theta is None else jnp.asarray(theta), jnp.asarray(R)))
+    ours = jax.tree.map(
+        np.asarray, bundle(None if theta is None else jnp.asarray(theta), jnp.asarray(R))
+    )
     c = reference_graph(graph, theta)
     tv = np.asarray(model.transient_vertices)
     m = R.shape[0]
 
     c_wait_1 = c.expected_waiting_time()
     c_wait_r = c.expected_waiting_time(R[0])
-    assert_rel(ours["wait_1"][tv], c_wait_1[tv], what="expected_waiting_time() on transient vertices")
-    assert_rel(ours["wait_r"][tv], c_wait_r[tv], what="expected_waiting_time(r) on transient vertices")
+    assert_rel(
+        ours["wait_1"][tv], c_wait_1[tv], what="expected_waiting_time() on transient vertices"
+    )
+    assert_rel(
+        ours["wait_r"][tv], c_wait_r[tv], what="expected_waiting_time(r) on transient vertices"
+    )
     # vertex 0 = E[Y] on both sides (C: with the explicit defect edge)
     assert_rel(ours["wait_1"][0], c_wait_1[0], what="expected_waiting_time()[0]")
     assert_rel(ours["wait_r"][0], c_wait_r[0], what="expected_waiting_time(r)[0]")
@@ -113,7 +167,9 @@ def _check_case(graph, model, theta, R, bundle=None):
     # reward-transformed means (ptd_graph_reward_transform; zero rewards eliminate states)
     c_means = np.array([c.reward_transform_expectation(R[i]) for i in range(m)])
     for i in range(m):
-        assert_rel(ours["means"][i], c_means[i], what=f"mean(R[{i}]) vs reward_transform_expectation")
+        assert_rel(
+            ours["means"][i], c_means[i], what=f"mean(R[{i}]) vs reward_transform_expectation"
+        )
 
     c_cov = np.array([[c.covariance(R[i], R[j]) for j in range(m)] for i in range(m)])
     # entries relative to the largest variance (off-diagonal covariances may be ~0)
@@ -133,7 +189,11 @@ def test_moments_match_c(case):
     _, build, thetas, reward_kind = case
     graph = build()
     model = graph.compile()
-    R = pj.models.sfs_rewards(graph) if reward_kind == "sfs" else _random_rewards(graph, 3, seed=len(thetas))
+    R = (
+        pj.models.sfs_rewards(graph)
+        if reward_kind == "sfs"
+        else _random_rewards(graph, 3, seed=len(thetas))
+    )
     bundle = _bundle(model)  # one compilation serves every theta
     for theta in thetas:
         _check_case(graph, model, theta, R, bundle)
@@ -209,4 +269,6 @@ def test_parameterized_c_graph_matches():
         e, v, sfs = map(np.asarray, f(jnp.array([theta])))
         assert_rel(e, c.expectation(), what="E (parameterized C)")
         assert_rel(v, c.variance(), what="Var (parameterized C)")
-        assert_rel(sfs, np.array([c.expectation(r) for r in np.asarray(R)]), what="SFS (parameterized C)")
+        assert_rel(
+            sfs, np.array([c.expectation(r) for r in np.asarray(R)]), what="SFS (parameterized C)"
+        )

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from _equiv_helpers import random_cyclic
 from phasic_reference.adapter import reference_graph
 
 import phasejax as pj
-from _equiv_helpers import random_cyclic
 
 N = 4000
 
@@ -46,11 +46,16 @@ def test_samples_same_distribution(case):
     c = reference_graph(graph, theta)
     sampler = jax.jit(lambda key, r: dist.sample(key, (N,), rewards=r))
     ones = np.ones(graph.vertices_length())
-    for label, r, c_rewards, seed in [("time", ones, None, 12345), ("reward", rewards, rewards, 777)]:
+    for label, r, c_rewards, seed in [
+        ("time", ones, None, 12345),
+        ("reward", rewards, rewards, 777),
+    ]:
         theirs = c.sample(N, rewards=c_rewards, seed=seed)
         ours = np.asarray(sampler(jax.random.key(seed), jnp.asarray(r)))
         assert ours.shape == (N,)
         result = scipy.stats.ks_2samp(ours, theirs)
-        print(f"\n{name} {label}: KS statistic {result.statistic:.4f}, p = {result.pvalue:.3g}; "
-              f"sample means C {theirs.mean():.4f}, ours {ours.mean():.4f}, exact {float(dist.mean(r)):.4f}")
+        print(
+            f"\n{name} {label}: KS statistic {result.statistic:.4f}, p = {result.pvalue:.3g}; "
+            f"sample means C {theirs.mean():.4f}, ours {ours.mean():.4f}, exact {float(dist.mean(r)):.4f}"
+        )
         assert result.pvalue > 1e-3, (label, result)

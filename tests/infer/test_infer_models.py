@@ -49,7 +49,9 @@ def test_priors_match_scipy():
         per_param.log_prob(t), scipy.stats.gamma(2.0).logpdf(0.3) - 1.7, rtol=1e-12
     )
     vec = infer.Gamma(jnp.array([2.0, 3.0]), 1.0)
-    np.testing.assert_allclose(vec.log_prob(t), scipy.stats.gamma([2.0, 3.0]).logpdf(t).sum(), rtol=1e-12)
+    np.testing.assert_allclose(
+        vec.log_prob(t), scipy.stats.gamma([2.0, 3.0]).logpdf(t).sum(), rtol=1e-12
+    )
     assert infer.as_prior(None).log_prob(t) == 0.0
     with pytest.raises(NotImplementedError):
         infer.as_prior(lambda th: 0.0).sample(jax.random.PRNGKey(0), (2,), 2)
@@ -72,16 +74,22 @@ def test_posterior_log_density_terms(kingman5):
     data = jnp.array([0.5, 1.2, 2.0, 3.1])
     theta = jnp.array([1.3])
     prior = infer.LogNormal(0.0, 1.0)
-    sched = lambda step: 0.5 * step  # noqa: E731
+    sched = lambda step: 0.5 * step
     weights = jnp.array([1.0, 0.0])
     posts = {
         "plain": infer.PosteriorLogDensity(kingman5, data, prior=prior),
         "sched": infer.PosteriorLogDensity(
-            kingman5, data, prior=prior, moment_regularization=infer.MomentRegularization(sched, n_moments=3)
+            kingman5,
+            data,
+            prior=prior,
+            moment_regularization=infer.MomentRegularization(sched, n_moments=3),
         ),
         "const": infer.PosteriorLogDensity(kingman5, data, prior=prior, moment_regularization=3.0),
         "weighted": infer.PosteriorLogDensity(
-            kingman5, data, prior=prior, moment_regularization=infer.MomentRegularization(1.0, 2, weights)
+            kingman5,
+            data,
+            prior=prior,
+            moment_regularization=infer.MomentRegularization(1.0, 2, weights),
         ),
         "nojac": infer.PosteriorLogDensity(kingman5, data, prior=prior, jacobian=False),
     }
@@ -138,8 +146,12 @@ def test_posterior_rewards_and_discrete():
 def test_out_of_range_gives_minus_inf_instead_of_raising(erlang1):
     data = jnp.array([0.5, 2.0])
     kw = {"max_steps": 64}
-    guarded = infer.PosteriorLogDensity(erlang1, data, prior=None, transform="exp", logpdf_kwargs=kw, out_of_range="-inf")
-    raising = infer.PosteriorLogDensity(erlang1, data, prior=None, transform="exp", logpdf_kwargs=kw)
+    guarded = infer.PosteriorLogDensity(
+        erlang1, data, prior=None, transform="exp", logpdf_kwargs=kw, out_of_range="-inf"
+    )
+    raising = infer.PosteriorLogDensity(
+        erlang1, data, prior=None, transform="exp", logpdf_kwargs=kw
+    )
     z = jnp.log(jnp.array([1.5]))
     np.testing.assert_allclose(eqx.filter_jit(guarded)(z), raising(z), rtol=1e-14)
     far = jnp.log(jnp.array([1e3]))
@@ -168,8 +180,13 @@ CONJ_OPT = schedule_adam(CONJ_STEPS)  # one instance: equal static config -> sha
 
 def conj_fit(model, data, **kw):
     return infer.fit_svgd(
-        model, data, prior=infer.Gamma(CONJ_A, CONJ_B), n_particles=CONJ_PARTICLES, optimizer=CONJ_OPT,
-        logpdf_kwargs={"max_steps": 128}, **kw,
+        model,
+        data,
+        prior=infer.Gamma(CONJ_A, CONJ_B),
+        n_particles=CONJ_PARTICLES,
+        optimizer=CONJ_OPT,
+        logpdf_kwargs={"max_steps": 128},
+        **kw,
     )
 
 
@@ -214,8 +231,14 @@ def test_kingman_posterior_covers_truth(kingman5, regularize):
     # test_posterior_log_density_terms)
     reg = infer.MomentRegularization(strength=jnp.asarray(20.0 if regularize else 0.0), n_moments=3)
     fit = infer.fit_svgd(
-        kingman5, data, prior=infer.LogNormal(0.0, 1.0), n_particles=32, steps=steps,
-        optimizer=schedule_adam(steps), moment_regularization=reg, logpdf_kwargs={"max_steps": 1024},
+        kingman5,
+        data,
+        prior=infer.LogNormal(0.0, 1.0),
+        n_particles=32,
+        steps=steps,
+        optimizer=schedule_adam(steps),
+        moment_regularization=reg,
+        logpdf_kwargs={"max_steps": 1024},
     )
     lo, hi = fit.quantiles[0, 0], fit.quantiles[-1, 0]
     assert lo < truth < hi, fit.summary()
@@ -230,8 +253,13 @@ def test_rabbit_flooding_two_parameters_cover_truth():
     data = model(truth).sample(jax.random.PRNGKey(11), (60,))
     steps = 200
     fit = infer.fit_svgd(
-        model, data, prior=infer.Gamma(2.0, 1.0), n_particles=32, steps=steps,
-        optimizer=schedule_adam(steps), logpdf_kwargs={"max_steps": 512},
+        model,
+        data,
+        prior=infer.Gamma(2.0, 1.0),
+        n_particles=32,
+        steps=steps,
+        optimizer=schedule_adam(steps),
+        logpdf_kwargs={"max_steps": 512},
     )
     assert fit.particles.shape == (32, 2)
     for i in range(2):
@@ -250,7 +278,12 @@ def test_init_options(erlang1):
     with pytest.raises(ValueError, match="cannot be sampled"):
         infer.fit_svgd(erlang1, data, prior=lambda th: -th[0], n_particles=4, steps=1)
     fit = infer.fit_svgd(
-        erlang1, data, prior=lambda th: -th[0], init=jnp.array([1.0]), n_particles=4, steps=2,
+        erlang1,
+        data,
+        prior=lambda th: -th[0],
+        init=jnp.array([1.0]),
+        n_particles=4,
+        steps=2,
         logpdf_kwargs={"max_steps": 64},
     )
     assert fit.particles.shape == (4, 1) and len(np.unique(np.asarray(fit.particles))) == 4
@@ -264,13 +297,16 @@ def test_init_options(erlang1):
 def test_map_kingman_close_to_mle(kingman5):
     data = kingman5(jnp.array([0.7])).sample(jax.random.PRNGKey(5), (200,))
     nll = jax.jit(lambda t: -kingman5(jnp.array([t])).logpdf(data).sum())
-    mle = scipy.optimize.minimize_scalar(lambda t: float(nll(t)), bounds=(0.05, 5.0), method="bounded",
-                                         options={"xatol": 1e-10}).x
+    mle = scipy.optimize.minimize_scalar(
+        lambda t: float(nll(t)), bounds=(0.05, 5.0), method="bounded", options={"xatol": 1e-10}
+    ).x
     res = infer.map_estimate(kingman5, jnp.array([1.5]), data=data, steps=300)
     np.testing.assert_allclose(res.params[0], mle, rtol=1e-4)
     np.testing.assert_allclose(res.log_density, -nll(mle), rtol=1e-9)
     # with a prior the mode moves towards the prior's
-    pulled = infer.map_estimate(kingman5, jnp.array([1.5]), data=data, prior=infer.Gamma(50.0, 25.0), steps=300)
+    pulled = infer.map_estimate(
+        kingman5, jnp.array([1.5]), data=data, prior=infer.Gamma(50.0, 25.0), steps=300
+    )
     assert mle < float(pulled.params[0]) < 2.0
 
 
@@ -289,8 +325,14 @@ def test_kingman_100_particles_1000_observations_500_steps_compile_once(kingman5
     data = kingman5(jnp.array([1.0])).sample(jax.random.PRNGKey(3), (1000,))
     t0 = time.perf_counter()
     fit = infer.fit_svgd(
-        kingman5, data, prior=Counting(2.0, 2.0), n_particles=100, steps=500, init=jnp.array([1.0]),
-        init_scale=0.2, logpdf_kwargs={"max_steps": 512},
+        kingman5,
+        data,
+        prior=Counting(2.0, 2.0),
+        n_particles=100,
+        steps=500,
+        init=jnp.array([1.0]),
+        init_scale=0.2,
+        logpdf_kwargs={"max_steps": 512},
     )
     fit.particles.block_until_ready()
     elapsed = time.perf_counter() - t0

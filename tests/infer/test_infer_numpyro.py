@@ -64,7 +64,9 @@ def test_distribution_log_prob_and_sample(numpyro):
     assert lp.shape == (2, 2)
     for i in range(2):
         for j in range(2):
-            np.testing.assert_allclose(lp[i, j], model(thetas[j]).logpdf(values[i, j : j + 1])[0], rtol=1e-12)
+            np.testing.assert_allclose(
+                lp[i, j], model(thetas[j]).logpdf(values[i, j : j + 1])[0], rtol=1e-12
+            )
     assert db.sample(jax.random.PRNGKey(1), (5,)).shape == (5, 2)
     with pytest.raises(ValueError, match="theta must have shape"):
         infer.PhaseTypeDistribution(model, jnp.array([1.0, 2.0]))
@@ -75,19 +77,29 @@ def test_log_prob_of_inadmissible_theta_is_minus_inf(numpyro):
     gradient, no error; admissible thetas (also under vmap beside bad ones) unchanged."""
     model = pj.models.kingman(4).compile()
     x = jnp.array([0.4, 1.0, 2.2])
-    log_prob = jax.jit(jax.vmap(lambda th: infer.PhaseTypeDistribution(model, th).log_prob(x).sum()))
+    log_prob = jax.jit(
+        jax.vmap(lambda th: infer.PhaseTypeDistribution(model, th).log_prob(x).sum())
+    )
     thetas = jnp.array([[0.0], [jnp.inf], [jnp.nan], [-1.0], [1.3]])
     lp = log_prob(thetas)
     assert np.all(np.asarray(lp[:4]) == -np.inf)
     np.testing.assert_allclose(lp[4], model(jnp.array([1.3])).logpdf(x).sum(), rtol=1e-12)
-    grads = jax.jit(jax.vmap(jax.grad(lambda th: infer.PhaseTypeDistribution(model, th).log_prob(x).sum())))(thetas)
+    grads = jax.jit(
+        jax.vmap(jax.grad(lambda th: infer.PhaseTypeDistribution(model, th).log_prob(x).sum()))
+    )(thetas)
     assert np.all(np.asarray(grads[:4]) == 0.0)
     h = 1e-6
-    fd = (model(jnp.array([1.3 + h])).logpdf(x).sum() - model(jnp.array([1.3 - h])).logpdf(x).sum()) / (2 * h)
+    fd = (
+        model(jnp.array([1.3 + h])).logpdf(x).sum() - model(jnp.array([1.3 - h])).logpdf(x).sum()
+    ) / (2 * h)
     np.testing.assert_allclose(grads[4, 0], fd, rtol=1e-6)
     # with out_of_range="raise" the bad theta is an error, as for model(theta)
     with pytest.raises(Exception, match="negative or NaN"):
-        jax.block_until_ready(infer.PhaseTypeDistribution(model, jnp.array([jnp.nan]), out_of_range="raise").log_prob(x))
+        jax.block_until_ready(
+            infer.PhaseTypeDistribution(model, jnp.array([jnp.nan]), out_of_range="raise").log_prob(
+                x
+            )
+        )
 
 
 def test_nuts_exponential_matches_conjugate(numpyro):
@@ -101,7 +113,9 @@ def test_nuts_exponential_matches_conjugate(numpyro):
     def numpyro_model(obs):
         rate = numpyro.sample("rate", dist.Gamma(a, b))
         numpyro.sample(
-            "obs", infer.PhaseTypeDistribution(model, rate[None], logpdf_kwargs={"max_steps": 128}), obs=obs
+            "obs",
+            infer.PhaseTypeDistribution(model, rate[None], logpdf_kwargs={"max_steps": 128}),
+            obs=obs,
         )
 
     mcmc = MCMC(NUTS(numpyro_model), num_warmup=300, num_samples=600, progress_bar=False)
@@ -121,9 +135,13 @@ def test_discrete_rewards(numpyro):
     rewards = np.array([0.0, 2.0, 0.0])
     p = 0.3
     values = jnp.array([2, 4, 6, 3])
-    lp = jax.jit(lambda th: infer.PhaseTypeDistribution(model, th, rewards=rewards).log_prob(values))(jnp.array([p]))
+    lp = jax.jit(
+        lambda th: infer.PhaseTypeDistribution(model, th, rewards=rewards).log_prob(values)
+    )(jnp.array([p]))
     expected = [np.log((1 - p) ** (k - 1) * p) for k in (1, 2, 3)] + [-np.inf]
     np.testing.assert_allclose(lp, expected, rtol=1e-12)
-    draws = infer.PhaseTypeDistribution(model, jnp.array([p]), rewards=rewards).sample(jax.random.PRNGKey(0), (4000,))
+    draws = infer.PhaseTypeDistribution(model, jnp.array([p]), rewards=rewards).sample(
+        jax.random.PRNGKey(0), (4000,)
+    )
     assert np.all(np.asarray(draws) % 2 == 0)
     np.testing.assert_allclose(np.mean(draws), 2 / p, rtol=0.06)  # sd of the mean ~ 1.3%

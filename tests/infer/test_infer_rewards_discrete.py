@@ -67,8 +67,9 @@ def _grid_posterior(post, grid):
 
 def _mode(post, lo, hi):
     nlp = jax.jit(lambda t: -post.log_density_theta(jnp.array([t])))
-    return scipy.optimize.minimize_scalar(lambda t: float(nlp(t)), bounds=(lo, hi), method="bounded",
-                                          options={"xatol": 1e-10}).x
+    return scipy.optimize.minimize_scalar(
+        lambda t: float(nlp(t)), bounds=(lo, hi), method="bounded", options={"xatol": 1e-10}
+    ).x
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +83,19 @@ def dph():
 
 def test_discrete_reward_log_density_is_the_reward_transformed_pmf(dph):
     graph, model, data = dph
-    assert not jnp.issubdtype(data.dtype, jnp.integer) and bool(jnp.all(data == jnp.round(data)))  # sample(): floats
+    assert not jnp.issubdtype(data.dtype, jnp.integer) and bool(
+        jnp.all(data == jnp.round(data))
+    )  # sample(): floats
     post = infer.PosteriorLogDensity(model, data, prior=PRIOR, rewards=DPH_REWARDS)
     theta = jnp.array([0.7])
     z = post.transform.inverse(theta)
     mats = graph.as_matrices(np.asarray(theta))
     pmf = _dph_reward_pmf(mats.alpha, mats.matrix, DPH_REWARDS[mats.vertices], int(data.max()))
-    expected = np.log(pmf[np.asarray(data, dtype=int)]).sum() + PRIOR.log_prob(theta) + post.transform.log_det(z)
+    expected = (
+        np.log(pmf[np.asarray(data, dtype=int)]).sum()
+        + PRIOR.log_prob(theta)
+        + post.transform.log_det(z)
+    )
     np.testing.assert_allclose(eqx.filter_jit(post)(z), expected, rtol=1e-12)
     with pytest.raises(ValueError, match="integer"):
         infer.PosteriorLogDensity(model, data, rewards=DPH_REWARDS * 0.5)
@@ -103,13 +110,23 @@ def test_discrete_reward_svgd_and_map_recover_truth(dph):
     mean, sd = _grid_posterior(post, jnp.linspace(0.3, 1.0, 281))
     # theta must stay below 2 (probabilities): start the particles near 1
     fit = infer.fit_svgd(
-        model, data, prior=PRIOR, rewards=DPH_REWARDS, init=jnp.array([1.0]), init_scale=0.3,
-        n_particles=32, steps=STEPS, optimizer=optax.adam(optax.cosine_decay_schedule(0.05, STEPS, 0.02)), **kw,
+        model,
+        data,
+        prior=PRIOR,
+        rewards=DPH_REWARDS,
+        init=jnp.array([1.0]),
+        init_scale=0.3,
+        n_particles=32,
+        steps=STEPS,
+        optimizer=optax.adam(optax.cosine_decay_schedule(0.05, STEPS, 0.02)),
+        **kw,
     )
     assert fit.quantiles[0, 0] < DPH_TRUTH < fit.quantiles[-1, 0], fit.summary()
     assert abs(float(fit.mean[0]) - mean) < 0.25 * sd, (fit.summary(), mean, sd)
     assert 0.8 < float(fit.sd[0]) / sd < 1.2, (fit.summary(), mean, sd)
-    res = infer.map_estimate(model, jnp.array([1.0]), data=data, prior=PRIOR, rewards=DPH_REWARDS, steps=300, **kw)
+    res = infer.map_estimate(
+        model, jnp.array([1.0]), data=data, prior=PRIOR, rewards=DPH_REWARDS, steps=300, **kw
+    )
     np.testing.assert_allclose(res.params[0], _mode(post, 0.3, 1.0), rtol=1e-4)
 
 
@@ -118,13 +135,25 @@ def test_continuous_reward_svgd_covers_truth():
     model = graph.compile()
     lineages = graph.states().sum(axis=1).astype(float)  # reward: total branch length
     truth = 1.5
-    data = jax.jit(lambda key: model(jnp.array([truth])).sample(key, (200,), lineages))(jax.random.PRNGKey(3))
+    data = jax.jit(lambda key: model(jnp.array([truth])).sample(key, (200,), lineages))(
+        jax.random.PRNGKey(3)
+    )
     kw = {"logpdf_kwargs": {"max_steps": 512}}
-    post = infer.PosteriorLogDensity(model, data, prior=infer.LogNormal(0.0, 1.0), rewards=lineages, **kw)
+    post = infer.PosteriorLogDensity(
+        model, data, prior=infer.LogNormal(0.0, 1.0), rewards=lineages, **kw
+    )
     mean, sd = _grid_posterior(post, jnp.linspace(0.5, 3.0, 501))
     fit = infer.fit_svgd(
-        model, data, prior=infer.LogNormal(0.0, 1.0), rewards=lineages, init=jnp.array([1.0]), init_scale=0.3,
-        n_particles=32, steps=STEPS, optimizer=optax.adam(optax.cosine_decay_schedule(0.05, STEPS, 0.02)), **kw,
+        model,
+        data,
+        prior=infer.LogNormal(0.0, 1.0),
+        rewards=lineages,
+        init=jnp.array([1.0]),
+        init_scale=0.3,
+        n_particles=32,
+        steps=STEPS,
+        optimizer=optax.adam(optax.cosine_decay_schedule(0.05, STEPS, 0.02)),
+        **kw,
     )
     assert fit.quantiles[0, 0] < truth < fit.quantiles[-1, 0], fit.summary()
     assert abs(float(fit.mean[0]) - mean) < 0.25 * sd, (fit.summary(), mean, sd)

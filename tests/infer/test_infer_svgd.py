@@ -14,7 +14,6 @@ import pytest
 from phasejax import infer
 from phasejax.infer._kernels import _kth_smallest, _median_nonnegative
 
-
 MU = jnp.array([1.0, -2.0])
 COV = jnp.array([[1.0, 0.6], [0.6, 2.0]])
 PREC = jnp.linalg.inv(COV)
@@ -48,7 +47,9 @@ def test_rbf_repulsion_is_gradient_of_kernel_in_first_argument():
     gram = jax.vmap(lambda a: jax.vmap(lambda b: kern(a, b))(x))(x)
     np.testing.assert_allclose(k, gram, rtol=1e-14)
     # rep[i] = sum_j grad_{x_j} k(x_j, x_i)
-    grad_first = jax.vmap(lambda xi: jnp.sum(jax.vmap(lambda xj: jax.grad(kern)(xj, xi))(x), axis=0))(x)
+    grad_first = jax.vmap(
+        lambda xi: jnp.sum(jax.vmap(lambda xj: jax.grad(kern)(xj, xi))(x), axis=0)
+    )(x)
     np.testing.assert_allclose(rep, grad_first, rtol=1e-12, atol=1e-14)
     # it repels: for two particles, particle 0's term points away from particle 1
     two = jnp.array([[0.0, 0.0], [1.0, 0.0]])
@@ -161,7 +162,13 @@ def test_step_and_key_are_passed():
         return beta * gaussian_logp(x) + noise
 
     res = infer.svgd(
-        logp, start(50), steps=400, optimizer=optax.adam(5e-2), pass_step=True, key=jax.random.PRNGKey(3), thin=None
+        logp,
+        start(50),
+        steps=400,
+        optimizer=optax.adam(5e-2),
+        pass_step=True,
+        key=jax.random.PRNGKey(3),
+        thin=None,
     )
     assert res.history.shape == (0, 50, 2)
     assert int(res.state.step) == 400
@@ -216,13 +223,21 @@ MULTI = textwrap.dedent(
 
 def test_sharded_over_four_devices_equals_single_device(tmp_path):
     out = tmp_path / "single.npy"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
     proc = subprocess.run(
-        [sys.executable, "-c", f"OUT = {str(out)!r}\n" + MULTI], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", f"OUT = {str(out)!r}\n" + MULTI],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "OK" in proc.stdout
     # and the same as this (single-device) process computes
     x0 = jax.random.normal(jax.random.PRNGKey(1), (16, 2)) + 3.0
-    here = infer.svgd(lambda x: -0.5 * jnp.sum((x - MU) ** 2 / jnp.array([1.0, 2.0])), x0, steps=200)
+    here = infer.svgd(
+        lambda x: -0.5 * jnp.sum((x - MU) ** 2 / jnp.array([1.0, 2.0])), x0, steps=200
+    )
     np.testing.assert_allclose(np.load(out), here.particles, rtol=1e-12, atol=1e-12)

@@ -11,6 +11,7 @@ Graph description (shared with :func:`phasic_reference.adapter.describe`):
   the out-edges of vertex 0 are the initial distribution;
 * ``discrete`` -- discrete phase-type (DPH) graph.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -73,13 +74,16 @@ class ReferenceGraph:
             src, dst, weight, _, self.input_defect = _add_defect_edge(n_vertices, src, dst, weight)
         self._g = _core._Graph(
             int(n_vertices),
-            np.ascontiguousarray(src), np.ascontiguousarray(dst), np.ascontiguousarray(weight),
+            np.ascontiguousarray(src),
+            np.ascontiguousarray(dst),
+            np.ascontiguousarray(weight),
             bool(discrete),
         )
 
     @classmethod
-    def parameterized(cls, n_vertices, src, dst, coefficients, weight=None, discrete=False,
-                      explicit_defect=True):
+    def parameterized(
+        cls, n_vertices, src, dst, coefficients, weight=None, discrete=False, explicit_defect=True
+    ):
         """Parameterized C graph: edge weight = coefficients[e] @ theta (no constant term).
 
         Edges out of the starting vertex 0 are initial-distribution (IPV) edges
@@ -100,11 +104,16 @@ class ReferenceGraph:
         self.input_defect = 0.0
         if explicit_defect:
             src, dst, weight, coefficients, self.input_defect = _add_defect_edge(
-                n_vertices, src, dst, weight, coefficients)
+                n_vertices, src, dst, weight, coefficients
+            )
         self._g = _core._Graph(
-            int(n_vertices), np.ascontiguousarray(src), np.ascontiguousarray(dst),
-            np.ascontiguousarray(coefficients), np.ascontiguousarray(weight),
-            bool(discrete), True,
+            int(n_vertices),
+            np.ascontiguousarray(src),
+            np.ascontiguousarray(dst),
+            np.ascontiguousarray(coefficients),
+            np.ascontiguousarray(weight),
+            bool(discrete),
+            True,
         )
         return self
 
@@ -183,7 +192,8 @@ class ReferenceGraph:
         ``c_defect_stub()`` calls the stub.
         """
         raise NotImplementedError(
-            "phasic 0.32.1's ptd_defect() is a stub returning 0.0; see README")
+            "phasic 0.32.1's ptd_defect() is a stub returning 0.0; see README"
+        )
 
     def c_defect_stub(self) -> float:
         """``ptd_defect(graph)`` as shipped (always 0.0)."""
@@ -205,5 +215,10 @@ class ReferenceGraph:
 
 def from_description(desc: dict) -> ReferenceGraph:
     """Build a ReferenceGraph from the dict returned by ``adapter.describe``."""
-    return ReferenceGraph(desc["n_vertices"], desc["src"], desc["dst"], desc["weight"],
-                          discrete=desc.get("discrete", False))
+    return ReferenceGraph(
+        desc["n_vertices"],
+        desc["src"],
+        desc["dst"],
+        desc["weight"],
+        discrete=desc.get("discrete", False),
+    )

@@ -8,6 +8,7 @@ Expected interface of ``graph``:
 * ``graph.vertices_length()`` -> number of vertices including the start;
 * ``graph.discrete`` -> bool.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,7 +28,8 @@ def describe(graph, theta=None) -> dict:
         if coefficients.size:
             if coefficients.shape[1] != theta.shape[0]:
                 raise ValueError(
-                    f"theta has length {theta.shape[0]}, graph has {coefficients.shape[1]} parameters")
+                    f"theta has length {theta.shape[0]}, graph has {coefficients.shape[1]} parameters"
+                )
             weight = weight + coefficients @ theta
     elif coefficients.size and np.any(coefficients != 0):
         raise ValueError("graph is parameterized; pass theta")

@@ -33,13 +33,23 @@ Example::
     infer.plot.plot_pairs(fit)
 """
 
+from . import plot
 from ._fit import DEFAULT_QUANTILES, FitResult, MAPResult, fit_svgd, map_estimate, summarize
 from ._kernels import RBF, AbstractKernel, median_bandwidth, stein_direction
 from ._posterior import MomentRegularization, PosteriorLogDensity, log_likelihood, series_fits
-from ._priors import AbstractPrior, Flat, FunctionPrior, Gamma, HalfCauchy, Independent, LogNormal, Normal, as_prior
+from ._priors import (
+    AbstractPrior,
+    Flat,
+    FunctionPrior,
+    Gamma,
+    HalfCauchy,
+    Independent,
+    LogNormal,
+    Normal,
+    as_prior,
+)
 from ._svgd import SVGDResult, SVGDState, load_state, save_state, svgd, svgd_init, svgd_run
 from ._transforms import AbstractTransform, Exp, Identity, Softplus, as_transform
-from . import plot
 
 
 def __getattr__(name):

@@ -49,11 +49,15 @@ class FitResult(eqx.Module):
         """A text table: mean, sd and quantiles per parameter."""
         p = self.mean.shape[0]
         names = [f"theta[{i}]" for i in range(p)] if names is None else list(names)
-        head = f"{'':>12s} {'mean':>11s} {'sd':>11s} " + " ".join(f"{100 * q:>10.1f}%" for q in self.quantile_levels)
+        head = f"{'':>12s} {'mean':>11s} {'sd':>11s} " + " ".join(
+            f"{100 * q:>10.1f}%" for q in self.quantile_levels
+        )
         rows = [head]
         for i in range(p):
             qs = " ".join(f"{float(v):>11.5g}" for v in self.quantiles[:, i])
-            rows.append(f"{names[i]:>12s} {float(self.mean[i]):>11.5g} {float(self.sd[i]):>11.5g} {qs}")
+            rows.append(
+                f"{names[i]:>12s} {float(self.mean[i]):>11.5g} {float(self.sd[i]):>11.5g} {qs}"
+            )
         return "\n".join(rows)
 
 
@@ -93,9 +97,13 @@ def _initial_particles(target: PosteriorLogDensity, init, n_particles: int, key,
         elif theta.shape == (n_particles, p):
             z = tf.inverse(theta)
         else:
-            raise ValueError(f"init must have shape ({p},) or ({n_particles}, {p}), got {theta.shape}")
+            raise ValueError(
+                f"init must have shape ({p},) or ({n_particles}, {p}), got {theta.shape}"
+            )
     if not bool(jnp.all(jnp.isfinite(z))):
-        raise ValueError("initial particles are outside the transform's domain (theta must be positive)")
+        raise ValueError(
+            "initial particles are outside the transform's domain (theta must be positive)"
+        )
     return z
 
 
@@ -174,20 +182,35 @@ def fit_svgd(
     key = jax.random.PRNGKey(0) if key is None else key
     if resume is not None:
         previous = resume.state if isinstance(resume, FitResult) else resume
-        state = svgd_init(target, previous.particles, optimizer=optimizer, kernel=kernel, pass_step=True, shard=shard)
+        state = svgd_init(
+            target,
+            previous.particles,
+            optimizer=optimizer,
+            kernel=kernel,
+            pass_step=True,
+            shard=shard,
+        )
         if jax.tree.structure(state.opt_state) != jax.tree.structure(previous.opt_state):
             raise ValueError("resume: the optimizer differs from the earlier run's")
-        state = eqx.tree_at(lambda s: (s.opt_state, s.step), state, (previous.opt_state, previous.step))
+        state = eqx.tree_at(
+            lambda s: (s.opt_state, s.step), state, (previous.opt_state, previous.step)
+        )
     else:
         z0 = _initial_particles(target, init, int(n_particles), key, init_scale)
-        state = svgd_init(target, z0, optimizer=optimizer, kernel=kernel, pass_step=True, shard=shard)
+        state = svgd_init(
+            target, z0, optimizer=optimizer, kernel=kernel, pass_step=True, shard=shard
+        )
     out = svgd_run(state, steps, thin=thin, progress_every=progress_every)
     return _finish(target, out, tuple(float(q) for q in quantiles))
 
 
 @eqx.filter_jit
 def _theta(target, z):
-    return jax.vmap(jax.vmap(target.transform.forward))(z) if z.ndim == 3 else jax.vmap(target.transform.forward)(z)
+    return (
+        jax.vmap(jax.vmap(target.transform.forward))(z)
+        if z.ndim == 3
+        else jax.vmap(target.transform.forward)(z)
+    )
 
 
 def _finish(target: PosteriorLogDensity, out, quantiles) -> FitResult:
@@ -236,7 +259,9 @@ def _optimize(fn: Callable, x0: Array, optimizer, steps: int):
             updates, opt_state = optimizer.update(grad, opt_state, x)
         return (optax.apply_updates(x, updates), opt_state, step + 1), -value
 
-    (x, _, step), trace = jax.lax.scan(body, (x0, optimizer.init(x0), jnp.zeros((), jnp.int32)), None, length=steps)
+    (x, _, step), trace = jax.lax.scan(
+        body, (x0, optimizer.init(x0), jnp.zeros((), jnp.int32)), None, length=steps
+    )
     return x, fn(x, step), trace
 
 
@@ -290,7 +315,9 @@ def map_estimate(
         if theta0.shape != (post.n_params,):
             raise ValueError(f"init must be theta of shape ({post.n_params},), got {theta0.shape}")
         z, value, trace = _optimize(post, post.transform.inverse(theta0), optimizer, steps)
-        return MAPResult(params=post.transform.forward(z), unconstrained=z, log_density=value, trace=trace)
+        return MAPResult(
+            params=post.transform.forward(z), unconstrained=z, log_density=value, trace=trace
+        )
     if not callable(target):
         raise TypeError("target must be a log density function or a phasejax Model")
     x0 = jnp.asarray(init)

@@ -27,8 +27,9 @@ class AbstractKernel(eqx.Module):
     ``repulsion[i] = sum_j grad_{x_j} k(x_j, x_i)``."""
 
     @abc.abstractmethod
-    def __call__(self, x: Float[Array, "P D"]) -> tuple[Float[Array, "P P"], Float[Array, "P D"]]:
-        ...
+    def __call__(
+        self, x: Float[Array, "P D"]
+    ) -> tuple[Float[Array, "P P"], Float[Array, "P D"]]: ...
 
 
 def _sq_distances(x: Array) -> Array:
@@ -91,7 +92,9 @@ class RBF(AbstractKernel):
 
     def bandwidth_for(self, x: Float[Array, "P D"]) -> Float[Array, ""]:
         sq = _sq_distances(x)
-        return median_bandwidth(sq) if self.bandwidth is None else jnp.asarray(self.bandwidth, x.dtype)
+        return (
+            median_bandwidth(sq) if self.bandwidth is None else jnp.asarray(self.bandwidth, x.dtype)
+        )
 
     def __call__(self, x):
         sq = _sq_distances(x)

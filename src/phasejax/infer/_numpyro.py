@@ -47,7 +47,16 @@ class PhaseTypeDistribution(_dist.Distribution):
     pytree_data_fields = ("model", "theta", "rewards", "reward_plan")
     pytree_aux_fields = ("discrete", "logpdf_kwargs", "out_of_range")
 
-    def __init__(self, model, theta, *, rewards=None, logpdf_kwargs=None, out_of_range="-inf", validate_args=None):
+    def __init__(
+        self,
+        model,
+        theta,
+        *,
+        rewards=None,
+        logpdf_kwargs=None,
+        out_of_range="-inf",
+        validate_args=None,
+    ):
         if not isinstance(model, Model):
             if hasattr(model, "compile"):
                 model = model.compile()
@@ -57,13 +66,17 @@ class PhaseTypeDistribution(_dist.Distribution):
         if not jnp.issubdtype(theta.dtype, jnp.floating):
             theta = theta.astype(jnp.result_type(float))
         if theta.ndim < 1 or theta.shape[-1] != model.n_params:
-            raise ValueError(f"theta must have shape batch_shape + ({model.n_params},), got {theta.shape}")
+            raise ValueError(
+                f"theta must have shape batch_shape + ({model.n_params},), got {theta.shape}"
+            )
         self.model = model
         self.theta = theta
         self.rewards = None if rewards is None else jnp.asarray(rewards, theta.dtype)
         # discrete: integer rewards fix the transformed structure, planned once here
         self.reward_plan = (
-            DiscreteRewardTransform.build(model.structure, np.asarray(rewards)) if rewards is not None and model.discrete else None
+            DiscreteRewardTransform.build(model.structure, np.asarray(rewards))
+            if rewards is not None and model.discrete
+            else None
         )
         self.discrete = model.discrete
         self.logpdf_kwargs = tuple(sorted((logpdf_kwargs or {}).items()))
@@ -80,16 +93,22 @@ class PhaseTypeDistribution(_dist.Distribution):
         """The distribution of the accumulated reward (the absorption time without rewards)."""
         if self.rewards is None:
             return dist
-        return dist.reward_scaled(self.rewards) if self.reward_plan is None else self.reward_plan(dist)
+        return (
+            dist.reward_scaled(self.rewards) if self.reward_plan is None else self.reward_plan(dist)
+        )
 
     def _dist(self, theta):
         return self._accumulated(self.model(theta))
 
     def _log_prob_flat(self, theta, values):
         if self.out_of_range == "raise":
-            return log_likelihood(self._dist(theta), values, self.discrete, dict(self.logpdf_kwargs), "raise")
+            return log_likelihood(
+                self._dist(theta), values, self.discrete, dict(self.logpdf_kwargs), "raise"
+            )
         dist, admissible = self.model.guarded(theta)  # a bad proposal (rate 0, inf, NaN): -inf
-        log_p = log_likelihood(self._accumulated(dist), values, self.discrete, dict(self.logpdf_kwargs), "-inf")
+        log_p = log_likelihood(
+            self._accumulated(dist), values, self.discrete, dict(self.logpdf_kwargs), "-inf"
+        )
         return jnp.where(admissible, log_p, -jnp.inf)
 
     def log_prob(self, value):
@@ -113,7 +132,9 @@ class PhaseTypeDistribution(_dist.Distribution):
             return self._dist(self.theta).sample(key, sample_shape)
         n_batch = math.prod(batch)
         keys = jax.random.split(key, n_batch)
-        draws = jax.vmap(lambda k, th: self._dist(th).sample(k, sample_shape))(keys, self.theta.reshape(n_batch, -1))
+        draws = jax.vmap(lambda k, th: self._dist(th).sample(k, sample_shape))(
+            keys, self.theta.reshape(n_batch, -1)
+        )
         return jnp.moveaxis(draws, 0, -1).reshape(sample_shape + batch)
 
     @property

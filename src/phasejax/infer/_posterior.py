@@ -93,7 +93,9 @@ def series_fits(dist, data: Array, discrete: bool, kwargs: dict) -> Array:
     return right <= max_steps
 
 
-def log_likelihood(dist, data: Array, discrete: bool, kwargs: dict, out_of_range: str = "raise") -> Array:
+def log_likelihood(
+    dist, data: Array, discrete: bool, kwargs: dict, out_of_range: str = "raise"
+) -> Array:
     """Per-observation ``logpdf`` (``logpmf``) of ``data``.
 
     ``out_of_range="-inf"``: where the series would need more than ``max_steps`` terms
@@ -161,14 +163,18 @@ class PosteriorLogDensity(eqx.Module):
             raise ValueError("no data")
         if is_discrete and not jnp.issubdtype(data.dtype, jnp.integer):  # e.g. sample() output
             if not bool(jnp.all(data == jnp.round(data))):
-                raise ValueError("data of a discrete model must be whole numbers (step counts or integer rewards)")
+                raise ValueError(
+                    "data of a discrete model must be whole numbers (step counts or integer rewards)"
+                )
             data = data.astype(jnp.result_type(int))
         self.data = data
         self.reward_plan = None
         if rewards is not None:
             rewards = jnp.asarray(rewards, jnp.result_type(float))
             if is_discrete:
-                self.reward_plan = DiscreteRewardTransform.build(model.structure, np.asarray(rewards))
+                self.reward_plan = DiscreteRewardTransform.build(
+                    model.structure, np.asarray(rewards)
+                )
         self.rewards = rewards
         self.prior = as_prior(prior)
         self.transform = as_transform(transform)
@@ -193,7 +199,9 @@ class PosteriorLogDensity(eqx.Module):
         dist = self.model(theta)
         if self.rewards is None:
             return dist
-        return dist.reward_scaled(self.rewards) if self.reward_plan is None else self.reward_plan(dist)
+        return (
+            dist.reward_scaled(self.rewards) if self.reward_plan is None else self.reward_plan(dist)
+        )
 
     def log_likelihood(self, theta: Float[Array, " p"], dist=None) -> Float[Array, ""]:
         dist = self.distribution(theta) if dist is None else dist
@@ -209,7 +217,11 @@ class PosteriorLogDensity(eqx.Module):
     def log_density_theta(self, theta: Float[Array, " p"], step=0) -> Float[Array, ""]:
         """Log likelihood + log prior - penalty at ``theta`` (no Jacobian)."""
         dist = self.distribution(theta)
-        return self.log_likelihood(theta, dist) + self.prior.log_prob(theta) - self.penalty(theta, step, dist)
+        return (
+            self.log_likelihood(theta, dist)
+            + self.prior.log_prob(theta)
+            - self.penalty(theta, step, dist)
+        )
 
     def __call__(self, z: Float[Array, " p"], step=0) -> Float[Array, ""]:
         theta = self.transform.forward(z)

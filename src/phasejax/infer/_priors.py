@@ -23,11 +23,14 @@ class AbstractPrior(eqx.Module):
     """``log_prob(theta)`` (summed over parameters) and, where possible, ``sample``."""
 
     @abc.abstractmethod
-    def log_prob(self, theta: Float[Array, " p"]) -> Float[Array, ""]:
-        ...
+    def log_prob(self, theta: Float[Array, " p"]) -> Float[Array, ""]: ...
 
-    def sample(self, key, shape: tuple[int, ...], n_params: int, dtype=None) -> Float[Array, "... p"]:
-        raise NotImplementedError(f"{type(self).__name__} cannot draw samples: give `init` explicitly")
+    def sample(
+        self, key, shape: tuple[int, ...], n_params: int, dtype=None
+    ) -> Float[Array, "... p"]:
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot draw samples: give `init` explicitly"
+        )
 
     def __call__(self, theta):
         return self.log_prob(theta)
@@ -48,7 +51,9 @@ class Normal(AbstractPrior):
     scale: ArrayLike = 1.0
 
     def log_prob(self, theta):
-        return jnp.sum(stats.norm.logpdf(theta, _f(self.loc, theta.dtype), _f(self.scale, theta.dtype)))
+        return jnp.sum(
+            stats.norm.logpdf(theta, _f(self.loc, theta.dtype), _f(self.scale, theta.dtype))
+        )
 
     def sample(self, key, shape, n_params, dtype=None):
         dtype = _dtype(dtype)
@@ -64,7 +69,9 @@ class LogNormal(AbstractPrior):
 
     def log_prob(self, theta):
         log_t = jnp.log(theta)
-        return jnp.sum(stats.norm.logpdf(log_t, _f(self.loc, theta.dtype), _f(self.scale, theta.dtype)) - log_t)
+        return jnp.sum(
+            stats.norm.logpdf(log_t, _f(self.loc, theta.dtype), _f(self.scale, theta.dtype)) - log_t
+        )
 
     def sample(self, key, shape, n_params, dtype=None):
         dtype = _dtype(dtype)
@@ -83,7 +90,9 @@ class HalfCauchy(AbstractPrior):
 
     def sample(self, key, shape, n_params, dtype=None):
         dtype = _dtype(dtype)
-        return _f(self.scale, dtype) * jnp.abs(jax.random.cauchy(key, tuple(shape) + (n_params,), dtype))
+        return _f(self.scale, dtype) * jnp.abs(
+            jax.random.cauchy(key, tuple(shape) + (n_params,), dtype)
+        )
 
 
 class Gamma(AbstractPrior):
@@ -127,7 +136,9 @@ class Independent(AbstractPrior):
         if n_params != len(self.priors):
             raise ValueError(f"{len(self.priors)} priors for {n_params} parameters")
         keys = jax.random.split(key, n_params)
-        return jnp.concatenate([p.sample(k, shape, 1, dtype) for p, k in zip(self.priors, keys)], axis=-1)
+        return jnp.concatenate(
+            [p.sample(k, shape, 1, dtype) for p, k in zip(self.priors, keys)], axis=-1
+        )
 
 
 class FunctionPrior(AbstractPrior):
@@ -150,4 +161,6 @@ def as_prior(prior) -> AbstractPrior:
         return Independent(prior)
     if callable(prior):
         return FunctionPrior(prior)
-    raise TypeError(f"cannot use {prior!r} as a prior: give a prior object, a sequence of them, or a function")
+    raise TypeError(
+        f"cannot use {prior!r} as a prior: give a prior object, a sequence of them, or a function"
+    )

@@ -49,7 +49,12 @@ def constrain(tree, n_particles: int, sharding: NamedSharding | None):
     if sharding is None:
         return tree
     return jax.tree.map(
-        lambda x: jax.lax.with_sharding_constraint(x, sharding) if _is_particle_array(x, n_particles) else x, tree
+        lambda x: (
+            jax.lax.with_sharding_constraint(x, sharding)
+            if _is_particle_array(x, n_particles)
+            else x
+        ),
+        tree,
     )
 
 

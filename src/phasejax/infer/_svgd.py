@@ -29,7 +29,6 @@ from jaxtyping import Array, Float, Int
 from . import _sharding
 from ._kernels import RBF, AbstractKernel, stein_direction
 
-
 _DEFAULT_OPTIMIZER = optax.adam(1e-2)
 
 
@@ -69,7 +68,11 @@ class SVGDState(eqx.Module):
         if self.pass_step:
             kwargs["step"] = self.step if step is None else step
         if self.pass_key:
-            kwargs["key"] = jax.random.fold_in(self.key, self.step if step is None else step) if key is None else key
+            kwargs["key"] = (
+                jax.random.fold_in(self.key, self.step if step is None else step)
+                if key is None
+                else key
+            )
         return self.logdensity(x, **kwargs)
 
 
@@ -147,7 +150,9 @@ def _one_step(state: SVGDState, carry, sharding, progress_every: int | None):
     x, opt_state, step = carry
     n = x.shape[0]
     key = jax.random.fold_in(state.key, step)
-    logp, grads = jax.vmap(jax.value_and_grad(lambda xi: state.log_density(xi, step=step, key=key)))(x)
+    logp, grads = jax.vmap(
+        jax.value_and_grad(lambda xi: state.log_density(xi, step=step, key=key))
+    )(x)
     phi = stein_direction(x, grads, state.kernel)
     updates, opt_state = state.optimizer.update(-phi, opt_state, x)
     x = optax.apply_updates(x, updates)
@@ -189,11 +194,15 @@ def _run(state: SVGDState, steps: int, thin: int, progress_every: int | None):
         carry, trace_rest = jax.lax.scan(step_fn, carry, None, length=rest)
         trace = jnp.concatenate([trace, trace_rest])
     x, opt_state, step = carry
-    new_state = eqx.tree_at(lambda s: (s.particles, s.opt_state, s.step), state, (x, opt_state, step))
+    new_state = eqx.tree_at(
+        lambda s: (s.particles, s.opt_state, s.step), state, (x, opt_state, step)
+    )
     return SVGDResult(particles=x, history=history, trace=trace, state=new_state)
 
 
-def svgd_run(state: SVGDState, steps: int, *, thin: int | None = 10, progress_every: int | None = None) -> SVGDResult:
+def svgd_run(
+    state: SVGDState, steps: int, *, thin: int | None = 10, progress_every: int | None = None
+) -> SVGDResult:
     """Run ``steps`` SVGD iterations from ``state`` (one compiled program per shape).
 
     ``thin``: keep the particles after every ``thin``-th step in ``history`` (``None``
@@ -237,7 +246,13 @@ def svgd(
     ``progress_every``. Returns an :class:`SVGDResult`.
     """
     state = svgd_init(
-        logdensity, particles, optimizer=optimizer, kernel=kernel, key=key, pass_step=pass_step, shard=shard
+        logdensity,
+        particles,
+        optimizer=optimizer,
+        kernel=kernel,
+        key=key,
+        pass_step=pass_step,
+        shard=shard,
     )
     return svgd_run(state, steps, thin=thin, progress_every=progress_every)
 

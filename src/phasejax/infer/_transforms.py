@@ -15,16 +15,13 @@ class AbstractTransform(eqx.Module):
     (``sum log |d theta / d z|``), all elementwise over parameters."""
 
     @abc.abstractmethod
-    def forward(self, z: Float[Array, " p"]) -> Float[Array, " p"]:
-        ...
+    def forward(self, z: Float[Array, " p"]) -> Float[Array, " p"]: ...
 
     @abc.abstractmethod
-    def inverse(self, theta: Float[Array, " p"]) -> Float[Array, " p"]:
-        ...
+    def inverse(self, theta: Float[Array, " p"]) -> Float[Array, " p"]: ...
 
     @abc.abstractmethod
-    def log_det(self, z: Float[Array, " p"]) -> Float[Array, ""]:
-        ...
+    def log_det(self, z: Float[Array, " p"]) -> Float[Array, ""]: ...
 
 
 class Softplus(AbstractTransform):
@@ -76,4 +73,6 @@ def as_transform(transform) -> AbstractTransform:
     try:
         return _NAMED[transform]()
     except (KeyError, TypeError):
-        raise ValueError(f"unknown transform {transform!r}: use 'softplus', 'exp', 'identity' or a transform object") from None
+        raise ValueError(
+            f"unknown transform {transform!r}: use 'softplus', 'exp', 'identity' or a transform object"
+        ) from None

@@ -51,7 +51,14 @@ def _truth(truth, p):
     return t
 
 
-def plot_trace(result, *, names: Sequence[str] | None = None, max_particles: int = 50, thin: int | None = None, axes=None):
+def plot_trace(
+    result,
+    *,
+    names: Sequence[str] | None = None,
+    max_particles: int = 50,
+    thin: int | None = None,
+    axes=None,
+):
     """Mean log density per step, and each parameter's particle paths over ``history``.
 
     ``result``: a fit/SVGD result, or a 1-D trace array (one panel). Panel 0 holds one
@@ -91,7 +98,9 @@ def plot_trace(result, *, names: Sequence[str] | None = None, max_particles: int
     return fig, axes
 
 
-def plot_marginals(result, *, names: Sequence[str] | None = None, bins: int = 30, truth=None, axes=None):
+def plot_marginals(
+    result, *, names: Sequence[str] | None = None, bins: int = 30, truth=None, axes=None
+):
     """A histogram per parameter (``bins`` bars), a line at the particle mean and, if
     given, one at ``truth``."""
     plt = _plt()
@@ -114,7 +123,9 @@ def plot_marginals(result, *, names: Sequence[str] | None = None, bins: int = 30
     return fig, axes
 
 
-def plot_pairs(result, *, names: Sequence[str] | None = None, bins: int = 30, truth=None, axes=None):
+def plot_pairs(
+    result, *, names: Sequence[str] | None = None, bins: int = 30, truth=None, axes=None
+):
     """Pair plot: histograms on the diagonal, scatter plots below it, empty above.
 
     Diagonal panels hold ``bins`` bars (plus a ``truth`` line); each lower panel one

@@ -1,8 +1,15 @@
 """Graph builders for common phase-type models (each returns a :class:`phasejax.Graph`)."""
 
-from ._coalescent import IsolationWithMigration, PiecewiseKingman, jsfs_rewards, kingman, sfs_rewards, two_island
-from ._recombination import tmrca_rewards, two_locus
+from ._coalescent import (
+    IsolationWithMigration,
+    PiecewiseKingman,
+    jsfs_rewards,
+    kingman,
+    sfs_rewards,
+    two_island,
+)
 from ._queues import birth_death, mm1_capacity
+from ._recombination import tmrca_rewards, two_locus
 from ._simple import coxian, erlang, rabbit_flooding
 
 __all__ = [

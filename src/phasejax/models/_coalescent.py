@@ -27,7 +27,11 @@ def _coalescences(counts: list[int], n: int, offset: int, n_params: int, param: 
     present = [i for i in range(n) if counts[offset + i] > 0]
     for a, i in enumerate(present):
         for j in present[a:]:
-            pairs = counts[offset + i] * (counts[offset + i] - 1) // 2 if i == j else counts[offset + i] * counts[offset + j]
+            pairs = (
+                counts[offset + i] * (counts[offset + i] - 1) // 2
+                if i == j
+                else counts[offset + i] * counts[offset + j]
+            )
             if pairs:
                 coefficients = [0.0] * n_params
                 coefficients[param] = float(pairs)
@@ -68,7 +72,9 @@ def sfs_rewards(graph: Graph, n: int | None = None) -> np.ndarray:
     if n is None:
         n = int(np.sum(graph.starting_vertex().edges()[0][0].state()))
     if states.shape[1] % n:
-        raise ValueError(f"states of length {states.shape[1]} are not blocks of {n} lineage classes")
+        raise ValueError(
+            f"states of length {states.shape[1]} are not blocks of {n} lineage classes"
+        )
     per_class = states.reshape(states.shape[0], -1, n).sum(axis=1)
     return per_class[:, : n - 1].T.astype(np.float64)
 
@@ -219,7 +225,9 @@ class IsolationWithMigration(eqx.Module):
         n = states.shape[1] // 2
         transient = np.asarray(self.model.transient_vertices)
         position = {int(v): i for i, v in enumerate(transient)}
-        merged = np.concatenate([states[:, :n] + states[:, n:], np.zeros_like(states[:, n:])], axis=1)
+        merged = np.concatenate(
+            [states[:, :n] + states[:, n:], np.zeros_like(states[:, n:])], axis=1
+        )
         self.merge = tuple(position[graph.find_vertex(merged[v]).index] for v in transient)
         self.rewards = None if rewards is None else np.asarray(rewards, np.float64)
 
@@ -229,19 +237,33 @@ class IsolationWithMigration(eqx.Module):
         graph = two_island(n1, n2, joint=True)
         return cls(graph, jsfs_rewards(graph, n1, n2))
 
-    def __call__(self, coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time) -> EpochPhaseType:
+    def __call__(
+        self, coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time
+    ) -> EpochPhaseType:
         coal_1, coal_2, mig_12, mig_21, coal_ancestral = (
             jnp.asarray(x, float) for x in (coal_1, coal_2, mig_12, mig_21, coal_ancestral)
         )
-        thetas = jnp.stack([
-            jnp.stack([coal_1, coal_2, mig_12, mig_21]),
-            # after the split no mass is left in deme 2; its states still need a way out
-            jnp.stack([coal_ancestral, coal_ancestral, jnp.zeros_like(mig_12), jnp.ones_like(mig_21)]),
-        ])
+        thetas = jnp.stack(
+            [
+                jnp.stack([coal_1, coal_2, mig_12, mig_21]),
+                # after the split no mass is left in deme 2; its states still need a way out
+                jnp.stack(
+                    [coal_ancestral, coal_ancestral, jnp.zeros_like(mig_12), jnp.ones_like(mig_21)]
+                ),
+            ]
+        )
         return epochs(self.model, thetas, jnp.reshape(split_time, (1,)), maps=(self.merge,))
 
     def expected_jsfs(
-        self, coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time, *, tol: float = DEFAULT_TOL,
+        self,
+        coal_1,
+        coal_2,
+        mig_12,
+        mig_21,
+        coal_ancestral,
+        split_time,
+        *,
+        tol: float = DEFAULT_TOL,
         max_steps: int = DEFAULT_MAX_STEPS,
     ) -> Float[Array, "*classes"]:
         """``E[int r_c(X_t) dt]`` for every class ``c`` of ``rewards`` (built by
@@ -249,7 +271,11 @@ class IsolationWithMigration(eqx.Module):
         in coalescent time units; multiply by ``theta / 2`` for expected site counts).
         Under ``jit``, close over the module or use ``eqx.filter_jit`` (it is not hashable)."""
         if self.rewards is None:
-            raise ValueError("no rewards: build with IsolationWithMigration.joint_sfs(n1, n2) or pass rewards=")
+            raise ValueError(
+                "no rewards: build with IsolationWithMigration.joint_sfs(n1, n2) or pass rewards="
+            )
         dist = self(coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time)
         r = self.rewards
-        return dist.mean(r.reshape(-1, r.shape[-1]), tol=tol, max_steps=max_steps).reshape(r.shape[:-1])
+        return dist.mean(r.reshape(-1, r.shape[-1]), tol=tol, max_steps=max_steps).reshape(
+            r.shape[:-1]
+        )

@@ -34,7 +34,9 @@ def birth_death(max_size: int, initial: int = 1) -> Graph:
     rate ``birth * i`` (none at ``max_size``), deaths at ``death * i``; absorbs at 0.
     """
     if not 1 <= initial <= max_size:
-        raise ValueError(f"need 1 <= initial <= max_size, got initial={initial}, max_size={max_size}")
+        raise ValueError(
+            f"need 1 <= initial <= max_size, got initial={initial}, max_size={max_size}"
+        )
 
     def transitions(state):
         i = int(state[0])

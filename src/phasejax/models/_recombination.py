@@ -37,7 +37,14 @@ def two_locus(n: int) -> Graph:
         out = []
         counts = {"ab": ab, "a": a, "b": b}
         kinds = ["ab", "a", "b"]
-        merged = {("ab", "ab"): "ab", ("ab", "a"): "ab", ("ab", "b"): "ab", ("a", "a"): "a", ("b", "b"): "b", ("a", "b"): "ab"}
+        merged = {
+            ("ab", "ab"): "ab",
+            ("ab", "a"): "ab",
+            ("ab", "b"): "ab",
+            ("a", "a"): "a",
+            ("b", "b"): "b",
+            ("a", "b"): "ab",
+        }
         for i, x in enumerate(kinds):
             for y in kinds[i:]:
                 pairs = counts[x] * (counts[x] - 1) // 2 if x == y else counts[x] * counts[y]

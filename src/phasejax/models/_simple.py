@@ -9,7 +9,9 @@ def erlang(k: int) -> Graph:
     """Erlang(k): ``k`` phases in series, each left at rate ``theta[0]``."""
     if k < 1:
         raise ValueError(f"erlang needs k >= 1 phases, got {k}")
-    return Graph.from_callback(lambda s: [((int(s[0]) + 1,), [1.0])] if s[0] < k else [], (0,), n_params=1)
+    return Graph.from_callback(
+        lambda s: [((int(s[0]) + 1,), [1.0])] if s[0] < k else [], (0,), n_params=1
+    )
 
 
 def coxian(k: int) -> Graph:
