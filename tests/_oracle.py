@@ -276,7 +276,7 @@ def library_quantities(model, theta, R, k=3, lite=False, keys=None):
             "wait_1": d.expected_waiting_time,
             "sojourn": d.expected_sojourn,
             "factorial": lambda: d.factorial_moments(k),
-            "visits": lambda: d.expected_visits(),
+            "visits": lambda: d.expected_sojourn(),
         }
         return {key: every[key]() for key in keys}
     out = {
@@ -294,7 +294,7 @@ def library_quantities(model, theta, R, k=3, lite=False, keys=None):
     }
     if model.discrete:
         out["factorial"] = d.factorial_moments(k)
-        out["visits"] = d.expected_visits()
+        out["visits"] = d.expected_sojourn()
     return out
 
 

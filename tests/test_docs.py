@@ -79,7 +79,7 @@ def test_docs_build_strict(tmp_path):
         "phasejax.Graph",
         "phasejax.PhaseType.logpdf",
         "phasejax.DiscretePhaseType.pmf",
-        "phasejax.compile_graph",
+        "phasejax.internal.compile_graph",
     ):
         assert f'id="{name}"' in api, f"{name} missing from the API reference"
     assert 'id="phasejax.models.kingman"' in _page(site, "api", "models")

@@ -262,10 +262,10 @@ def _cases():
         yield pytest.param(name, "dense", id=f"{name}-dense")
         if acyclic:
             yield pytest.param(name, "sweep", id=f"{name}-sweep")
-        # Krylov compiles slowly: on the cyclic models and one acyclic one (Kingman);
+        # GMRES compiles slowly: on the cyclic models and one acyclic one (Kingman);
         # test_moments.py checks it on Erlang / exponential closed forms
         if not acyclic or name == "kingman":
-            yield pytest.param(name, "krylov", id=f"{name}-krylov")
+            yield pytest.param(name, "gmres", id=f"{name}-gmres")
 
 
 @functools.cache
@@ -275,19 +275,19 @@ def _graph(name):
 
 @functools.cache
 def _bundle(name, solver):
-    return library_bundle(_graph(name).compile(solver=solver), lite=solver == "krylov")
+    return library_bundle(_graph(name).compile(solver=solver), lite=solver == "gmres")
 
 
 @pytest.mark.parametrize("name, solver", list(_cases()))
 def test_model_against_dense_oracle(name, solver):
     graph = _graph(name)
     model = graph.compile(solver=solver)
-    expected_solver = {"dense": pj.DenseLU, "sweep": pj.LevelSweep, "krylov": pj.Krylov}[solver]
+    expected_solver = {"dense": pj.DenseLU, "sweep": pj.LevelSweep, "gmres": pj.GMRES}[solver]
     assert isinstance(model.solver, expected_solver)
     f = _bundle(name, solver)
-    # Krylov stops on a residual of rtol=1e-12 (not a forward error); with the moment
+    # GMRES stops on a residual of rtol=1e-12 (not a forward error); with the moment
     # recursion compounding k solves the forward error can exceed 1e-10, so 1e-9.
-    rtol = 1e-9 if solver == "krylov" else 1e-10
+    rtol = 1e-9 if solver == "gmres" else 1e-10
     for i, theta in enumerate(MODELS[name][1]):
         R = random_rewards(graph.vertices_length(), i)
         got = f(jnp.asarray(theta, dtype=jnp.float64), jnp.asarray(R))

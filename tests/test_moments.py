@@ -185,7 +185,7 @@ def _geometric_fn(solver):
             d.moments(3),
             d.mean(r),
             d.var(r),
-            d.expected_visits(),
+            d.expected_sojourn(),
         )
 
     return f

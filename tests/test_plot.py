@@ -237,7 +237,7 @@ def _segregating_sites_pmf(n, theta, k):
 def test_pmf_bars_and_data_frequencies(kingman5):
     g = pj.models.kingman(5)
     mu = 1.5  # mutations per unit of branch length: theta = 2 mu
-    counts = kingman5.mutation_counts(mu, rewards=pj.models.sfs_rewards(g).sum(axis=0))
+    counts = pj.mutation_counts(kingman5, mu, rewards=pj.models.sfs_rewards(g).sum(axis=0))
     data = np.random.default_rng(1).poisson(4.0, size=300)
     fig, ax = plot.pmf(counts, data=data)
     model_bars, data_bars = _bars(ax)

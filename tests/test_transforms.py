@@ -117,7 +117,7 @@ GRAD_CASES = {
     "dph": (_small_dph, [[0.5, 1.0], [1.0, 0.2], [0.1, 0.7]]),
     "dph_acyclic": (lambda: _small_dph(acyclic=True), [[0.5, 1.0], [0.1, 0.7]]),
 }
-# Krylov solves compile slowly (each is a GMRES loop, and reverse mode adds the
+# GMRES solves compile slowly (each is a GMRES loop, and reverse mode adds the
 # transposed ones): its cases use the quantities that exercise distinct solves only.
 LITE = ["moments_r", "sojourn"]
 GRAD_SOLVERS = [
@@ -125,8 +125,8 @@ GRAD_SOLVERS = [
     ("dph_acyclic", "sweep", DKEYS),
     ("two_island", "dense", KEYS),
     ("dph", "dense", DKEYS),
-    ("rabbits", "krylov", LITE),
-    ("dph", "krylov", ["factorial", "cov"]),
+    ("rabbits", "gmres", LITE),
+    ("dph", "gmres", ["factorial", "cov"]),
 ]
 
 
@@ -146,7 +146,7 @@ def test_jacobian_of_every_quantity_against_finite_differences(name, solver, key
     Rj = jnp.asarray(R)
 
     def lib(theta):
-        return _flat(library_quantities(model, theta, Rj, lite=solver == "krylov", keys=keys), keys)
+        return _flat(library_quantities(model, theta, Rj, lite=solver == "gmres", keys=keys), keys)
 
     jac_rev = jax.jit(jax.jacrev(lib))
 
@@ -210,7 +210,7 @@ def _thetas_two_island(k):
     return rng.uniform(0.2, 2.0, (k, 4))
 
 
-@pytest.mark.parametrize("solver", ["dense", "krylov"])
+@pytest.mark.parametrize("solver", ["dense", "gmres"])
 def test_vmap_over_100_thetas(solver):
     graph = pj.models.two_island(2, 1)
     model = graph.compile(solver=solver)
@@ -222,14 +222,14 @@ def test_vmap_over_100_thetas(solver):
     @jax.vmap
     def f(theta):
         d = model(theta)
-        if solver == "krylov":  # fewer solves to compile
+        if solver == "gmres":  # fewer solves to compile
             return d.moments(2), d.expected_sojourn()
         return d.moments(2), d.covariance_matrix(sfs_j), d.expected_sojourn()
 
     out = [np.asarray(x) for x in f(jnp.asarray(thetas))]
     moments, soj, cov = out[0], out[-1], (out[1] if len(out) == 3 else None)
     assert moments.shape == (100, 2) and soj.shape == (100, graph.vertices_length())
-    tol = 1e-9 if solver == "krylov" else 1e-10
+    tol = 1e-9 if solver == "gmres" else 1e-10
     for i, theta in enumerate(thetas):
         alpha, S, vs = graph_matrices(graph, theta)
         m1, m2 = ph_moments(alpha, S, np.ones(len(alpha)), 2)

@@ -1,15 +1,24 @@
 """phasejax: phase-type distributions from state-space graphs, in pure JAX."""
 
-from . import models
-from ._compile import Model, Structure, compile_graph, linear_rates, make_structure
+from importlib.metadata import PackageNotFoundError, version
+
+from . import internal, models
+from ._compile import Model
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
 from ._epochs import EpochPhaseType, epochs
 from ._graph import Graph, Matrices, Vertex
-from ._mutations import joint_mutation_pmf
-from ._rewards import DiscreteRewardTransform, RewardTransform, mutation_counts, reward_transform
-from ._solve import AbstractSolver, DenseLU, Krylov, LevelSweep, System
+from ._mutations import joint_mutation_pmf, mutation_counts
+from ._rewards import DiscreteRewardTransform, RewardTransform
+from ._solve import GMRES, AbstractSolver, DenseLU, LevelSweep, System
+from ._structure import Structure
+
+try:
+    __version__ = version("phasejax")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
+    "GMRES",
     "AbstractPhaseType",
     "AbstractSolver",
     "DenseLU",
@@ -17,7 +26,6 @@ __all__ = [
     "DiscreteRewardTransform",
     "EpochPhaseType",
     "Graph",
-    "Krylov",
     "LevelSweep",
     "Matrices",
     "Model",
@@ -26,12 +34,10 @@ __all__ = [
     "Structure",
     "System",
     "Vertex",
-    "compile_graph",
+    "__version__",
     "epochs",
+    "internal",
     "joint_mutation_pmf",
-    "linear_rates",
-    "make_structure",
     "models",
     "mutation_counts",
-    "reward_transform",
 ]

@@ -5,24 +5,43 @@ and targets over transient states, base weights and the coefficient matrix, the
 initial edges, and the solver (with its level schedule). Calling ``model(theta)``
 evaluates the rates as traced arrays, so one compilation serves every theta, under
 ``jit``, ``grad`` and ``vmap``.
+
+This is the top of the core: it imports the graph, the structure and the
+distributions; nothing below imports it.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from . import _sparse
+from ._distribution import DiscretePhaseType, PhaseType
 from ._graph import Graph
-from ._solve import AbstractSolver, DenseLU, Krylov, LevelSweep, level_schedule
+from ._solve import AbstractSolver
+from ._structure import Structure, make_structure
+from ._topology import reachable, transient_vertices
 
-DENSE_LIMIT = 2000
+_TOL = 1e-12
+
+# The admissibility checks of ``model(theta)``, in the order of ``_problems``.
+_PROBLEMS = (
+    "an edge rate is NaN",
+    "an edge rate is infinite",
+    "an edge rate is negative",
+    "a transient state can never be left: its out-rates are all zero",
+    "initial probabilities sum to more than 1",
+    "out-probabilities of a state sum to more than 1",
+)
+_JIT_HINT = (
+    " at this theta (under jit/vmap the edge or batch element cannot be named: call "
+    "model(theta) eagerly to name it, or use model.guarded(theta), the batch-safe path)"
+)
 
 
 def linear_rates(
@@ -30,131 +49,6 @@ def linear_rates(
 ) -> Float[Array, " e"]:
     """The default rate function: ``coefficients @ theta``."""
     return coefficients @ theta
-
-
-def _reach(n_vertices: int, frm: np.ndarray, to: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """Vertices reachable from ``seeds`` along edges ``frm -> to`` (vectorised BFS)."""
-    order = np.argsort(frm, kind="stable")
-    targets, ptr = to[order], np.searchsorted(frm[order], np.arange(n_vertices + 1))
-    seen = np.zeros(n_vertices, dtype=bool)
-    seen[seeds] = True
-    frontier = np.unique(seeds)
-    while frontier.size:
-        lengths = ptr[frontier + 1] - ptr[frontier]
-        starts = np.repeat(ptr[frontier] - np.cumsum(lengths) + lengths, lengths)
-        nxt = np.unique(targets[starts + np.arange(lengths.sum())])
-        frontier = nxt[~seen[nxt]]
-        seen[frontier] = True
-    return seen
-
-
-def _out_edge_table(n: int, src: np.ndarray) -> np.ndarray:
-    """(n, max out-degree) table of each state's out-edges, padded with ``len(src)``."""
-    order = np.argsort(src, kind="stable")
-    degree = np.bincount(src, minlength=n)
-    table = np.full((n, max(int(degree.max(initial=0)), 1)), src.size, dtype=np.int32)
-    slot = np.arange(src.size) - np.repeat(np.cumsum(degree) - degree, degree)
-    table[src[order], slot] = order
-    return table
-
-
-class Structure(eqx.Module):
-    """The static part of a phase-type distribution: transient states and their edges.
-
-    ``src``/``dst`` index transient states ``0..n-1`` (``dst == n``: absorption);
-    ``out_edges[i]`` lists the edges leaving state ``i`` (padded with ``E``);
-    ``transient_vertices[i]`` is the graph vertex of state ``i``; ``solver`` solves
-    with ``M = diag(d) - A``. Shared by every theta (and by reward transforms).
-    """
-
-    src: Int[Array, " e"]
-    dst: Int[Array, " e"]
-    out_edges: Int[Array, "n d"]
-    transient_vertices: Int[Array, " n"]
-    solver: AbstractSolver
-    n_vertices: int = eqx.field(static=True)
-    discrete: bool = eqx.field(static=True)
-
-    @property
-    def n_transient(self) -> int:
-        return self.transient_vertices.shape[0]
-
-    def to_vertices(
-        self, x: Float[Array, " n ..."], start: Array | float = 0.0
-    ) -> Float[Array, " V ..."]:
-        """Scatter a per-transient-state array into vertex order (states sharing a vertex add up);
-        row 0 (start) is ``start``."""
-        out = (
-            jnp.zeros((self.n_vertices,) + x.shape[1:], x.dtype).at[self.transient_vertices].add(x)
-        )
-        return out.at[0].set(start)
-
-    def from_vertices(self, rewards: ArrayLike, dtype) -> Float[Array, " n ..."]:
-        """Per-vertex rewards (axis 0 over vertices) restricted to transient states."""
-        rewards = jnp.asarray(rewards, dtype)
-        if rewards.shape[0] != self.n_vertices:
-            raise ValueError(
-                f"rewards have {rewards.shape[0]} entries along axis 0, expected one per vertex "
-                f"({self.n_vertices}, the starting vertex included)"
-            )
-        rewards = eqx.error_if(
-            rewards,
-            jnp.any(jnp.isnan(rewards) | (rewards < 0)),
-            "rewards must be non-negative and not NaN",
-        )
-        return rewards[self.transient_vertices]
-
-
-def at_trace_time(fn):
-    """Run ``fn`` (a host-side builder of static arrays) eagerly even while tracing, so
-    the structure it builds is concrete data (e.g. a reward plan made inside ``jit``)."""
-
-    @functools.wraps(fn)
-    def eager(*args, **kwargs):
-        with jax.ensure_compile_time_eval():
-            return fn(*args, **kwargs)
-
-    return eager
-
-
-@at_trace_time
-def make_structure(
-    n_vertices: int,
-    transient: np.ndarray,
-    src: np.ndarray,
-    dst: np.ndarray,
-    discrete: bool,
-    solver: str | AbstractSolver = "auto",
-) -> Structure:
-    """Build a :class:`Structure` from numpy edge arrays over transient states, choosing the solver.
-
-    ``solver``: ``"auto"`` (level sweep if acyclic, dense LU up to 2,000 transient
-    states, Krylov above), ``"sweep"``, ``"dense"``, ``"krylov"``, or an instance.
-    The arrays are concrete even when this runs while tracing (e.g. a reward
-    transformation built inside ``jit``): structure is data known at trace time.
-    """
-    n = transient.size
-    if isinstance(solver, str):
-        blocks = level_schedule(n, src, dst) if solver in ("auto", "sweep") else None
-        if solver == "sweep" and blocks is None:
-            raise ValueError("solver='sweep' needs an acyclic graph, but this graph has cycles")
-        if blocks is not None:
-            solver = LevelSweep(jnp.asarray(blocks))
-        elif solver == "dense" or (solver == "auto" and n <= DENSE_LIMIT):
-            solver = DenseLU()
-        elif solver in ("krylov", "auto"):
-            solver = Krylov()
-        else:
-            raise ValueError(f"unknown solver {solver!r}: use 'auto', 'sweep', 'dense' or 'krylov'")
-    return Structure(
-        src=jnp.asarray(src, jnp.int32),
-        dst=jnp.asarray(dst, jnp.int32),
-        out_edges=jnp.asarray(_out_edge_table(n, src)),
-        transient_vertices=jnp.asarray(transient, jnp.int32),
-        solver=solver,
-        n_vertices=n_vertices,
-        discrete=discrete,
-    )
 
 
 class Model(eqx.Module):
@@ -176,6 +70,7 @@ class Model(eqx.Module):
     base: Float[Array, " E"]
     coefficients: Float[Array, "E p"]
     initial: Float[Array, " n"] | None
+    edge_vertices: Int[np.ndarray, "E 2"]  # graph vertices of each edge, for error messages
     rate_fn: Callable = eqx.field(static=True)
 
     @property
@@ -211,20 +106,10 @@ class Model(eqx.Module):
                 f"theta has shape {theta.shape}, but this model has {self.n_params} parameters "
                 f"(expected shape ({self.n_params},); use jax.vmap for a batch)"
             )
-        return jnp.asarray(self.base, dtype) + self.rate_fn(
-            theta, jnp.asarray(self.coefficients, dtype)
-        )
+        coefficients = jnp.asarray(self.coefficients, dtype)
+        return jnp.asarray(self.base, dtype) + self.rate_fn(theta, coefficients)
 
-    def rates(self, theta: ArrayLike | None = None) -> Float[Array, " E"]:
-        """All edge rates (graph edge order) at ``theta``, checked non-negative and finite."""
-        rates = self._raw_rates(theta)
-        return eqx.error_if(
-            rates,
-            jnp.any(jnp.isnan(rates) | (rates < 0)),
-            "an edge rate is negative or NaN at this theta",
-        )
-
-    def _parts(self, rates):
+    def _parts(self, rates: Float[Array, " E"]):
         """Transient edge rates, total out-rates and the initial vector from all edge rates."""
         n = self.n_transient
         rate = rates[self.edge_index]
@@ -235,62 +120,92 @@ class Model(eqx.Module):
             alpha = jnp.asarray(self.initial, rates.dtype)
         return rate, diag, alpha
 
-    def _build(self, rate, diag, alpha):
-        from ._distribution import DiscretePhaseType, PhaseType
-
-        return (DiscretePhaseType if self.discrete else PhaseType)(
-            self.structure, rate, diag, alpha
+    def _problems(self, rates, diag, alpha, require_exit: bool) -> Bool[Array, " 6"]:
+        """One flag per entry of ``_PROBLEMS``: the single definition of admissibility."""
+        false = jnp.zeros((), bool)
+        return jnp.stack(
+            [
+                jnp.any(jnp.isnan(rates)),
+                jnp.any(jnp.isinf(rates)),
+                jnp.any(rates < 0),
+                jnp.any(diag <= 0) if require_exit else false,
+                jnp.sum(alpha) > 1 + _TOL,
+                jnp.any(diag > 1 + _TOL) if self.discrete else false,
+            ]
         )
 
-    def __call__(self, theta: ArrayLike | None = None, *, require_exit: bool = True):
-        """The distribution at ``theta``.
-
-        ``require_exit=False`` allows states whose out-rates are all zero at this theta
-        (only meaningful for a finite epoch of an :class:`EpochPhaseType`, where the
-        chain may simply stay; solves and moments need every state to be left).
-        """
-        rate, diag, alpha = self._parts(self.rates(theta))
-        if require_exit:
-            diag = eqx.error_if(
-                diag,
-                jnp.any(diag <= 0),
-                "a transient state can never be left: its out-rates are all zero at this theta",
-            )
-        alpha = eqx.error_if(
-            alpha, jnp.sum(alpha) > 1 + 1e-12, "initial probabilities sum to more than 1"
-        )
-        if self.discrete:
-            diag = eqx.error_if(
-                diag, jnp.any(diag > 1 + 1e-12), "out-probabilities of a state sum to more than 1"
-            )
-        return self._build(rate, diag, alpha)
-
-    def guarded(self, theta: ArrayLike) -> tuple:
-        """``(distribution, admissible)`` without raising for a bad ``theta``.
-
-        ``admissible`` is False where ``model(theta)`` would raise (a rate negative,
-        NaN or infinite, a state that can never be left, initial or discrete
-        probabilities over 1); the distribution is then built on stand-in rates that
-        are always valid (rate 1 per edge; discrete: ``1 / (out-degree + 1)``; initial
-        mass spread evenly), so evaluating it cannot fail or hang and the caller masks
-        the result (e.g. a log density of ``-inf`` for an MCMC proposal far out).
-        """
+    @eqx.filter_jit
+    def _evaluate(self, theta, require_exit: bool):
+        """Rates, their parts and the problem flags in one compiled call (no host
+        callbacks, so the executable is cacheable)."""
         rates = self._raw_rates(theta)
         rate, diag, alpha = self._parts(rates)
-        ok = (
-            jnp.all(jnp.isfinite(rates) & (rates >= 0))
-            & jnp.all(diag > 0)
-            & (jnp.sum(alpha) <= 1 + 1e-12)
-        )
-        if self.discrete:
-            ok = ok & jnp.all(diag <= 1 + 1e-12)
+        return rates, rate, diag, alpha, self._problems(rates, diag, alpha, require_exit)
+
+    def _name_problem(self, kind: int, rates: np.ndarray, diag: np.ndarray) -> str:
+        """The message of problem ``kind`` naming the first offending edge or state."""
+        message = _PROBLEMS[kind]
+        if kind <= 2:
+            bad = [np.isnan(rates), np.isinf(rates), rates < 0][kind]
+            e = int(np.flatnonzero(bad)[0])
+            src, dst = self.edge_vertices[e]
+            message += f": edge {e} (vertex {src} -> vertex {dst}) has rate {rates[e]}"
+        elif kind in (3, 5):
+            i = int(np.flatnonzero(diag <= 0 if kind == 3 else diag > 1 + _TOL)[0])
+            vertex = int(self.structure.transient_vertices[i])
+            message += f": vertex {vertex} (total out-rate {diag[i]})"
+        return message + " at this theta"
+
+    def __call__(
+        self, theta: ArrayLike | None = None, *, require_exit: bool = True
+    ) -> PhaseType | DiscretePhaseType:
+        """The distribution at ``theta``.
+
+        Raises ``ValueError`` for an inadmissible ``theta`` (a rate NaN, infinite or
+        negative, a state that can never be left, initial or discrete probabilities
+        over 1), naming the edge or state when ``theta`` is concrete; under ``jit`` the
+        same checks raise through ``eqx.error_if``. ``require_exit=False`` allows
+        states whose out-rates are all zero (only meaningful for a finite epoch of an
+        :class:`EpochPhaseType`, where the chain may simply stay; solves and moments
+        need every state to be left).
+        """
+        rates, rate, diag, alpha, problems = self._evaluate(theta, require_exit)
+        if isinstance(problems, jax.core.Tracer):
+            bad = jnp.any(problems)
+            kind = jnp.argmax(problems)
+            messages = tuple(p + _JIT_HINT for p in _PROBLEMS)
+            diag = eqx.branched_error_if(diag, bad, kind, messages)
+        elif np.any(problems):
+            kind = int(np.argmax(np.asarray(problems)))
+            raise ValueError(self._name_problem(kind, np.asarray(rates), np.asarray(diag)))
+        return self._build(rate, diag, alpha)
+
+    def _build(self, rate, diag, alpha) -> PhaseType | DiscretePhaseType:
+        kind = DiscretePhaseType if self.discrete else PhaseType
+        return kind(self.structure, rate, diag, alpha)
+
+    def guarded(self, theta: ArrayLike) -> tuple[PhaseType | DiscretePhaseType, Bool[Array, ""]]:
+        """``(distribution, admissible)`` without raising for a bad ``theta``: the
+        batch-safe path (e.g. under ``vmap`` over many thetas, or for MCMC proposals).
+
+        ``admissible`` is False where ``model(theta)`` would raise; the distribution is
+        then built on stand-in rates that are always valid (rate 1 per edge; discrete:
+        ``1 / (out-degree + 1)``; initial mass spread evenly), so evaluating it cannot
+        fail or hang and the caller masks the result (e.g. a log density of ``-inf``).
+        """
+        rates, _, _, _, problems = self._evaluate(theta, True)
+        ok = ~jnp.any(problems)
         stand_in = jnp.ones_like(rates)
         if self.discrete:
             src = self.structure.src
-            out_degree = _sparse.segment_sum(jnp.ones_like(rate), src, self.n_transient)
+            out_degree = _sparse.segment_sum(jnp.ones_like(src, rates.dtype), src, self.n_transient)
             stand_in = stand_in.at[self.edge_index].set(1.0 / (out_degree[src] + 1.0))
         stand_in = stand_in.at[self.init_index].set(1.0 / max(self.init_index.shape[0], 1))
         return self._build(*self._parts(jnp.where(ok, rates, stand_in))), ok
+
+    def rates(self, theta: ArrayLike | None = None) -> Float[Array, " E"]:
+        """All edge rates (graph edge order) at ``theta``, unchecked."""
+        return self._raw_rates(theta)
 
 
 def compile_graph(
@@ -300,11 +215,13 @@ def compile_graph(
     rate_fn: Callable | None = None,
     initial: ArrayLike | None = None,
 ) -> Model:
-    """Compile a :class:`Graph` into a :class:`Model`.
+    """Compile a [`phasejax.Graph`][] into a [`phasejax.Model`][] (``graph.compile(...)``).
 
     **Arguments:**
 
-    - `solver`: see :func:`make_structure`.
+    - `solver`: ``"auto"`` (level sweep if acyclic, dense LU up to 2,000 transient
+      states, GMRES above), ``"sweep"``, ``"dense"``, ``"gmres"``, or an instance of
+      [`phasejax.AbstractSolver`][].
     - `rate_fn`: ``rate_fn(theta, coefficients) -> (E,)`` added to the base weights;
       any differentiable JAX function (default ``coefficients @ theta``).
     - `initial`: an explicit initial distribution, one probability per vertex, in place
@@ -315,58 +232,69 @@ def compile_graph(
     """
     src, dst, base, coef = graph.edge_arrays()
     v = graph.vertices_length()
+    states = graph.states()
     has_out = np.zeros(v, dtype=bool)
     has_out[src] = True
     if not np.any(~has_out[1:]):
         raise ValueError("the graph has no absorbing state (every state has out-edges)")
     from_start = src == 0
-    if initial is None and not np.any(from_start):
+    if initial is not None:
+        initial = np.asarray(initial, dtype=np.float64)
+        if (
+            initial.shape != (v,)
+            or not np.all(np.isfinite(initial))
+            or np.any(initial < 0)
+            or initial.sum() > 1 + _TOL
+        ):
+            raise ValueError(
+                f"`initial` must be {v} finite non-negative probabilities summing to at most 1"
+            )
+    elif not np.any(from_start):
         raise ValueError("the starting vertex has no edges and no `initial` distribution was given")
-    seeds = dst[from_start] if initial is None else np.flatnonzero(np.asarray(initial) > 0)
-    reachable = _reach(v, src, dst, seeds)
+    seeds = dst[from_start] if initial is None else np.flatnonzero(initial > 0)
+    transient = transient_vertices(v, src, dst, seeds)
+    if transient.size == 0:
+        raise ValueError(
+            "the graph has no transient state: the process is absorbed at once "
+            "(no state reachable from the start has out-edges)"
+        )
+    is_reachable = reachable(v, src, dst, seeds)
     absorbing = ~has_out
     absorbing[0] = False
-    reaches_absorption = _reach(v, dst, src, np.flatnonzero(absorbing))
-    trapped = np.flatnonzero(reachable & ~reaches_absorption)
+    reaches_absorption = reachable(v, dst, src, np.flatnonzero(absorbing))
+    trapped = np.flatnonzero(is_reachable & ~reaches_absorption)
     if trapped.size:
-        examples = ", ".join(str(graph._states[i]) for i in trapped[:5])
+        examples = ", ".join(str(tuple(states[i])) for i in trapped[:5])
         raise ValueError(
             f"{trapped.size} reachable state(s) can never reach an absorbing state, e.g. {examples}"
         )
     start_sum = base[from_start].sum()
-    if initial is None and start_sum > 1 + 1e-12 and not np.any(coef[from_start]):
+    if initial is None and start_sum > 1 + _TOL and not np.any(coef[from_start]):
         raise ValueError(
             f"initial probabilities (the starting vertex's edges) sum to {start_sum:.6g} > 1"
         )
     if graph.discrete:
         out = np.bincount(src, weights=base, minlength=v)
-        bad = np.flatnonzero(out > 1 + 1e-12)
+        bad = np.flatnonzero(out > 1 + _TOL)
         if bad.size:
             raise ValueError(
-                f"out-probabilities of state {graph._states[bad[0]]} sum to {out[bad[0]]:.6g} > 1"
+                f"out-probabilities of state {tuple(states[bad[0]])} sum to {out[bad[0]]:.6g} > 1"
             )
-    transient = np.flatnonzero(reachable & has_out)
-    transient = transient[transient > 0]
     n = transient.size
     position = np.full(v, n, dtype=np.int64)
     position[transient] = np.arange(n)
-    inner = np.flatnonzero((src > 0) & reachable[src])
-    t_src, t_dst = position[src[inner]], position[dst[inner]]
+    inner = np.flatnonzero((src > 0) & is_reachable[src])
     init = np.flatnonzero(from_start)
-    if initial is not None:
-        initial = np.asarray(initial, dtype=np.float64)
-        if initial.shape != (v,) or np.any(initial < 0) or initial.sum() > 1 + 1e-12:
-            raise ValueError(
-                f"`initial` must be {v} non-negative probabilities summing to at most 1"
-            )
-        initial = initial[transient]
     return Model(
-        structure=make_structure(v, transient, t_src, t_dst, graph.discrete, solver),
+        structure=make_structure(
+            v, transient, position[src[inner]], position[dst[inner]], graph.discrete, solver
+        ),
         edge_index=jnp.asarray(inner, jnp.int32),
         init_dst=jnp.asarray(position[dst[init]], jnp.int32),
         init_index=jnp.asarray(init, jnp.int32),
         base=base,
         coefficients=coef,
-        initial=initial,
+        initial=None if initial is None else initial[transient],
+        edge_vertices=np.stack([src, dst], axis=1),
         rate_fn=linear_rates if rate_fn is None else rate_fn,
     )

@@ -29,9 +29,9 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import _sparse
 from . import _uniformization as _unif
-from ._compile import Structure
 from ._sample import sample_paths
 from ._solve import System, solve
+from ._structure import Structure
 
 DEFAULT_TOL = 1e-12
 DEFAULT_MAX_STEPS = 4096
@@ -120,7 +120,7 @@ class AbstractPhaseType(eqx.Module):
         states are eliminated and their transitions folded into their neighbours
         (see :mod:`phasejax._rewards`).
         """
-        from ._rewards import reward_transform
+        from ._rewards import reward_transform  # upward convenience: _rewards builds on this module
 
         return reward_transform(self, rewards, positive)
 
@@ -189,8 +189,9 @@ class AbstractPhaseType(eqx.Module):
         means = self.alpha @ x
         return second - jnp.outer(means, means)
 
+    @abc.abstractmethod
     def _visit_correction(self, z, r):
-        return 0.0
+        """Second-moment term of a visit counted in both sums (discrete only; else 0)."""
 
     @eqx.filter_jit
     def cov(self, rewards1: ArrayLike, rewards2: ArrayLike) -> Float[Array, ""]:
@@ -206,6 +207,9 @@ class PhaseType(AbstractPhaseType):
     def _moment_rhs(self, r, ms, rhss, k):
         return k * r * ms[k - 1]
 
+    def _visit_correction(self, z, r):
+        return 0.0
+
     def reward_scaled(self, rewards: ArrayLike) -> PhaseType:
         """The distribution of ``Y = int r(X_t) dt`` for strictly positive rewards.
 
@@ -219,17 +223,6 @@ class PhaseType(AbstractPhaseType):
         return PhaseType(
             self.structure, self.rate / r[self.structure.src], self.diag / r, self.alpha
         )
-
-    def mutation_counts(
-        self, mutation_rate: ArrayLike, rewards: ArrayLike | None = None, positive=None
-    ) -> DiscretePhaseType:
-        """Distribution of the number of mutations on the reward-weighted branches.
-
-        See :func:`phasejax._rewards.mutation_counts`: ``K | Y ~ Poisson(mutation_rate * Y)``.
-        """
-        from ._rewards import mutation_counts
-
-        return mutation_counts(self, mutation_rate, rewards, positive)
 
     def _uniformized(self, t, proj, tol: float, max_steps: int):
         """Series over the uniformized chain for times ``t`` (flattened)."""
@@ -360,11 +353,6 @@ class DiscretePhaseType(AbstractPhaseType):
             v = solve_(v) - v
             out.append(factorial(j) * (self.alpha @ v))
         return jnp.stack(out)
-
-    @eqx.filter_jit
-    def expected_visits(self) -> Float[Array, " V"]:
-        """Expected number of visits to each vertex (``alpha U``)."""
-        return self.expected_sojourn()
 
     def _steps(self, k, proj, max_steps: int):
         k = jnp.asarray(k)

@@ -398,8 +398,12 @@ class Graph:
         return Matrices(alpha, mat, self.states()[transient], transient)
 
     def compile(self, **kwargs: Any):
-        """Compile into a :class:`phasejax.Model`; see :func:`phasejax.compile_graph`."""
-        from ._compile import compile_graph
+        """Compile into a [`phasejax.Model`][]: structure -> static arrays, once.
+
+        Keyword arguments: `solver`, `rate_fn`, `initial`; see
+        [`phasejax.internal.compile_graph`][].
+        """
+        from ._compile import compile_graph  # upward convenience: _compile builds on Graph
 
         return compile_graph(self, **kwargs)
 

@@ -1,4 +1,6 @@
-"""Joint distribution of mutation counts on several classes of branches (e.g. SFS classes).
+"""Mutation counts on reward-weighted branches: one class (:func:`mutation_counts`, a
+discrete phase-type distribution) or the joint law of several classes
+(:func:`joint_mutation_pmf`, e.g. small SFS configurations).
 
 A continuous phase-type chain with transient jump rates ``A`` (``i -> j``), exit rates
 ``s``, total out-rates ``lambda`` (so ``M = diag(lambda) - A = -S``) and initial vector
@@ -44,7 +46,47 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from . import _sparse
+from ._distribution import DiscretePhaseType, PhaseType
+from ._rewards import reward_transform
 from ._solve import solve
+from ._structure import make_structure
+
+
+def mutation_counts(
+    dist: PhaseType, mutation_rate: ArrayLike, rewards: ArrayLike | None = None, positive=None
+):
+    """Number of mutations ``K`` falling on the branches counted by ``rewards``.
+
+    Mutations arrive at rate ``mutation_rate`` per unit of accumulated reward
+    ``Y = int r(X_t) dt`` (e.g. total branch length subtending ``i`` samples for the
+    SFS reward ``i``), so ``K | Y ~ Poisson(mutation_rate * Y)``. With
+    ``Y ~ PH(alpha, S)`` (zero rewards folded away first),
+    ``T = (I - S / mutation_rate)^{-1}`` and ``t = 1 - T 1`` give
+    ``P(K = k) = alpha T^k t`` (Hobolth, Siri-Jegousse & Bladt 2019): ``K`` is returned
+    as a :class:`DiscretePhaseType` with initial vector ``alpha T`` and defect
+    ``P(K = 0)``. ``T`` is dense: ``O(n^2)`` edges for ``n`` positive-reward states.
+    Differentiable in the rates, the rewards and ``mutation_rate``.
+    """
+    if rewards is not None or positive is not None:
+        ones = np.ones(dist.structure.n_vertices)
+        dist = reward_transform(dist, ones if rewards is None else rewards, positive)
+    structure = dist.structure
+    n = structure.n_transient
+    rows, cols = np.nonzero(~np.eye(n, dtype=bool))
+    src = np.concatenate([rows, np.arange(n)])
+    dst = np.concatenate([cols, np.full(n, n)])
+    counts = make_structure(
+        structure.n_vertices, np.asarray(structure.transient_vertices), src, dst, True, "auto"
+    )
+    mu = jnp.asarray(mutation_rate, dist.rate.dtype)
+    mu = eqx.error_if(mu, (mu <= 0) | jnp.isnan(mu), "mutation_rate must be positive")
+    m = _sparse.dense_matrix(structure.src, structure.dst, dist.rate, dist.diag)  # -S
+    t_matrix = jnp.linalg.inv(jnp.eye(n, dtype=m.dtype) + m / mu)
+    exit_prob = 1.0 - t_matrix.sum(axis=1)
+    rate = jnp.concatenate([t_matrix[rows, cols], exit_prob])
+    diag = 1.0 - jnp.diag(t_matrix)
+    return DiscretePhaseType(counts, rate, diag, dist.alpha @ t_matrix)
 
 
 def _concrete(x) -> np.ndarray | None:
@@ -128,7 +170,7 @@ def _check_counts(counts, n_classes: int, max_counts):
     return counts.astype(jnp.int32), bounds
 
 
-def _check_rewards(dist, rewards) -> Float[Array, "n c"]:
+def _check_rewards(dist: PhaseType, rewards) -> Float[Array, "n c"]:
     """Per-class rewards (C, V) -> per-transient-state (n, C); NaN/negative rejected."""
     shape = jnp.shape(rewards)
     if len(shape) != 2 or shape[1] != dist.structure.n_vertices:
@@ -145,7 +187,7 @@ def _check_rewards(dist, rewards) -> Float[Array, "n c"]:
 
 
 def joint_mutation_pmf(
-    dist,
+    dist: PhaseType,
     mutation_rate: ArrayLike,
     rewards: ArrayLike,
     counts: ArrayLike,

@@ -22,7 +22,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int
 
 from . import _sparse
-from ._compile import Structure, at_trace_time, make_structure
+from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
+from ._structure import Structure, at_trace_time, make_structure
 
 
 def _dense(rows, cols, values, shape):
@@ -115,7 +116,7 @@ class RewardTransform(eqx.Module):
             dst_kind=jnp.asarray(dst_kind),
         )
 
-    def fold(self, dist):
+    def fold(self, dist: AbstractPhaseType):
         """Eliminate the zero-reward states: ``(rate, diag, alpha)`` over the states ``P``.
 
         The same fold serves both kinds: ``M = -S`` or ``I - T`` has one form.
@@ -165,10 +166,8 @@ class RewardTransform(eqx.Module):
         )
         return new_rate, new_diag, alpha_p
 
-    def __call__(self, dist, rewards: ArrayLike):
+    def __call__(self, dist: PhaseType, rewards: ArrayLike) -> PhaseType:
         """The :class:`PhaseType` of ``Y = int r(X_t) dt`` (``rewards`` per vertex, traced)."""
-        from ._distribution import PhaseType
-
         if dist.structure.discrete:
             raise ValueError(
                 "use DiscreteRewardTransform (integer rewards) for a discrete distribution"
@@ -243,9 +242,7 @@ class DiscreteRewardTransform(eqx.Module):
             jnp.asarray(repeat),
         )
 
-    def __call__(self, dist):
-        from ._distribution import DiscretePhaseType
-
+    def __call__(self, dist: DiscretePhaseType) -> DiscretePhaseType:
         if not dist.structure.discrete:
             raise ValueError("DiscreteRewardTransform applies to discrete distributions")
         new_rate, new_diag, alpha_p = self.plan.fold(dist)
@@ -259,7 +256,10 @@ class DiscreteRewardTransform(eqx.Module):
 
 
 def reward_transform(
-    dist, rewards: ArrayLike, positive: Bool[np.ndarray, " V"] | None = None, solver="auto"
+    dist: AbstractPhaseType,
+    rewards: ArrayLike,
+    positive: Bool[np.ndarray, " V"] | None = None,
+    solver="auto",
 ):
     """``Y = int r(X_t) dt`` as a :class:`PhaseType` (zero rewards allowed); for a
     discrete distribution ``Y = sum_k r(X_k)`` as a :class:`DiscretePhaseType`
@@ -287,41 +287,3 @@ def reward_transform(
             "discrete reward transformation needs concrete integer rewards (they set the structure)"
         )
     return RewardTransform.build(dist.structure, positive, solver)(dist, rewards)
-
-
-def mutation_counts(
-    dist, mutation_rate: ArrayLike, rewards: ArrayLike | None = None, positive=None
-):
-    """Number of mutations ``K`` falling on the branches counted by ``rewards``.
-
-    Mutations arrive at rate ``mutation_rate`` per unit of accumulated reward
-    ``Y = int r(X_t) dt`` (e.g. total branch length subtending ``i`` samples for the
-    SFS reward ``i``), so ``K | Y ~ Poisson(mutation_rate * Y)``. With
-    ``Y ~ PH(alpha, S)`` (zero rewards folded away first),
-    ``T = (I - S / mutation_rate)^{-1}`` and ``t = 1 - T 1`` give
-    ``P(K = k) = alpha T^k t`` (Hobolth, Siri-Jegousse & Bladt 2019): ``K`` is returned
-    as a :class:`DiscretePhaseType` with initial vector ``alpha T`` and defect
-    ``P(K = 0)``. ``T`` is dense: ``O(n^2)`` edges for ``n`` positive-reward states.
-    Differentiable in the rates, the rewards and ``mutation_rate``.
-    """
-    from ._distribution import DiscretePhaseType
-
-    if rewards is not None or positive is not None:
-        ones = np.ones(dist.structure.n_vertices)
-        dist = reward_transform(dist, ones if rewards is None else rewards, positive)
-    structure = dist.structure
-    n = structure.n_transient
-    rows, cols = np.nonzero(~np.eye(n, dtype=bool))
-    src = np.concatenate([rows, np.arange(n)])
-    dst = np.concatenate([cols, np.full(n, n)])
-    counts = make_structure(
-        structure.n_vertices, np.asarray(structure.transient_vertices), src, dst, True, "auto"
-    )
-    mu = jnp.asarray(mutation_rate, dist.rate.dtype)
-    mu = eqx.error_if(mu, (mu <= 0) | jnp.isnan(mu), "mutation_rate must be positive")
-    m = _sparse.dense_matrix(structure.src, structure.dst, dist.rate, dist.diag)  # -S
-    t_matrix = jnp.linalg.inv(jnp.eye(n, dtype=m.dtype) + m / mu)
-    exit_prob = 1.0 - t_matrix.sum(axis=1)
-    rate = jnp.concatenate([t_matrix[rows, cols], exit_prob])
-    diag = 1.0 - jnp.diag(t_matrix)
-    return DiscretePhaseType(counts, rate, diag, dist.alpha @ t_matrix)

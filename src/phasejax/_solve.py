@@ -9,7 +9,7 @@ one interface and are chosen at compile time from the static structure:
   height by height. Edges are grouped by the height of their source into blocks of a
   static width; one ``lax.scan`` step handles one block. Exact, O(edges) work.
 - :class:`DenseLU`: the dense matrix factorised by lineax's LU (small cyclic graphs).
-- :class:`Krylov`: restarted GMRES (lineax) on the Jacobi-preconditioned sparse operator
+- :class:`GMRES`: restarted GMRES (lineax) on the Jacobi-preconditioned sparse operator
   ``I - D^{-1} A`` (large cyclic graphs); never forms a matrix.
 
 Gradients never go through the solver's iterations: :func:`solve` wraps every solver
@@ -29,7 +29,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from . import _sparse
+from . import _sparse, _topology
 
 
 class System(eqx.Module):
@@ -62,9 +62,9 @@ class System(eqx.Module):
 class AbstractSolver(eqx.Module):
     """Solves ``M x = b`` and ``M^T x = b``; ``b`` of shape (n,) or (n, m)."""
 
+    @abc.abstractmethod
     def prepare(self, system: System) -> Any:
-        """Work shared by every solve with one operator (e.g. a factorisation)."""
-        return None
+        """Work shared by every solve with one operator (e.g. a factorisation), or ``None``."""
 
     @abc.abstractmethod
     def raw_solve(self, system: System, state: Any, rhs: Array, transpose: bool) -> Array:
@@ -138,6 +138,9 @@ class LevelSweep(AbstractSolver):
 
     blocks: Int[Array, "3 b w"]
 
+    def prepare(self, system):
+        return None
+
     def raw_solve(self, system, state, rhs, transpose):
         src, dst, edge = self.blocks[0], self.blocks[1], self.blocks[2]
         # M x = b: x_i = (b_i + sum_e rate_e x_dst) / d_i, sinks first;
@@ -167,7 +170,7 @@ class DenseLU(AbstractSolver):
         return _columnwise(lambda b: lx.LU().compute(state, b, {})[0], rhs)
 
 
-class Krylov(AbstractSolver):
+class GMRES(AbstractSolver):
     """Restarted GMRES on the Jacobi-preconditioned operator, matrix-free.
 
     (GMRES rather than BiCGStab: on acyclic graphs the operator ``D^{-1} A`` is
@@ -182,6 +185,9 @@ class Krylov(AbstractSolver):
     rtol: float = 1e-12
     max_steps: int = 20_000
     restart: int = 50
+
+    def prepare(self, system):
+        return None
 
     def raw_solve(self, system, state, rhs, transpose):
         src, dst, rate, diag = system.src, system.dst, system.rate, system.diag
@@ -237,30 +243,14 @@ def level_schedule(
 ) -> np.ndarray | None:
     """Block schedule of an acyclic graph for :class:`LevelSweep`, or ``None`` if cyclic.
 
-    Heights: 0 for states whose edges all lead to absorption, else 1 + the largest
-    height of a transient successor (computed by peeling, vectorised per level). Edges
+    Heights come from :func:`phasejax._topology.heights`. Edges
     are sorted by source height and cut into blocks of width ``W`` chosen to minimise
     ``sum_h ceil(E_h / W) * (W + step_cost)`` (padding against per-step overhead).
     """
-    inner = dst < n
-    s, d = src[inner], dst[inner]
-    remaining = np.bincount(s, minlength=n)
-    order = np.argsort(d, kind="stable")
-    preds_by_target, ptr = s[order], np.searchsorted(d[order], np.arange(n + 1))
-    height = np.full(n, -1, dtype=np.int64)
-    frontier = np.flatnonzero(remaining == 0)
-    h = 0
-    while frontier.size:
-        height[frontier] = h
-        lengths = ptr[frontier + 1] - ptr[frontier]
-        starts = np.repeat(ptr[frontier] - np.cumsum(lengths) + lengths, lengths)
-        preds = preds_by_target[starts + np.arange(lengths.sum())]
-        np.subtract.at(remaining, preds, 1)
-        candidates = np.unique(preds)
-        frontier = candidates[remaining[candidates] == 0]
-        h += 1
-    if np.any(height < 0):
+    height = _topology.heights(n, src, dst)
+    if height is None:
         return None
+    h = int(height.max(initial=-1)) + 1
     edge_height = height[src]
     order = np.argsort(edge_height, kind="stable")
     counts = np.bincount(edge_height, minlength=h)

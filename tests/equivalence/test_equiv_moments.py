@@ -200,12 +200,12 @@ def test_moments_match_c(case):
 
 
 @functools.cache
-def _krylov_setup():
+def _gmres_setup():
     """A 150-state random cyclic graph, compiled with matrix-free GMRES (forced), and one
-    jitted evaluation shared by the Krylov tests (the rewards are its argument)."""
+    jitted evaluation shared by the GMRES tests (the rewards are its argument)."""
     graph = random_cyclic(np.random.default_rng(5), 150, density=0.03)
-    model = graph.compile(solver="krylov")
-    assert type(model.solver).__name__ == "Krylov"
+    model = graph.compile(solver="gmres")
+    assert type(model.solver).__name__ == "GMRES"
 
     @jax.jit
     def ours(R):
@@ -215,29 +215,29 @@ def _krylov_setup():
     return graph, model, ours
 
 
-def _krylov_check(rewards):
-    graph, model, ours = _krylov_setup()
+def _gmres_check(rewards):
+    graph, model, ours = _gmres_setup()
     R = rewards(graph)
     wait, moments, cov = map(np.asarray, ours(jnp.asarray(R)))
     c = reference_graph(graph)
     tv = np.asarray(model.transient_vertices)
-    assert_rel(wait[tv], c.expected_waiting_time(R[0])[tv], what="krylov expected_waiting_time(r)")
+    assert_rel(wait[tv], c.expected_waiting_time(R[0])[tv], what="gmres expected_waiting_time(r)")
     for k in range(3):
-        assert_rel(moments[k], c.moments(3, R[0])[k], what=f"krylov E[Y^{k + 1}]")
+        assert_rel(moments[k], c.moments(3, R[0])[k], what=f"gmres E[Y^{k + 1}]")
     c_cov = np.array([[c.covariance(a, b) for b in R] for a in R])
-    assert_rel(cov, c_cov, what="krylov covariance_matrix")
+    assert_rel(cov, c_cov, what="gmres covariance_matrix")
 
 
-def test_krylov_solver_matches_c():
+def test_gmres_solver_matches_c():
     """A cyclic graph solved matrix-free (GMRES) agrees with C's elimination."""
-    _krylov_check(lambda g: np.random.default_rng(0).uniform(0.5, 2.0, (2, g.vertices_length())))
+    _gmres_check(lambda g: np.random.default_rng(0).uniform(0.5, 2.0, (2, g.vertices_length())))
 
 
-def test_krylov_rewards_with_zeros_match_c():
+def test_gmres_rewards_with_zeros_match_c():
     """Regression: zero rewards make zero entries in the moment right-hand sides; with
     lineax's elementwise tolerance (|r_i| <= atol + rtol |b_i|) GMRES then reported a
     spurious 'stagnation' (fixed in 0fc47d2 by a normwise tolerance)."""
-    _krylov_check(lambda g: _random_rewards(g, 2, seed=0))
+    _gmres_check(lambda g: _random_rewards(g, 2, seed=0))
 
 
 def test_sfs_means_kingman_closed_form():

@@ -1,0 +1,125 @@
+"""The static structure every distribution needs: transient states, edges, solver.
+
+A :class:`Structure` holds only integer arrays whose *shapes* depend on the graph
+(edge sources and targets over transient states, each state's out-edges, the vertex of
+each state) and the solver chosen from them. It sits below the distributions and
+above the host-side graph algorithms (:mod:`phasejax._topology`) and solvers, so that
+distributions, reward transforms and models all build on it without import cycles.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from ._solve import GMRES, AbstractSolver, DenseLU, LevelSweep, level_schedule
+from ._topology import out_edge_table
+
+DENSE_LIMIT = 2000
+
+
+class Structure(eqx.Module):
+    """The static part of a phase-type distribution: transient states and their edges.
+
+    ``src``/``dst`` index transient states ``0..n-1`` (``dst == n``: absorption);
+    ``out_edges[i]`` lists the edges leaving state ``i`` (padded with ``E``);
+    ``transient_vertices[i]`` is the graph vertex of state ``i``; ``solver`` solves
+    with ``M = diag(d) - A``. Shared by every theta (and by reward transforms).
+    """
+
+    src: Int[Array, " e"]
+    dst: Int[Array, " e"]
+    out_edges: Int[Array, "n d"]
+    transient_vertices: Int[Array, " n"]
+    solver: AbstractSolver
+    n_vertices: int = eqx.field(static=True)
+    discrete: bool = eqx.field(static=True)
+
+    @property
+    def n_transient(self) -> int:
+        return self.transient_vertices.shape[0]
+
+    def to_vertices(
+        self, x: Float[Array, " n ..."], start: Array | float = 0.0
+    ) -> Float[Array, " V ..."]:
+        """Scatter a per-transient-state array into vertex order (states sharing a vertex
+        add up); row 0 (start) is ``start``."""
+        out = (
+            jnp.zeros((self.n_vertices,) + x.shape[1:], x.dtype).at[self.transient_vertices].add(x)
+        )
+        return out.at[0].set(start)
+
+    def from_vertices(self, rewards: ArrayLike, dtype) -> Float[Array, " n ..."]:
+        """Per-vertex rewards (axis 0 over vertices) restricted to transient states."""
+        rewards = jnp.asarray(rewards, dtype)
+        if rewards.shape[0] != self.n_vertices:
+            raise ValueError(
+                f"rewards have {rewards.shape[0]} entries along axis 0, expected one per vertex "
+                f"({self.n_vertices}, the starting vertex included)"
+            )
+        rewards = eqx.error_if(
+            rewards,
+            jnp.any(jnp.isnan(rewards) | (rewards < 0)),
+            "rewards must be non-negative and not NaN",
+        )
+        return rewards[self.transient_vertices]
+
+
+def at_trace_time(fn):
+    """Run ``fn`` (a host-side builder of static arrays) eagerly even while tracing, so
+    the structure it builds is concrete data (e.g. a reward plan made inside ``jit``)."""
+
+    @functools.wraps(fn)
+    def eager(*args, **kwargs):
+        with jax.ensure_compile_time_eval():
+            return fn(*args, **kwargs)
+
+    return eager
+
+
+def _choose_solver(n: int, src: np.ndarray, dst: np.ndarray, solver: str) -> AbstractSolver:
+    blocks = level_schedule(n, src, dst) if solver in ("auto", "sweep") else None
+    if solver == "sweep" and blocks is None:
+        raise ValueError("solver='sweep' needs an acyclic graph, but this graph has cycles")
+    if blocks is not None:
+        return LevelSweep(jnp.asarray(blocks))
+    if solver == "dense" or (solver == "auto" and n <= DENSE_LIMIT):
+        return DenseLU()
+    if solver in ("gmres", "auto"):
+        return GMRES()
+    raise ValueError(f"unknown solver {solver!r}: use 'auto', 'sweep', 'dense' or 'gmres'")
+
+
+@at_trace_time
+def make_structure(
+    n_vertices: int,
+    transient: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    discrete: bool,
+    solver: str | AbstractSolver = "auto",
+) -> Structure:
+    """Build a :class:`Structure` from numpy edge arrays over transient states.
+
+    ``solver``: ``"auto"`` (level sweep if acyclic, dense LU up to 2,000 transient
+    states, GMRES above), ``"sweep"``, ``"dense"``, ``"gmres"``, or an instance.
+    The arrays are concrete even when this runs while tracing (e.g. a reward
+    transformation built inside ``jit``): structure is data known at trace time.
+    """
+    n = transient.size
+    if isinstance(solver, str):
+        solver = _choose_solver(n, src, dst, solver)
+    return Structure(
+        src=jnp.asarray(src, jnp.int32),
+        dst=jnp.asarray(dst, jnp.int32),
+        out_edges=jnp.asarray(out_edge_table(n, src)),
+        transient_vertices=jnp.asarray(transient, jnp.int32),
+        solver=solver,
+        n_vertices=n_vertices,
+        discrete=discrete,
+    )

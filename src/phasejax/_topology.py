@@ -1,0 +1,93 @@
+"""Host-side graph algorithms on numpy edge arrays (no JAX, no Graph objects).
+
+Every structural decision of the library (which states are transient, which can reach
+absorption, the heights that order a level sweep, each state's out-edges) is made here
+on plain ``(src, dst)`` integer arrays, once, before anything is traced. Edges are kept
+in compressed-sparse-row form (:func:`csr`) so that a whole frontier of vertices expands
+in one vectorised gather (:func:`expand`), never one vertex at a time in Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def csr(n: int, frm: np.ndarray, to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compressed rows of the edges ``frm -> to`` over vertices ``0..n-1``.
+
+    Returns ``(targets, ptr)``: the targets of vertex ``v`` are ``targets[ptr[v]:ptr[v+1]]``.
+    """
+    order = np.argsort(frm, kind="stable")
+    return to[order], np.searchsorted(frm[order], np.arange(n + 1))
+
+
+def expand(targets: np.ndarray, ptr: np.ndarray, frontier: np.ndarray) -> np.ndarray:
+    """All targets of the vertices in ``frontier`` (with repeats), in one gather."""
+    lengths = ptr[frontier + 1] - ptr[frontier]
+    # the start of each frontier vertex's run, repeated once per edge of that run
+    starts = np.repeat(ptr[frontier] - np.cumsum(lengths) + lengths, lengths)
+    return targets[starts + np.arange(lengths.sum())]
+
+
+def reachable(n: int, frm: np.ndarray, to: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Boolean mask of the vertices reachable from ``seeds`` along ``frm -> to`` (BFS)."""
+    targets, ptr = csr(n, frm, to)
+    seen = np.zeros(n, dtype=bool)
+    seen[seeds] = True
+    frontier = np.unique(seeds)
+    while frontier.size:
+        nxt = np.unique(expand(targets, ptr, frontier))
+        frontier = nxt[~seen[nxt]]
+        seen[frontier] = True
+    return seen
+
+
+def transient_vertices(
+    n_vertices: int, src: np.ndarray, dst: np.ndarray, seeds: np.ndarray | None = None
+) -> np.ndarray:
+    """The transient vertices of a graph (vertex 0 = the starting vertex).
+
+    A vertex is transient when it is reachable from ``seeds`` (default: the starting
+    vertex's targets) and has out-edges; vertices without out-edges absorb. This one
+    definition serves both compilation and the matrix form.
+    """
+    has_out = np.zeros(n_vertices, dtype=bool)
+    has_out[src] = True
+    seeds = dst[src == 0] if seeds is None else seeds
+    transient = np.flatnonzero(reachable(n_vertices, src, dst, seeds) & has_out)
+    return transient[transient > 0]
+
+
+def heights(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
+    """Height of each transient state (longest path to absorption), or ``None`` if cyclic.
+
+    ``dst == n`` is absorption. Height 0: every edge leads to absorption; else one more
+    than the highest transient successor. Computed by peeling: a state joins the
+    frontier once all its transient successors have a height, so each edge is touched
+    once; a cycle leaves states that never join.
+    """
+    inner = dst < n
+    s, d = src[inner], dst[inner]
+    remaining = np.bincount(s, minlength=n)
+    preds_by_target, ptr = csr(n, d, s)
+    height = np.full(n, -1, dtype=np.int64)
+    frontier = np.flatnonzero(remaining == 0)
+    h = 0
+    while frontier.size:
+        height[frontier] = h
+        preds = expand(preds_by_target, ptr, frontier)
+        np.subtract.at(remaining, preds, 1)
+        candidates = np.unique(preds)
+        frontier = candidates[remaining[candidates] == 0]
+        h += 1
+    return None if np.any(height < 0) else height
+
+
+def out_edge_table(n: int, src: np.ndarray) -> np.ndarray:
+    """(n, max out-degree) table of each state's out-edges, padded with ``len(src)``."""
+    order = np.argsort(src, kind="stable")
+    degree = np.bincount(src, minlength=n)
+    table = np.full((n, max(int(degree.max(initial=0)), 1)), src.size, dtype=np.int32)
+    slot = np.arange(src.size) - np.repeat(np.cumsum(degree) - degree, degree)
+    table[src[order], slot] = order
+    return table
