@@ -34,10 +34,10 @@ from _oracle import (
     restrict,
 )
 
-SOLVERS = ["sweep", "dense", "krylov"]
-# Krylov (GMRES) stops on a residual criterion (rtol=1e-12), not on the forward error,
+SOLVERS = ["sweep", "dense", "gmres"]
+# GMRES (GMRES) stops on a residual criterion (rtol=1e-12), not on the forward error,
 # and the moment recursion chains up to k solves: allow 1e-9 instead of 1e-10.
-RTOL = {"sweep": 1e-10, "dense": 1e-10, "krylov": 1e-9}
+RTOL = {"sweep": 1e-10, "dense": 1e-10, "gmres": 1e-9}
 
 
 def _jit_quantities(model, k=4):
@@ -70,7 +70,7 @@ def test_exponential_closed_form(solver, lam):
 @pytest.mark.parametrize(
     "solver, k, lam",
     [(s, k, lam) for s in ("sweep", "dense") for k, lam in [(2, 1.0), (4, 0.7), (9, 3.0)]]
-    + [("krylov", 4, 0.7), ("krylov", 4, 2.0)],
+    + [("gmres", 4, 0.7), ("gmres", 4, 2.0)],
 )
 def test_erlang_closed_form(solver, k, lam):
     moments, var, mean = _erlang_fn(k, solver)(jnp.array([lam]))
@@ -107,7 +107,7 @@ def comb_arr(k):
     return k * (k - 1) / 2
 
 
-@pytest.mark.parametrize("solver", ["dense", "krylov"])
+@pytest.mark.parametrize("solver", ["dense", "gmres"])
 def test_kingman_closed_forms_other_solvers(solver):
     n = 7
     graph = pj.models.kingman(n)
@@ -295,7 +295,7 @@ def test_ph_oracle_against_quadrature():
 # -- random graphs built from matrices ------------------------------------------------------------------
 def _random_cases():
     yield pytest.param("cyclic", False, "dense", id="cyclic-ph-dense")
-    yield pytest.param("cyclic", False, "krylov", id="cyclic-ph-krylov")
+    yield pytest.param("cyclic", False, "gmres", id="cyclic-ph-gmres")
     yield pytest.param("cyclic", True, "dense", id="cyclic-dph-dense")
     yield pytest.param("acyclic", False, "sweep", id="acyclic-ph-sweep")
     yield pytest.param("acyclic", True, "sweep", id="acyclic-dph-sweep")
@@ -328,7 +328,7 @@ def test_random_graph_from_matrices(kind, discrete, solver):
     R = random_rewards(V, seed=5)
     vs = np.arange(1, len(alpha) + 1)
     ref = oracle_bundle_from(alpha, M, vs, V, discrete, R)
-    got = library_bundle(model, lite=solver == "krylov")(None, jnp.asarray(R))
+    got = library_bundle(model, lite=solver == "gmres")(None, jnp.asarray(R))
     assert_bundle_close(got, ref, RTOL[solver])
 
 
@@ -406,7 +406,7 @@ def _edge_by_edge(discrete):
     [
         pytest.param(False, "dense", id="ph-dense"),
         pytest.param(True, "dense", id="dph-dense"),
-        pytest.param(True, "krylov", id="dph-krylov"),
+        pytest.param(True, "gmres", id="dph-gmres"),
     ],
 )
 def test_random_graph_edge_by_edge(discrete, solver):
@@ -415,7 +415,7 @@ def test_random_graph_edge_by_edge(discrete, solver):
     V = graph.vertices_length()
     model = graph.compile(solver=solver)
     assert model.n_transient == case.n  # unreachable vertices are not states
-    f = library_bundle(model, lite=solver == "krylov")
+    f = library_bundle(model, lite=solver == "gmres")
     for i, theta in enumerate([[0.5, 1.0], [1.0, 0.1]]):
         alpha, M = case.matrices(theta)
         R = random_rewards(V, seed=20 + i)
@@ -498,43 +498,43 @@ def test_batched_rewards():
         )
 
 
-# -- Krylov regressions -------------------------------------------------------------------------------------
+# -- GMRES regressions -------------------------------------------------------------------------------------
 # GMRES with lineax's elementwise stopping test (|r_i| <= atol + rtol |b_i|, atol=1e-14
 # absolute) used to raise "stagnation" / "breakdown" on these well-posed systems
 # (right-hand sides with zero or tiny entries next to large ones); fixed in 0fc47d2 by
 # scaling b to unit max-norm with atol = rtol (a normwise tolerance).
 
 
-def test_krylov_mm1_sojourn():
+def test_gmres_mm1_sojourn():
     graph = pj.models.mm1_capacity(8)
-    model = graph.compile(solver="krylov")
+    model = graph.compile(solver="gmres")
     got = jax.jit(lambda t: model(t).expected_sojourn())(jnp.array([1.0, 1.5]))
     alpha, S, vs = graph_matrices(graph, [1.0, 1.5])
     np.testing.assert_allclose(np.asarray(got)[vs], alpha @ np.linalg.inv(-S), rtol=1e-9)
 
 
-def test_krylov_birth_death_third_moment():
+def test_gmres_birth_death_third_moment():
     graph = pj.models.birth_death(10, 3)
-    model = graph.compile(solver="krylov")
+    model = graph.compile(solver="gmres")
     r = np.random.default_rng(0).random(graph.vertices_length())
     got = jax.jit(lambda t: model(t).moments(3, r))(jnp.array([1.5, 1.0]))
     alpha, S, vs = graph_matrices(graph, [1.5, 1.0])
     np.testing.assert_allclose(np.asarray(got), ph_moments(alpha, S, restrict(r, vs), 3), rtol=1e-9)
 
 
-def test_krylov_kingman_zero_rewards():
+def test_gmres_kingman_zero_rewards():
     graph = pj.models.kingman(6)
-    model = graph.compile(solver="krylov")
+    model = graph.compile(solver="gmres")
     r = random_rewards(graph.vertices_length(), 1)[0]
     got = jax.jit(lambda t: model(t).moments(3, r))(jnp.array([0.37]))
     alpha, S, vs = graph_matrices(graph, [0.37])
     np.testing.assert_allclose(np.asarray(got), ph_moments(alpha, S, restrict(r, vs), 3), rtol=1e-9)
 
 
-def test_krylov_on_acyclic_graphs():
+def test_gmres_on_acyclic_graphs():
     """Regression: BiCGStab broke down on nilpotent (acyclic) operators (NaN or wrong)."""
     for k in (3,):
-        model = pj.models.erlang(k).compile(solver="krylov")
+        model = pj.models.erlang(k).compile(solver="gmres")
         mean, sojourn = jax.jit(lambda t: (model(t).mean(), model(t).expected_sojourn()))(
             jnp.array([1.0])
         )

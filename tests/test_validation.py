@@ -283,12 +283,20 @@ def test_theta_of_wrong_shape(chain_model):
         chain_model(jnp.array(1.0))
 
 
-@pytest.mark.parametrize("theta", [-1.0, np.nan])
-def test_negative_or_nan_rate_at_theta(chain_model, theta):
-    with pytest.raises(RUNTIME_ERRORS, match="an edge rate is negative or NaN at this theta"):
+@pytest.mark.parametrize(
+    "theta, problem", [(-1.0, "negative"), (np.nan, "NaN"), (np.inf, "(NaN|infinite)")]
+)
+def test_bad_rate_at_theta_is_named(chain_model, theta, problem):
+    # eagerly the edge is named (graph vertices and its rate); under jit the kind of problem
+    named = rf"an edge rate is {problem}.*: edge \d+ \(vertex \d+ -> vertex \d+\)"
+    with pytest.raises(ValueError, match=named):
         chain_model(jnp.array([theta]))
-    with pytest.raises(RUNTIME_ERRORS, match="negative or NaN"):
+    with pytest.raises(RUNTIME_ERRORS, match=f"an edge rate is {problem} at this theta"):
         jax.jit(lambda t: chain_model(t).mean())(jnp.array([theta]))
+    mean, ok = jax.jit(lambda t: (lambda d, ok: (d.mean(), ok))(*chain_model.guarded(t)))(
+        jnp.array([theta])
+    )
+    assert not bool(ok) and np.isfinite(float(mean))
 
 
 def test_negative_rate_under_vmap(chain_model):
@@ -296,8 +304,11 @@ def test_negative_rate_under_vmap(chain_model):
     np.testing.assert_allclose(
         np.asarray(f(jnp.array([[1.0], [2.0]]))), [1 + 2, 0.5 + 2], rtol=1e-14
     )
-    with pytest.raises(RUNTIME_ERRORS, match="negative or NaN"):
+    with pytest.raises(RUNTIME_ERRORS, match="negative at this theta.*guarded"):
         f(jnp.array([[1.0], [-0.5]]))
+    # the batch-safe path names the bad element
+    _, ok = jax.vmap(chain_model.guarded)(jnp.array([[1.0], [-0.5], [2.0]]))
+    np.testing.assert_array_equal(np.asarray(ok), [True, False, True])
 
 
 def test_rate_fn_producing_negative_rates():
@@ -305,12 +316,12 @@ def test_rate_fn_producing_negative_rates():
     np.testing.assert_allclose(
         float(jax.jit(lambda t: model(t).mean())(jnp.array([np.pi / 2]))), 3.0
     )
-    with pytest.raises(RUNTIME_ERRORS, match="negative or NaN"):
+    with pytest.raises(RUNTIME_ERRORS, match="an edge rate is negative"):
         jax.jit(lambda t: model(t).mean())(jnp.array([-np.pi / 2]))
 
 
 def test_state_that_can_never_be_left_at_theta(chain_model):
-    msg = "a transient state can never be left: its out-rates are all zero at this theta"
+    msg = "a transient state can never be left: its out-rates are all zero: vertex 1 "
     with pytest.raises(RUNTIME_ERRORS, match=msg):
         chain_model(jnp.array([0.0]))
     with pytest.raises(RUNTIME_ERRORS, match="can never be left"):
@@ -362,15 +373,17 @@ def test_rewards_of_wrong_length(chain_model):
         d.expected_waiting_time(jnp.ones(V - 1))
 
 
-@pytest.mark.parametrize("bad", [-1.0, np.nan])
-def test_negative_or_nan_rewards(chain_model, bad):
+@pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
+def test_negative_nan_or_infinite_rewards(chain_model, bad):
     r = jnp.array([0.0, 1.0, bad, 0.0])
-    with pytest.raises(RUNTIME_ERRORS, match="rewards must be non-negative and not NaN"):
+    with pytest.raises(ValueError, match=r"rewards must be finite and non-negative.*index \(2,\)"):
+        chain_model(jnp.array([1.0])).reward_transform(r)
+    with pytest.raises(RUNTIME_ERRORS, match="rewards must be finite and non-negative"):
         chain_model(jnp.array([1.0])).mean(r)
-    with pytest.raises(RUNTIME_ERRORS, match="rewards must be non-negative"):
+    with pytest.raises(RUNTIME_ERRORS, match="rewards must be finite and non-negative"):
         jax.jit(lambda t, r: chain_model(t).var(r))(jnp.array([1.0]), r)
     R = jnp.stack([jnp.ones(4), r])
-    with pytest.raises(RUNTIME_ERRORS, match="rewards must be non-negative"):
+    with pytest.raises(RUNTIME_ERRORS, match="rewards must be finite and non-negative"):
         jax.jit(lambda t: chain_model(t).covariance_matrix(R))(jnp.array([1.0]))
 
 

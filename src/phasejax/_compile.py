@@ -142,9 +142,13 @@ class Model(eqx.Module):
         rate, diag, alpha = self._parts(rates)
         return rates, rate, diag, alpha, self._problems(rates, diag, alpha, require_exit)
 
-    def _name_problem(self, kind: int, rates: np.ndarray, diag: np.ndarray) -> str:
+    def _name_problem(self, kind: int, theta, rates: np.ndarray, diag: np.ndarray) -> str:
         """The message of problem ``kind`` naming the first offending edge or state."""
         message = _PROBLEMS[kind]
+        theta = np.zeros(0) if theta is None else np.ravel(np.asarray(theta))
+        if kind <= 1 and not np.all(np.isfinite(theta)):
+            j = int(np.flatnonzero(~np.isfinite(theta))[0])
+            message += f" because theta[{j}] = {theta[j]}"
         if kind <= 2:
             bad = [np.isnan(rates), np.isinf(rates), rates < 0][kind]
             e = int(np.flatnonzero(bad)[0])
@@ -177,7 +181,7 @@ class Model(eqx.Module):
             diag = eqx.branched_error_if(diag, bad, kind, messages)
         elif np.any(problems):
             kind = int(np.argmax(np.asarray(problems)))
-            raise ValueError(self._name_problem(kind, np.asarray(rates), np.asarray(diag)))
+            raise ValueError(self._name_problem(kind, theta, np.asarray(rates), np.asarray(diag)))
         return self._build(rate, diag, alpha)
 
     def _build(self, rate, diag, alpha) -> PhaseType | DiscretePhaseType:
@@ -264,7 +268,7 @@ def compile_graph(
     reaches_absorption = reachable(v, dst, src, np.flatnonzero(absorbing))
     trapped = np.flatnonzero(is_reachable & ~reaches_absorption)
     if trapped.size:
-        examples = ", ".join(str(tuple(states[i])) for i in trapped[:5])
+        examples = ", ".join(str(tuple(states[i].tolist())) for i in trapped[:5])
         raise ValueError(
             f"{trapped.size} reachable state(s) can never reach an absorbing state, e.g. {examples}"
         )
@@ -278,7 +282,7 @@ def compile_graph(
         bad = np.flatnonzero(out > 1 + _TOL)
         if bad.size:
             raise ValueError(
-                f"out-probabilities of state {tuple(states[bad[0]])} sum to {out[bad[0]]:.6g} > 1"
+                f"out-probabilities of state {tuple(states[bad[0]].tolist())} sum to {out[bad[0]]:.6g} > 1"
             )
     n = transient.size
     position = np.full(v, n, dtype=np.int64)

@@ -23,7 +23,7 @@ from jaxtyping import Array, ArrayLike, Bool, Int
 
 from . import _sparse
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
-from ._structure import Structure, at_trace_time, make_structure
+from ._structure import Structure, at_trace_time, check_rewards, make_structure
 
 
 def _dense(rows, cols, values, shape):
@@ -277,8 +277,7 @@ def reward_transform(
                 "reward_transform needs the zero pattern of the rewards: pass `positive=` (a boolean mask "
                 "per vertex) when the rewards are traced"
             ) from err
-        if np.any(np.isnan(values)) or np.any(values < 0):
-            raise ValueError("rewards must be non-negative and not NaN")
+        check_rewards(values)
         positive = values > 0
         if dist.structure.discrete:
             return DiscreteRewardTransform.build(dist.structure, values, solver)(dist)

@@ -62,12 +62,32 @@ class Structure(eqx.Module):
                 f"rewards have {rewards.shape[0]} entries along axis 0, expected one per vertex "
                 f"({self.n_vertices}, the starting vertex included)"
             )
-        rewards = eqx.error_if(
-            rewards,
-            jnp.any(jnp.isnan(rewards) | (rewards < 0)),
-            "rewards must be non-negative and not NaN",
-        )
+        rewards = check_rewards(rewards)
         return rewards[self.transient_vertices]
+
+
+def check_rewards(rewards):
+    """``rewards`` unchanged if finite and non-negative, else a clear error.
+
+    Concrete rewards raise ``ValueError`` naming the first bad entry; traced ones are
+    checked with ``eqx.error_if``. (An infinite reward would give an infinite or NaN
+    accumulated reward, so it is rejected rather than propagated.)
+    """
+    if isinstance(rewards, jax.core.Tracer):
+        return eqx.error_if(
+            rewards,
+            jnp.any(~jnp.isfinite(rewards) | (rewards < 0)),
+            "rewards must be finite and non-negative (a reward is negative, NaN or infinite)",
+        )
+    values = np.asarray(rewards)
+    bad = np.argwhere(~np.isfinite(values) | (values < 0))
+    if bad.size:
+        where = tuple(int(i) for i in bad[0])
+        raise ValueError(
+            f"rewards must be finite and non-negative, but the entry at index {where} is "
+            f"{values[where]}"
+        )
+    return rewards
 
 
 def at_trace_time(fn):
