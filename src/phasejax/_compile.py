@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
@@ -24,7 +23,7 @@ from . import _sparse
 from ._distribution import DiscretePhaseType, PhaseType
 from ._graph import Graph
 from ._solve import AbstractSolver
-from ._structure import Structure, make_structure
+from ._structure import Structure, is_traced, make_structure
 from ._topology import reachable, transient_vertices
 
 _TOL = 1e-12
@@ -67,9 +66,9 @@ class Model(eqx.Module):
     edge_index: Int[Array, " e"]
     init_dst: Int[Array, " e0"]
     init_index: Int[Array, " e0"]
-    base: Float[Array, " E"]
-    coefficients: Float[Array, "E p"]
-    initial: Float[Array, " n"] | None
+    base: Float[np.ndarray, " E"]
+    coefficients: Float[np.ndarray, "E p"]
+    initial: Float[np.ndarray, " n"] | None
     edge_vertices: Int[np.ndarray, "E 2"]  # graph vertices of each edge, for error messages
     rate_fn: Callable = eqx.field(static=True)
 
@@ -174,7 +173,7 @@ class Model(eqx.Module):
         need every state to be left).
         """
         rates, rate, diag, alpha, problems = self._evaluate(theta, require_exit)
-        if isinstance(problems, jax.core.Tracer):
+        if is_traced(problems):
             bad = jnp.any(problems)
             kind = jnp.argmax(problems)
             messages = tuple(p + _JIT_HINT for p in _PROBLEMS)

@@ -50,7 +50,7 @@ from . import _sparse
 from ._distribution import DiscretePhaseType, PhaseType
 from ._rewards import reward_transform
 from ._solve import solve
-from ._structure import make_structure
+from ._structure import is_traced, make_structure
 
 
 def mutation_counts(
@@ -70,7 +70,9 @@ def mutation_counts(
     """
     if rewards is not None or positive is not None:
         ones = np.ones(dist.structure.n_vertices)
-        dist = reward_transform(dist, ones if rewards is None else rewards, positive)
+        transformed = reward_transform(dist, ones if rewards is None else rewards, positive)
+        assert isinstance(transformed, PhaseType)
+        dist = transformed
     structure = dist.structure
     n = structure.n_transient
     rows, cols = np.nonzero(~np.eye(n, dtype=bool))
@@ -91,7 +93,7 @@ def mutation_counts(
 
 def _concrete(x) -> np.ndarray | None:
     """``x`` as a numpy array, or ``None`` when it is traced."""
-    if isinstance(x, jax.core.Tracer):
+    if is_traced(x):
         return None
     return np.asarray(x)
 

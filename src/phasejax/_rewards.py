@@ -279,9 +279,9 @@ def reward_transform(
             ) from err
         check_rewards(values)
         positive = values > 0
-        if dist.structure.discrete:
+        if isinstance(dist, DiscretePhaseType):
             return DiscreteRewardTransform.build(dist.structure, values, solver)(dist)
-    if dist.structure.discrete:
+    if not isinstance(dist, PhaseType):
         raise ValueError(
             "discrete reward transformation needs concrete integer rewards (they set the structure)"
         )

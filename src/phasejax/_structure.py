@@ -15,6 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from ._solve import GMRES, AbstractSolver, DenseLU, LevelSweep, level_schedule
@@ -66,6 +67,11 @@ class Structure(eqx.Module):
         return rewards[self.transient_vertices]
 
 
+def is_traced(x) -> bool:
+    """Whether ``x`` is a tracer (inside ``jit``/``grad``/``vmap``) rather than concrete data."""
+    return isinstance(x, Tracer)
+
+
 def check_rewards(rewards):
     """``rewards`` unchanged if finite and non-negative, else a clear error.
 
@@ -73,7 +79,7 @@ def check_rewards(rewards):
     checked with ``eqx.error_if``. (An infinite reward would give an infinite or NaN
     accumulated reward, so it is rejected rather than propagated.)
     """
-    if isinstance(rewards, jax.core.Tracer):
+    if is_traced(rewards):
         return eqx.error_if(
             rewards,
             jnp.any(~jnp.isfinite(rewards) | (rewards < 0)),
