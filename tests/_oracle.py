@@ -324,3 +324,30 @@ def assert_bundle_close(got, ref, rtol):
             scale = np.abs(want).max()
         assert got[key].shape == want.shape, (key, got[key].shape, want.shape)
         np.testing.assert_allclose(got[key], want, rtol=rtol, atol=rtol * scale, err_msg=key)
+
+
+# -- rewards ---------------------------------------------------------------------------
+def dense_reward_transform(alpha, s, r):
+    """Independent dense fold of zero-reward states: (alpha', S') over positive states."""
+    pos, zer = r > 0, r == 0
+    spp, spz, szp, szz = (
+        s[np.ix_(pos, pos)],
+        s[np.ix_(pos, zer)],
+        s[np.ix_(zer, pos)],
+        s[np.ix_(zer, zer)],
+    )
+    fold = np.linalg.solve(-szz, szp) if zer.any() else np.zeros((0, pos.sum()))
+    s_new = np.diag(1 / r[pos]) @ (spp + spz @ fold)
+    a_new = alpha[pos] + alpha[zer] @ fold
+    return a_new, s_new
+
+
+def reward_moments(alpha, s, r, k):
+    u = np.linalg.inv(-s)
+    out, v = [], np.ones(len(alpha))
+    fact = 1
+    for j in range(1, k + 1):
+        v = u @ (r * v)
+        fact *= j
+        out.append(fact * alpha @ v)
+    return np.array(out)

@@ -366,3 +366,33 @@ def test_sfs_rewards_sample_size_from_initial_state():
     np.testing.assert_array_equal(default, pj.models.sfs_rewards(graph, n=3))
     with pytest.raises(ValueError, match="blocks of 4"):
         pj.models.sfs_rewards(graph, n=4)
+
+
+# -- two-locus model ------------------------------------------------------------------
+@pytest.mark.parametrize("rho", [0.0, 1.0, 10.0])
+def test_two_locus_correlation_closed_form(rho):
+    graph = pj.models.two_locus(2)
+    dist = graph.compile()(jnp.array([1.0, rho]))
+    rewards = pj.models.tmrca_rewards(graph)
+    cov = dist.covariance_matrix(rewards)
+    np.testing.assert_allclose(dist.mean(rewards[0]), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(
+        cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]),
+        (rho + 18) / (rho**2 + 13 * rho + 18),
+        rtol=1e-10,
+    )
+
+
+def test_two_locus_larger_sample_against_dense():
+    graph = pj.models.two_locus(5)
+    theta = np.array([1.0, 2.5])
+    dist = graph.compile()(jnp.asarray(theta))
+    rewards = pj.models.tmrca_rewards(graph)
+    np.testing.assert_allclose(dist.mean(rewards[0]), 2 * (1 - 1 / 5), rtol=1e-12)
+    alpha, s, _, vertices = graph.as_matrices(theta)
+    u = np.linalg.inv(-s)
+    ra, rb = rewards[0][vertices], rewards[1][vertices]
+    cross = alpha @ u @ np.diag(ra) @ u @ rb + alpha @ u @ np.diag(rb) @ u @ ra
+    np.testing.assert_allclose(
+        dist.cov(rewards[0], rewards[1]), cross - (alpha @ u @ ra) * (alpha @ u @ rb), rtol=1e-10
+    )

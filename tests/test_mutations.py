@@ -1,4 +1,5 @@
-"""Joint mutation-count probabilities (``joint_mutation_pmf``) against independent oracles.
+"""Mutation counts: ``mutation_counts`` (one class) and ``joint_mutation_pmf`` (several)
+against independent oracles.
 
 Oracles: an explicit product chain over (state, count vector) solved densely with
 numpy; closed forms for Kingman n = 2 (geometric) and n = 3 (exact rationals); marginals against the
@@ -13,8 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.integrate as si
+import scipy.linalg as sl
+from scipy.stats import poisson
 
 import phasejax as pj
+from _oracle import dense_reward_transform
 
 jax.config.update("jax_enable_x64", True)
 
@@ -350,3 +355,62 @@ def test_errors():
         pj.joint_mutation_pmf(
             discrete, 0.5, np.ones((1, discrete.structure.n_vertices)), np.array([[0]])
         )
+
+
+# -- one class: mutation_counts ---------------------------------------------------
+def test_mutation_counts_closed_forms():
+    theta = 1.7
+    graph = pj.models.kingman(2)
+    dist = graph.compile()(jnp.array([1.0]))
+    total = pj.models.sfs_rewards(graph).sum(0)
+    k = np.arange(8)
+    # n = 2: S ~ Geometric with P(S = k) = (theta / (1 + theta))^k / (1 + theta)
+    np.testing.assert_allclose(
+        pj.mutation_counts(dist, theta / 2, total).pmf(k),
+        (theta / (1 + theta)) ** k / (1 + theta),
+        rtol=1e-12,
+    )
+    for n in (4, 7):
+        graph = pj.models.kingman(n)
+        dist = graph.compile()(jnp.array([1.0]))
+        sfs = pj.models.sfs_rewards(graph)
+        counts = pj.mutation_counts(dist, theta / 2, sfs.sum(0))
+        np.testing.assert_allclose(
+            counts.mean(), theta * np.sum(1 / np.arange(1, n)), rtol=1e-12
+        )  # Watterson
+        for i in range(1, n):
+            np.testing.assert_allclose(
+                pj.mutation_counts(dist, theta / 2, sfs[i - 1]).mean(), theta / i, rtol=1e-10
+            )
+
+
+def test_mutation_counts_against_mixture_oracle():
+    """P(K = k) = int Pois(k; mu y) f_Y(y) dy, with f_Y from the dense reward-transformed matrix."""
+    graph = pj.models.kingman(4)
+    theta = np.array([1.2])
+    dist = graph.compile()(jnp.asarray(theta))
+    reward = pj.models.sfs_rewards(graph)[1]
+    alpha, s, _, vertices = graph.as_matrices(theta)
+    a_new, s_new = dense_reward_transform(alpha, s, reward[vertices])
+    exit_new = -s_new.sum(1)
+    mu = 0.9
+    counts = pj.mutation_counts(dist, mu, reward)
+    for k in range(4):
+        density = lambda y: poisson.pmf(k, mu * y) * (a_new @ sl.expm(s_new * y) @ exit_new)
+        oracle = si.quad(density, 0, 80, limit=200)[0] + (1 - a_new.sum()) * (k == 0)
+        np.testing.assert_allclose(counts.pmf(np.array([k]))[0], oracle, rtol=1e-8)
+    f = lambda m: pj.mutation_counts(dist, m, reward).pmf(np.array([2]))[0]
+    np.testing.assert_allclose(jax.grad(f)(mu), (f(mu + 1e-6) - f(mu - 1e-6)) / 2e-6, rtol=1e-6)
+
+
+def test_mutation_counts_with_rewards_inside_jit():
+    """The reward transformation inside ``mutation_counts`` builds its structure while
+    tracing; n = 2: K | L ~ Poisson(mu L), L = 2 T ~ Exp(c / 2) gives a geometric law."""
+    graph = pj.models.kingman(2)
+    model = graph.compile()
+    rewards = pj.models.sfs_rewards(graph)[0]
+    c, mu = 1.3, 0.4
+    k = jnp.arange(5)
+    pmf = jax.jit(lambda th: pj.mutation_counts(model(th), mu, rewards).pmf(k))(jnp.array([c]))
+    expected = c / (c + 2 * mu) * (2 * mu / (c + 2 * mu)) ** np.arange(5)
+    np.testing.assert_allclose(pmf, expected, rtol=1e-12)

@@ -1,18 +1,11 @@
-"""Discrete phase-type (DPH): phasejax vs phasic's C library, and the known differences.
+"""pdf/cdf: phasic's C library is a first-order (forward-Euler) approximation.
 
-Agreement (1e-10 relative): pmf and cdf (``ptd_dph_probability_distribution_step``),
-expected waiting times (visits), the mean, reward-weighted variance (phasic's reward
-branch is right), and the reward-transformed mean (``ptd_graph_dph_reward_transform``,
-integer rewards).
-
-Known differences (phasic 0.32.1 is wrong, phasejax is right; the dense truth decides):
-
-* ``variance()`` without rewards returns ``m2 - 2 m1 = E[T(T-1)]``, the second
-  factorial moment, not ``Var[T]``;
-* ``covariance(r1, r2)`` computes ``alpha U R2 U R1 1 + alpha U R1 R2 1 - E1 E2``:
-  one cross term missing, the diagonal term with the wrong sign, so it is not even
-  symmetric;
-* ``moments(k)`` are not raw moments: ``moments(2)[1] = 2 alpha U^2 1 = E[T(T+1)]``.
+phasic 0.32.1 steps the distribution with ``ptd_probability_distribution_step`` at
+granularity ``g`` (time step ``1/g``; default ``max(1024, ~2 x largest exit rate)``),
+so its error falls like ``1/g``: quadrupling ``g`` divides the error by about 4.
+phasejax uses uniformization with a truncation bound and agrees with
+``scipy.linalg.expm`` to 1e-10. Times are multiples of 1/16, on every C time grid,
+so only the integration error (not the grid rounding) is measured.
 """
 
 from __future__ import annotations
@@ -21,8 +14,64 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _equiv_helpers import assert_rel, dense, green, random_discrete
+import scipy.stats
+from _equiv_helpers import assert_rel, dense, green, ph_pdf_cdf, random_cyclic, random_discrete
 from phasic_reference.adapter import reference_graph
+
+import phasejax as pj
+
+TIMES = np.arange(1, 65) / 16.0  # (0, 4]
+
+CASES = [
+    ("erlang-3", lambda: pj.models.erlang(3), [2.0]),
+    ("kingman-5", lambda: pj.models.kingman(5), [1.0]),
+    ("random-cyclic-8", lambda: random_cyclic(np.random.default_rng(3), 8), None),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_c_density_is_first_order_ours_exact(case):
+    _, build, theta = case
+    graph = build()
+    c = reference_graph(graph, theta)
+    alpha, S, _ = dense(graph, theta)
+    pdf, cdf = ph_pdf_cdf(alpha, S, TIMES)
+
+    # C: error ~ 1/g over three granularities
+    grans = [1024, 4096, 16384]
+    pdf_err = [np.abs(c.pdf(TIMES, g) - pdf).max() for g in grans]
+    cdf_err = [np.abs(c.cdf(TIMES, g) - cdf).max() for g in grans]
+    for errs in (pdf_err, cdf_err):
+        for coarse, fine in zip(errs, errs[1:]):
+            assert 3.0 < coarse / fine < 5.0, errs
+
+    # C at its default granularity: a visible approximation
+    g0 = c.default_granularity()
+    default_pdf_err = np.abs(c.pdf(TIMES) - pdf).max()
+    default_cdf_err = np.abs(c.cdf(TIMES) - cdf).max()
+    print(
+        f"\n{case[0]}: C default granularity {g0}: max |pdf error| {default_pdf_err:.3e} "
+        f"(relative to max pdf {default_pdf_err / pdf.max():.3e}), max |cdf error| {default_cdf_err:.3e}; "
+        f"pdf errors at g = {grans}: {', '.join(f'{e:.3e}' for e in pdf_err)}"
+    )
+    assert default_pdf_err > 1e-6
+    assert default_cdf_err > 1e-6
+
+    # ours: exact to 1e-10 (relative to the largest value)
+    model = graph.compile()
+    f = jax.jit(lambda th, t: (model(th).pdf(t), model(th).cdf(t)))
+    ours_pdf, ours_cdf = map(
+        np.asarray, f(None if theta is None else jnp.asarray(theta), jnp.asarray(TIMES))
+    )
+    assert_rel(ours_pdf, pdf, what="pdf vs expm")
+    assert_rel(ours_cdf, cdf, what="cdf vs expm")
+    print(
+        f"   ours: max |pdf error| {np.abs(ours_pdf - pdf).max():.3e}, max |cdf error| {np.abs(ours_cdf - cdf).max():.3e}"
+    )
+
+
+# -- Discrete phase-type (DPH): phasejax vs phasic's C library, and the known differences. ----------
+
 
 GRAPHS = [
     ("dph-5", lambda: random_discrete(np.random.default_rng(10), 5)),
@@ -146,3 +195,50 @@ def test_known_difference_dph_variance_and_covariance():
         what="C covariance formula",
         scale=abs(true_cov),
     )
+
+
+# -- Sampling: phasejax's ``dist.sample`` and phasic's ``ptd_random_sample`` draw from ----------
+
+
+N = 4000
+
+
+def _kingman():
+    graph = pj.models.kingman(6)
+    return graph, [1.0], pj.models.sfs_rewards(graph)[0]  # xi_1: singleton branch length
+
+
+def _random_cyclic_defect():
+    graph = random_cyclic(np.random.default_rng(7), 10, defect=0.2)
+    rewards = np.random.default_rng(8).uniform(0.0, 2.0, graph.vertices_length())
+    rewards[rewards < 0.6] = 0.0
+    return graph, None, rewards
+
+
+CASES = [("kingman-6", _kingman), ("random-cyclic-10-defect", _random_cyclic_defect)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_samples_same_distribution(case):
+    name, build = case
+    graph, theta, rewards = build()
+    model = graph.compile()
+    dist = model(None if theta is None else jnp.asarray(theta))
+    if not hasattr(dist, "sample"):
+        pytest.skip("phasejax's dist.sample(key, shape, rewards=None) does not exist yet")
+    c = reference_graph(graph, theta)
+    sampler = jax.jit(lambda key, r: dist.sample(key, (N,), rewards=r))
+    ones = np.ones(graph.vertices_length())
+    for label, r, c_rewards, seed in [
+        ("time", ones, None, 12345),
+        ("reward", rewards, rewards, 777),
+    ]:
+        theirs = c.sample(N, rewards=c_rewards, seed=seed)
+        ours = np.asarray(sampler(jax.random.key(seed), jnp.asarray(r)))
+        assert ours.shape == (N,)
+        result = scipy.stats.ks_2samp(ours, theirs)
+        print(
+            f"\n{name} {label}: KS statistic {result.statistic:.4f}, p = {result.pvalue:.3g}; "
+            f"sample means C {theirs.mean():.4f}, ours {ours.mean():.4f}, exact {float(dist.mean(r)):.4f}"
+        )
+        assert result.pvalue > 1e-3, (label, result)
