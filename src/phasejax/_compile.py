@@ -283,9 +283,13 @@ def compile_graph(
             raise ValueError(
                 f"out-probabilities of state {tuple(states[bad[0]].tolist())} sum to {out[bad[0]]:.6g} > 1"
             )
+    # Renumber transient vertices 0..n-1; every other vertex (absorbing, the start) maps
+    # to n, so all absorbing targets share one index and the solvers' padded row n
+    # (rate 0) absorbs them without per-edge branching.
     n = transient.size
     position = np.full(v, n, dtype=np.int64)
     position[transient] = np.arange(n)
+    # Edges out of reachable states are the chain; the start's edges only build alpha.
     inner = np.flatnonzero((src > 0) & is_reachable[src])
     init = np.flatnonzero(from_start)
     return Model(

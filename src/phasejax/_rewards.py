@@ -73,7 +73,9 @@ class RewardTransform(eqx.Module):
         local[pos], local[zer], local[n] = np.arange(p_count), np.arange(z_count), -1
         src_kind = np.where(is_pos[src], 0, 1)
         dst_kind = np.where(dst == n, 2, np.where(is_pos[np.minimum(dst, n - 1)], 0, 1))
-        # structural pattern of B (Z -> P or absorption), via unit rates (no cancellation)
+        # Structural pattern of B (Z -> P or absorption), via unit rates: every term of
+        # (I - P_ZZ)^{-1} is a sum of positive path weights, so a structural nonzero
+        # cannot cancel and the pattern holds for every theta.
         target_p = np.where(dst_kind == 2, p_count, local[dst])
         if z_count:
             m_zz = np.zeros((z_count, z_count))
@@ -97,6 +99,8 @@ class RewardTransform(eqx.Module):
         pairs = sorted(pairs)
         new_src = np.array([p for p, _ in pairs], dtype=np.int64)
         new_dst = np.array([q for _, q in pairs], dtype=np.int64)
+        # Each original P-source edge adds its rate to one new edge (a segment sum at call
+        # time); edges from or into Z reach the new edges only through the dense fold.
         pair_id = {pq: i for i, pq in enumerate(pairs)}
         edge_pair = np.full(src.size, len(pairs), dtype=np.int64)
         for e in np.flatnonzero(direct):
