@@ -67,7 +67,7 @@ class _Buffer:
     def extend(self, rows: np.ndarray) -> None:
         need = self.size + len(rows)
         if need > len(self.data):
-            shape = (max(need, int(1.5 * len(self.data))),) + self.data.shape[1:]
+            shape = (max(need, 2 * len(self.data)),) + self.data.shape[1:]
             grown = np.empty(shape, self.data.dtype)
             grown[: self.size] = self.data[: self.size]
             self.data = grown
@@ -85,15 +85,14 @@ class _Buffer:
         self.data = self.data[: self.size].copy()
 
 
-def _hash_rows(rows: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
-    """64-bit hashes of int64 rows: multiply-xor over the columns, then a final mix."""
-    columns = np.ascontiguousarray(rows.T).view(np.uint64)
-    h = np.zeros(rows.shape[0], np.uint64)
-    for column, m in zip(columns, multipliers):
-        h ^= column
-        h *= m
-        h ^= h >> np.uint64(29)
-    return h
+def _hash_rows(rows: Int[np.ndarray, "K L"], multipliers: np.ndarray) -> np.ndarray:
+    """64-bit hashes of int64 rows: ``sum_j rows[:, j] * multipliers[j]`` modulo 2^64.
+
+    A random linear hash: one matrix-vector product over the rows as they lie in memory
+    (several times faster than mixing column by column). Its collisions are resolved by
+    comparing states, so its quality only affects speed.
+    """
+    return np.ascontiguousarray(rows).view(np.uint64) @ multipliers
 
 
 class _StateIndex:
@@ -113,17 +112,21 @@ class _StateIndex:
     @staticmethod
     def _search(run, h, rows, states) -> np.ndarray:
         keys, vertices = run
-        lo = np.searchsorted(keys, h, "left")
-        hi = np.searchsorted(keys, h, "right")
         found = np.full(h.size, -1, np.int64)
-        one = np.flatnonzero(hi - lo == 1)
+        if keys.size == 0:
+            return found
+        lo = np.searchsorted(keys, h)
+        hit = keys[np.minimum(lo, keys.size - 1)] == h
+        after = np.minimum(lo + 1, keys.size - 1)
+        shared = hit & (lo + 1 < keys.size) & (keys[after] == h)  # colliding hashes
+        one = np.flatnonzero(hit & ~shared)
         candidate = vertices[lo[one]]
         match = np.all(states[candidate] == rows[one], axis=1)
         found[one[match]] = candidate[match]
-        for q in np.flatnonzero(hi - lo > 1):  # a hash collision in the index: rare
-            for v in vertices[lo[q] : hi[q]]:
-                if np.array_equal(states[v], rows[q]):
-                    found[q] = v
+        for q in np.flatnonzero(shared):  # rare: scan the run of equal hashes
+            for at in range(lo[q], np.searchsorted(keys, h[q], "right")):
+                if np.array_equal(states[vertices[at]], rows[q]):
+                    found[q] = vertices[at]
         return found
 
     def lookup(self, rows: np.ndarray, h: np.ndarray, states: np.ndarray) -> np.ndarray:
@@ -266,41 +269,43 @@ class Graph:
             )
         return array.astype(np.int64)
 
-    def _lookup(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hashes and vertex indices (``-1`` where absent) of int64 state rows."""
+    def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Look up the distinct rows of an int64 state array in one pass.
+
+        Returns ``(hashes, first, group, found)``: ``rows[first]`` are the distinct rows
+        (``rows == rows[first][group]``), ``hashes`` theirs, ``found`` their vertex
+        indices (``-1`` where absent). Deduplicating first makes the look-ups sorted and
+        few (a frontier reaches each child state from many parents).
+        """
         h = _hash_rows(rows, self._index.multipliers)
-        return h, self._index.lookup(rows, h, self._states.view())
+        hashes, first, group = np.unique(h, return_index=True, return_inverse=True)
+        if not np.array_equal(rows[first[group]], rows):  # two states in the batch share a hash
+            _, first, group = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+            hashes = h[first]
+        group = group.ravel()
+        return hashes, first, group, self._index.lookup(rows[first], hashes, self._states.view())
 
     def _find_or_create(
         self, rows: np.ndarray, max_states: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Vertex indices of int64 state ``rows``, creating the missing ones in order of
         first occurrence. Returns ``(indices, new)``, ``new`` the created indices."""
-        h, found = self._lookup(rows)
+        hashes, first, group, found = self._locate(rows)
         miss = np.flatnonzero(found < 0)
-        if miss.size == 0:
-            return found, miss
-        # one new vertex per distinct missing state, numbered in order of first occurrence
-        _, first, group = np.unique(h[miss], return_index=True, return_inverse=True)
-        if not np.array_equal(rows[miss[first[group]]], rows[miss]):  # a collision in the batch
-            _, first, group = np.unique(rows[miss], axis=0, return_index=True, return_inverse=True)
-        order = np.argsort(first)
-        rank = np.empty_like(order)
-        rank[order] = np.arange(order.size)
+        miss = miss[np.argsort(first[miss])]
         start = self._states.size
-        new_rows = miss[first[order]]
-        if max_states is not None and start - 1 + new_rows.size > max_states:
-            last = "; ".join(_describe(s) for s in rows[new_rows[-3:]])
+        if max_states is not None and start - 1 + miss.size > max_states:
+            last = "; ".join(_describe(s) for s in rows[first[miss[-3:]]])
             raise ValueError(
-                f"the state space exceeds max_states={max_states:,}: {start - 1 + new_rows.size:,} "
+                f"the state space exceeds max_states={max_states:,}: {start - 1 + miss.size:,} "
                 f"states reached; the last created: {last}. Pass a larger max_states if this is "
                 "intended, or check the callback for a runaway (an unbounded count?)"
             )
-        found[miss] = start + rank[group.ravel()]
-        self._states.extend(rows[new_rows])
-        new = np.arange(start, self._states.size)
-        self._index.insert(h[new_rows], new)
-        return found, new
+        new = np.arange(start, start + miss.size)
+        found[miss] = new
+        self._states.extend(rows[first[miss]])
+        self._index.insert(hashes[miss], new)
+        return found[group], new
 
     def find_or_create_vertex(self, state: Iterable[int]) -> Vertex:
         """The vertex of ``state``, created (with no edges) if new."""
@@ -310,17 +315,17 @@ class Graph:
         """Vertex indices of the rows of ``states`` (shape ``(k, state_length)``) in one
         vectorised look-up; ``KeyError`` naming the first state that has no vertex."""
         rows = self._as_states(states)
-        found = self._lookup(rows)[1]
+        _, first, group, found = self._locate(rows)
         if np.any(found < 0):
-            raise KeyError(f"no vertex with state {_describe(rows[np.argmin(found)])}")
-        return found
+            raise KeyError(f"no vertex with state {_describe(rows[first[np.argmin(found)]])}")
+        return found[group]
 
     def find_vertex(self, state: Iterable[int]) -> Vertex:
         """The vertex of ``state``; ``KeyError`` if there is none."""
         return Vertex(self, int(self.find_vertices([state])[0]))
 
     def vertex_exists(self, state: Iterable[int]) -> bool:
-        return bool(self._lookup(self._as_states([state]))[1][0] >= 0)
+        return bool(self._locate(self._as_states([state]))[3][0] >= 0)
 
     def vertex_at(self, index: int) -> Vertex:
         if not 0 <= index < self._states.size:

@@ -249,7 +249,7 @@ class IsolationWithMigration(eqx.Module):
         merged = np.concatenate(
             [states[:, :n] + states[:, n:], np.zeros_like(states[:, n:])], axis=1
         )
-        self.merge = tuple(position[graph.find_vertex(merged[v]).index] for v in transient)
+        self.merge = tuple(position[v] for v in graph.find_vertices(merged[transient]).tolist())
         self.rewards = None if rewards is None else np.asarray(rewards, np.float64)
 
     @classmethod
