@@ -251,7 +251,7 @@ class Graph:
                 if np.ndim(row) != 1 or len(row) != self.state_length:
                     length = len(row) if np.ndim(row) == 1 else np.ndim(row)
                     raise ValueError(
-                        f"state {tuple(np.atleast_1d(row))} has length {length}, but this graph "
+                        f"state {tuple(np.atleast_1d(row).tolist())} has length {length}, but this graph "
                         f"has state_length {self.state_length}{_reached(parents, k)}"
                     )
         kind = array.dtype.kind
@@ -395,7 +395,7 @@ class Graph:
             e = int(bad[0])
             problem = "is NaN or infinite" if not np.isfinite(base[e]) else "is negative"
             raise ValueError(
-                f"{what(e)}: weight {base[e]!r} {problem}; rates and probabilities must be "
+                f"{what(e)}: weight {float(base[e])!r} {problem}; rates and probabilities must be "
                 "finite and >= 0"
             )
         if coefficients is not None:
