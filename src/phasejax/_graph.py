@@ -81,8 +81,9 @@ class _Buffer:
         return out
 
     def trim(self) -> None:
-        """Release the spare capacity (after a bulk build)."""
-        self.data = self.data[: self.size].copy()
+        """Release the spare capacity (after a bulk build) when it is worth a copy."""
+        if len(self.data) > 1.25 * self.size + 16:
+            self.data = self.data[: self.size].copy()
 
 
 def _hash_rows(rows: Int[np.ndarray, "K L"], multipliers: np.ndarray) -> np.ndarray:
@@ -233,11 +234,13 @@ class Graph:
         """The starting vertex (index 0); its out-edges are the initial distribution."""
         return Vertex(self, 0)
 
-    def _as_states(self, rows: Any, parents: np.ndarray | None = None) -> np.ndarray:
+    def _as_states(
+        self, rows: Any, parents: Callable[[int], np.ndarray] | None = None
+    ) -> np.ndarray:
         """``rows`` as an (K, state_length) int64 array, or an error naming the bad state.
 
         States must be integer vectors: floats are accepted only when finite and
-        integral (never truncated). ``parents``: the state each row was reached from,
+        integral (never truncated). ``parents(k)``: the state row ``k`` was reached from,
         for the message.
         """
         try:
@@ -551,7 +554,11 @@ class Graph:
                 f"a batched callback returned {k} parents but rates/base of shape {base.shape}"
                 f"{'' if coef is None else f' and coefficients of shape {coef.shape}'}"
             )
-        children = self._as_states(out[1], states[parent]) if k else np.empty((0, states.shape[1]))
+        children = (
+            self._as_states(out[1], lambda i: states[parent[i]])
+            if k
+            else np.empty((0, states.shape[1]))
+        )
         if children.shape[0] != k:
             raise ValueError(
                 f"a batched callback returned {k} parents but {len(children)} children"
@@ -610,11 +617,13 @@ class Graph:
                     base.append(rate)
                     coef.append(c)
             parent = np.asarray(parent, np.int64)
-            rates = _numbers(base, "rate", states[parent])
+            rates = _numbers(base, "rate", lambda k: states[parent[k]])
             rows = [k for k, c in enumerate(coef) if c is not None]
             if not rows:
                 return parent, children, rates
-            dense = _numbers([coef[k] for k in rows], "coefficients", states[parent[rows]])
+            dense = _numbers(
+                [coef[k] for k in rows], "coefficients", lambda k: states[parent[rows[k]]]
+            )
             coefficients = np.zeros((parent.size, dense.shape[1]))
             coefficients[rows] = dense
             return parent, children, rates, coefficients
@@ -773,7 +782,7 @@ def _real_array(values: Any, what: str) -> np.ndarray:
     return array.astype(np.float64, copy=False)
 
 
-def _numbers(values: list, what: str, parents: np.ndarray) -> np.ndarray:
+def _numbers(values: list, what: str, parents: Callable[[int], np.ndarray]) -> np.ndarray:
     """The per-transition ``values`` as one float64 array, or an error naming the state
     whose transition gave a value that is not a (vector of) real number(s)."""
     try:
@@ -782,14 +791,14 @@ def _numbers(values: list, what: str, parents: np.ndarray) -> np.ndarray:
         for k, value in enumerate(values):
             if np.asarray(value).dtype.kind not in "iuf" or np.shape(value) != np.shape(values[0]):
                 raise ValueError(
-                    f"{what} {value!r} of a transition from state {_describe(parents[k])} is not "
+                    f"{what} {value!r} of a transition from state {_describe(parents(k))} is not "
                     f"{'a real number' if what == 'rate' else 'a flat vector of real numbers of the same length as the others'}"
                 ) from None
         raise
 
 
-def _reached(parents: np.ndarray | None, k: int) -> str:
-    return "" if parents is None else f" (a transition from state {_describe(parents[k])})"
+def _reached(parents: Callable[[int], np.ndarray] | None, k: int) -> str:
+    return "" if parents is None else f" (a transition from state {_describe(parents(k))})"
 
 
 def _initial_states(initial: Any) -> tuple[list, list[float]]:
