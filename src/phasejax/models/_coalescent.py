@@ -2,61 +2,80 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from .._compile import Model
 from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL
 from .._epochs import EpochPhaseType, epochs
-from .._graph import Graph
+from .._graph import Graph, merge_transitions
 
 
-def _merge(counts: list[int], i: int, j: int, offset: int = 0) -> tuple[int, ...]:
-    """Coalesce one lineage of class ``i`` with one of class ``j`` (classes are sizes - 1)."""
-    new = list(counts)
-    new[offset + i] -= 1
-    new[offset + j] -= 1
-    new[offset + i + j + 1] += 1
-    return tuple(new)
+def _coalescences(
+    states: Int[np.ndarray, "B L"], offset: int, n_classes: int
+) -> tuple[Int[np.ndarray, " K"], Int[np.ndarray, "K L"], Int[np.ndarray, " K"]]:
+    """All pair coalescences within one block of lineage classes, for a batch of states.
+
+    The block is ``states[:, offset:offset + n_classes]``; classes are sizes - 1, so a
+    class-``i`` lineage merging with a class-``j`` one gives class ``i + j + 1``.
+    Returns ``(parent, children, pairs)``: the batch row, the state after the merge and
+    the number of such pairs; per parent, ordered by ``(i, j)`` with ``i <= j``.
+    """
+    block = states[:, offset : offset + n_classes]
+    present = block > 0
+    n_present = present.sum(axis=1)
+    width = int(n_present.max(initial=0))
+    # each row's present classes, ascending, padded with -1
+    classes = np.full((len(states), width), -1)
+    rows, cols = np.nonzero(present)
+    classes[rows, np.arange(rows.size) - np.repeat(np.cumsum(n_present) - n_present, n_present)] = (
+        cols
+    )
+    a, b = np.triu_indices(width)
+    i, j = classes[:, a], classes[:, b]
+    count_i = np.take_along_axis(block, np.maximum(i, 0), axis=1)
+    count_j = np.take_along_axis(block, np.maximum(j, 0), axis=1)
+    pairs = np.where(i == j, count_i * (count_i - 1) // 2, count_i * count_j)
+    parent, slot = np.nonzero((j >= 0) & (pairs > 0))
+    i, j = i[parent, slot], j[parent, slot]
+    children = states[parent]
+    k = np.arange(parent.size)
+    children[k, offset + i] -= 1
+    children[k, offset + j] -= 1
+    children[k, offset + i + j + 1] += 1
+    return parent, children, pairs[parent, slot]
 
 
-def _coalescences(counts: list[int], n: int, offset: int, n_params: int, param: int):
-    """All pair coalescences within one deme: ``(next_state, coefficients)``."""
-    present = [i for i in range(n) if counts[offset + i] > 0]
-    for a, i in enumerate(present):
-        for j in present[a:]:
-            pairs = (
-                counts[offset + i] * (counts[offset + i] - 1) // 2
-                if i == j
-                else counts[offset + i] * counts[offset + j]
-            )
-            if pairs:
-                coefficients = [0.0] * n_params
-                coefficients[param] = float(pairs)
-                yield _merge(counts, i, j, offset), coefficients
+def _unit_coefficients(values: np.ndarray, n_params: int, param: int) -> np.ndarray:
+    """Coefficient rows with ``values`` in column ``param`` and zeros elsewhere."""
+    out = np.zeros((values.size, n_params))
+    out[:, param] = values
+    return out
 
 
-def kingman(n: int) -> Graph:
+def kingman(n: int, **build: Any) -> Graph:
     """Kingman's coalescent for ``n`` samples, block-counting states.
 
     State (length ``n``): entry ``i`` counts the lineages ancestral to ``i + 1``
     samples. Starts at ``(n, 0, ..., 0)``; absorbs when one lineage is left. One
     parameter ``theta``: every pair coalesces at rate ``theta`` (theta = 1 is the
     standard coalescent in units of 2N generations, ``E[TMRCA] = 2 (1 - 1/n)``).
+    Built by [`phasejax.Graph.from_batched_callback`][] (``build``: its keyword
+    arguments, e.g. ``progress``, ``max_states``): ``n = 50`` has 204,226 states.
     """
     if n < 2:
         raise ValueError(f"kingman needs n >= 2 samples, got {n}")
 
-    def transitions(state):
-        counts = state.tolist()
-        if sum(counts) <= 1:
-            return ()
-        return _coalescences(counts, n, 0, 1, 0)
+    def transitions(states):
+        parent, children, pairs = _coalescences(states, 0, n)
+        return parent, children, pairs[:, None].astype(np.float64)
 
     start = (n,) + (0,) * (n - 1)
-    return Graph.from_callback(transitions, start, n_params=1)
+    return Graph.from_batched_callback(transitions, start, n_params=1, **build)
 
 
 def sfs_rewards(graph: Graph, n: int | None = None) -> np.ndarray:
@@ -79,34 +98,34 @@ def sfs_rewards(graph: Graph, n: int | None = None) -> np.ndarray:
     return per_class[:, : n - 1].T.astype(np.float64)
 
 
-def _two_deme(n_classes: int, start: tuple[int, ...]) -> Graph:
+def _two_deme(n_classes: int, start: tuple[int, ...], **build: Any) -> Graph:
     """Two-deme structured coalescent over ``n_classes`` lineage classes per deme.
 
     State (length ``2 n_classes``): entry ``d * n_classes + k`` counts lineages of class
     ``k`` in deme ``d``; classes add like block sizes (``k1 + k2 + 1``, see
-    :func:`_merge`). Parameters ``(coal_1, coal_2, mig_12, mig_21)``; absorbs when one
-    lineage is left.
+    :func:`_coalescences`). Parameters ``(coal_1, coal_2, mig_12, mig_21)``; absorbs
+    when one lineage is left. Per state, the transitions are deme 1's coalescences and
+    migrations, then deme 2's.
     """
 
-    def transitions(state):
-        counts = state.tolist()
-        if sum(counts) <= 1:
-            return []
-        out = []
+    def transitions(states):
+        alive = states.sum(axis=1) > 1
+        groups = []
         for deme in range(2):
-            out.extend(_coalescences(counts, n_classes, deme * n_classes, 4, deme))
-            for i in range(n_classes):
-                k = counts[deme * n_classes + i]
-                if k:
-                    new = list(counts)
-                    new[deme * n_classes + i] -= 1
-                    new[(1 - deme) * n_classes + i] += 1
-                    coefficients = [0.0] * 4
-                    coefficients[2 + deme] = float(k)
-                    out.append((tuple(new), coefficients))
-        return out
+            offset = deme * n_classes
+            parent, children, pairs = _coalescences(states, offset, n_classes)
+            groups.append((parent, children, _unit_coefficients(pairs, 4, deme)))
+            # migration of one class-i lineage to the other deme, at rate count * mig
+            block = states[:, offset : offset + n_classes]
+            parent, i = np.nonzero((block > 0) & alive[:, None])
+            children = states[parent]
+            k = np.arange(parent.size)
+            children[k, offset + i] -= 1
+            children[k, (1 - deme) * n_classes + i] += 1
+            groups.append((parent, children, _unit_coefficients(block[parent, i], 4, 2 + deme)))
+        return merge_transitions(*groups)
 
-    return Graph.from_callback(transitions, start, n_params=4)
+    return Graph.from_batched_callback(transitions, start, n_params=4, **build)
 
 
 def _joint_classes(n1: int, n2: int) -> int:
@@ -124,7 +143,7 @@ def _two_island_start(n1: int, n2: int, joint: bool) -> tuple[int, ...]:
     return tuple(start)
 
 
-def two_island(n1: int, n2: int = 0, *, joint: bool = False) -> Graph:
+def two_island(n1: int, n2: int = 0, *, joint: bool = False, **build: Any) -> Graph:
     """Structured coalescent with two demes and migration (cyclic).
 
     Parameters ``theta = (coal_1, coal_2, mig_12, mig_21)``: pairs in deme ``d``
@@ -142,12 +161,14 @@ def two_island(n1: int, n2: int = 0, *, joint: bool = False) -> Graph:
       carries. Starts with ``n1`` lineages ``(1, 0)`` in deme 1 and ``n2`` lineages
       ``(0, 1)`` in deme 2. Rewards: :func:`jsfs_rewards` (joint SFS). With ``n2 = 0``
       both layouts coincide.
+
+    ``build``: keyword arguments of [`phasejax.Graph.from_batched_callback`][].
     """
     n = n1 + n2
     if n < 2:
         raise ValueError(f"two_island needs at least 2 samples, got {n}")
     start = _two_island_start(n1, n2, joint)
-    return _two_deme(len(start) // 2, start)
+    return _two_deme(len(start) // 2, start, **build)
 
 
 def jsfs_rewards(graph: Graph, n1: int, n2: int) -> Float[np.ndarray, "n1+1 n2+1 V"]:
@@ -228,7 +249,7 @@ class IsolationWithMigration(eqx.Module):
         merged = np.concatenate(
             [states[:, :n] + states[:, n:], np.zeros_like(states[:, n:])], axis=1
         )
-        self.merge = tuple(position[graph.find_vertex(merged[v]).index] for v in transient)
+        self.merge = tuple(position[v] for v in graph.find_vertices(merged[transient]).tolist())
         self.rewards = None if rewards is None else np.asarray(rewards, np.float64)
 
     @classmethod

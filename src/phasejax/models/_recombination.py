@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from jaxtyping import Int
 
-from .._graph import Graph
+from .._graph import Graph, merge_transitions
 
 
-def _settle(ab: int, a: int, b: int) -> tuple[int, int, int]:
+def _settle(states: Int[np.ndarray, "K 3"]) -> Int[np.ndarray, "K 3"]:
     """Drop material whose locus has found its MRCA (one lineage left carrying it)."""
-    if ab + a == 1:  # locus A done: its last carrier no longer matters for A
-        ab, a, b = 0, 0, b + ab
-    if ab + b == 1:
-        ab, b, a = 0, 0, a + ab
-    return ab, a, b
+    ab, a, b = states.T
+    done = ab + a == 1  # locus A done: its last carrier no longer matters for A
+    ab, a, b = np.where(done, 0, ab), np.where(done, 0, a), np.where(done, b + ab, b)
+    done = ab + b == 1
+    ab, a, b = np.where(done, 0, ab), np.where(done, a + ab, a), np.where(done, 0, b)
+    return np.stack([ab, a, b], axis=1)
 
 
-def two_locus(n: int) -> Graph:
+# pairs of lineage kinds (0 = ab, 1 = a, 2 = b) in the order of the transitions, and the
+# kind of the lineage their coalescence leaves
+_PAIRS = ((0, 0, 0), (0, 1, 0), (0, 2, 0), (1, 1, 1), (1, 2, 0), (2, 2, 2))
+
+
+def two_locus(n: int, **build: Any) -> Graph:
     """Two loci A and B on ``n`` sampled chromosomes, with recombination between them.
 
     State ``(k_ab, k_a, k_b)``: lineages carrying ancestral material at both loci, at A
@@ -26,39 +35,31 @@ def two_locus(n: int) -> Graph:
     a ``b`` lineage at rate ``rho / 2`` (``rho = 4 N r``). Rewards from
     :func:`tmrca_rewards` give the TMRCA at each locus: ``E = 2 (1 - 1/n)`` each, and
     for ``n = 2`` the correlation ``(rho + 18) / (rho^2 + 13 rho + 18)``.
+    ``build``: keyword arguments of [`phasejax.Graph.from_batched_callback`][].
     """
     if n < 2:
         raise ValueError(f"two_locus needs n >= 2, got {n}")
 
-    def transitions(state):
-        ab, a, b = (int(x) for x in state)
-        if ab + a <= 1 and ab + b <= 1:
-            return []
-        out = []
-        counts = {"ab": ab, "a": a, "b": b}
-        kinds = ["ab", "a", "b"]
-        merged = {
-            ("ab", "ab"): "ab",
-            ("ab", "a"): "ab",
-            ("ab", "b"): "ab",
-            ("a", "a"): "a",
-            ("b", "b"): "b",
-            ("a", "b"): "ab",
-        }
-        for i, x in enumerate(kinds):
-            for y in kinds[i:]:
-                pairs = counts[x] * (counts[x] - 1) // 2 if x == y else counts[x] * counts[y]
-                if pairs:
-                    new = dict(counts)
-                    new[x] -= 1
-                    new[y] -= 1
-                    new[merged[(x, y)]] += 1
-                    out.append((_settle(new["ab"], new["a"], new["b"]), [float(pairs), 0.0]))
-        if ab:
-            out.append((_settle(ab - 1, a + 1, b + 1), [0.0, 0.5 * ab]))
-        return out
+    def transitions(states):
+        alive = (states[:, 0] + states[:, 1] > 1) | (states[:, 0] + states[:, 2] > 1)
+        groups = []
+        for x, y, merged in _PAIRS:
+            kx, ky = states[:, x], states[:, y]
+            pairs = kx * (kx - 1) // 2 if x == y else kx * ky
+            parent = np.flatnonzero(alive & (pairs > 0))
+            children = states[parent]
+            children[:, x] -= 1
+            children[:, y] -= 1
+            children[:, merged] += 1
+            rates = np.stack([pairs[parent], np.zeros(parent.size)], axis=1)
+            groups.append((parent, _settle(children), rates))
+        parent = np.flatnonzero(alive & (states[:, 0] > 0))  # recombination of an ab lineage
+        children = states[parent] + np.array([-1, 1, 1])
+        rates = np.stack([np.zeros(parent.size), 0.5 * states[parent, 0]], axis=1)
+        groups.append((parent, _settle(children), rates))
+        return merge_transitions(*groups)
 
-    return Graph.from_callback(transitions, (n, 0, 0), n_params=2)
+    return Graph.from_batched_callback(transitions, (n, 0, 0), n_params=2, **build)
 
 
 def tmrca_rewards(graph: Graph) -> np.ndarray:
