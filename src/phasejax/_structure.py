@@ -18,10 +18,11 @@ import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._solve import GMRES, AbstractSolver, DenseLU, LevelSweep, level_schedule
-from ._topology import out_edge_table
+from ._solve import GMRES, AbstractSolver, DenseLU, LevelSweep, block_schedule, level_schedule
+from ._topology import out_edge_table, strong_components
 
-DENSE_LIMIT = 2000
+DENSE_LIMIT = 500
+BLOCK_LIMIT = 2000
 
 
 class Structure(eqx.Module):
@@ -109,6 +110,9 @@ def at_trace_time(fn):
 
 
 def _choose_solver(n: int, src: np.ndarray, dst: np.ndarray, solver: str) -> AbstractSolver:
+    names = ("auto", "sweep", "blocks", "dense", "gmres")
+    if solver not in names:
+        raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(map(repr, names))}")
     blocks = level_schedule(n, src, dst) if solver in ("auto", "sweep") else None
     if solver == "sweep" and blocks is None:
         raise ValueError("solver='sweep' needs an acyclic graph, but this graph has cycles")
@@ -116,9 +120,10 @@ def _choose_solver(n: int, src: np.ndarray, dst: np.ndarray, solver: str) -> Abs
         return LevelSweep(jnp.asarray(blocks))
     if solver == "dense" or (solver == "auto" and n <= DENSE_LIMIT):
         return DenseLU()
-    if solver in ("gmres", "auto"):
-        return GMRES()
-    raise ValueError(f"unknown solver {solver!r}: use 'auto', 'sweep', 'dense' or 'gmres'")
+    if solver == "auto":
+        largest = np.bincount(strong_components(n, src, dst)[0]).max()
+        solver = "blocks" if largest <= BLOCK_LIMIT else "gmres"
+    return block_schedule(n, src, dst) if solver == "blocks" else GMRES()
 
 
 @at_trace_time
@@ -132,8 +137,10 @@ def make_structure(
 ) -> Structure:
     """Build a :class:`Structure` from numpy edge arrays over transient states.
 
-    ``solver``: ``"auto"`` (level sweep if acyclic, dense LU up to 2,000 transient
-    states, GMRES above), ``"sweep"``, ``"dense"``, ``"gmres"``, or an instance.
+    ``solver``: ``"auto"`` (level sweep if acyclic, else dense LU up to 500 transient
+    states, else the block sweep over strongly connected components when none has more
+    than 2,000 states, else GMRES), ``"sweep"``, ``"blocks"``, ``"dense"``, ``"gmres"``,
+    or an instance.
     The arrays are concrete even when this runs while tracing (e.g. a reward
     transformation built inside ``jit``): structure is data known at trace time.
     """

@@ -5,11 +5,14 @@ absorption, the heights that order a level sweep, each state's out-edges) is mad
 on plain ``(src, dst)`` integer arrays, once, before anything is traced. Edges are kept
 in compressed-sparse-row form (:func:`csr`) so that a whole frontier of vertices expands
 in one vectorised gather (:func:`expand`), never one vertex at a time in Python.
+Strongly connected components come from scipy's compiled Pearce/Tarjan routine.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 
 def csr(n: int, frm: np.ndarray, to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +84,23 @@ def heights(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
         frontier = candidates[remaining[candidates] == 0]
         h += 1
     return None if np.any(height < 0) else height
+
+
+def strong_components(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Strongly connected components of the transient graph (``dst == n``: absorption).
+
+    Returns ``(label, height)``: the component of each state, and each component's height
+    in the condensation (longest path of components to absorption, as :func:`heights`),
+    so that an edge between two components always descends in height.
+    """
+    inner = dst < n
+    s, d = src[inner], dst[inner]
+    adjacency = coo_matrix((np.ones(s.size, np.int8), (s, d)), shape=(n, n)).tocsr()
+    count, label = connected_components(adjacency, directed=True, connection="strong")
+    across = label[s] != label[d]
+    height = heights(count, label[s[across]], label[d[across]])
+    assert height is not None  # a condensation is acyclic
+    return label.astype(np.int64), height
 
 
 def out_edge_table(n: int, src: np.ndarray) -> np.ndarray:
