@@ -6,7 +6,8 @@ Kingman coalescent (block counting; E[T] and Var[T] at theta = 1, checked agains
 runs in its own subprocess, so that its peak RSS (``getrusage``) is its own.
 
 Columns: *build* (``pj.models.kingman(n)`` / ``two_island(n, n, joint=True)``: wall and
-CPU seconds; CPU time is the better figure on a shared box), *compile*
+CPU seconds of the process; CPU time is the steadier figure on a loaded box, though XLA
+compilation may use more than one core), *compile*
 (``graph.compile()`` / ``IsolationWithMigration(graph, rewards)``), *first* (first call,
 tracing and XLA compilation included), *steady* (best of 3), *peak RSS*. The C library
 (phasic 0.32.1 through ``phasic_reference``) has the same Kingman graph: its column is
@@ -49,7 +50,7 @@ def case_kingman(n: int, with_c: bool) -> dict:
     res = {"states": graph.vertices_length() - 1, "edges": graph.edges_length() - 1}
     res["build"], res["build_cpu"] = build, build_cpu
     res["graph_mb"] = graph_megabytes(graph)
-    model, res["compile"], _ = _timed(graph.compile)
+    model, res["compile"], res["compile_cpu"] = _timed(graph.compile)
     res["solver"] = type(model.solver).__name__
 
     @jax.jit
@@ -58,7 +59,7 @@ def case_kingman(n: int, with_c: bool) -> dict:
         return d.mean(), d.var()
 
     theta = jnp.array([1.0])
-    (mean, _), res["first"], _ = _timed(lambda: jax.block_until_ready(e_var(theta)))
+    (mean, _), res["first"], res["first_cpu"] = _timed(lambda: jax.block_until_ready(e_var(theta)))
     res["steady"] = best_of(e_var, theta, repeat=3, number=1, warm=False)
     res["err"] = abs(float(mean) - 2 * (1 - 1 / n)) / (2 * (1 - 1 / n))
     res["rss_mb"] = peak_rss_mb()
@@ -93,13 +94,13 @@ def case_im(n: int, solve: bool) -> dict:
     res["build"], res["build_cpu"] = build, build_cpu
     res["graph_mb"] = graph_megabytes(graph)
     if solve:
-        im, res["compile"], _ = _timed(
+        im, res["compile"], res["compile_cpu"] = _timed(
             lambda: IsolationWithMigration(graph, jsfs_rewards(graph, n, n))
         )
         res["solver"] = type(im.model.solver).__name__
         args = (1.0, 1.5, 0.5, 0.25, 0.8, 0.6)
         fn = eqx.filter_jit(lambda m, *a: m.expected_jsfs(*a))
-        _, res["first"], _ = _timed(lambda: jax.block_until_ready(fn(im, *args)))
+        _, res["first"], res["first_cpu"] = _timed(lambda: jax.block_until_ready(fn(im, *args)))
         res["steady"] = best_of(fn, im, *args, repeat=3, number=1, warm=False)
     res["rss_mb"] = peak_rss_mb()
     del pj
@@ -111,6 +112,15 @@ def graph_megabytes(graph) -> float:
     arrays = [graph.states(), *graph._index.main, *graph._index.recent]
     arrays += [b.data for b in (graph._src, graph._dst, graph._base, graph._coef)]
     return sum(a.nbytes for a in arrays) / 1e6
+
+
+def with_cpu(res: dict, key: str) -> str:
+    """Wall time with the process's CPU time (a steadier figure on a loaded box)."""
+    from _common import fmt_time
+
+    if key not in res:
+        return "-"
+    return f"{fmt_time(res[key])} ({res[key + '_cpu']:.2f} s CPU)"
 
 
 def run_case(kind: str, n: int, flag: bool) -> dict:
@@ -135,6 +145,9 @@ def main():
         res = (case_kingman if kind == "kingman" else case_im)(n, flag)
         print(json.dumps(res))
         return
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # as in every case's subprocess
     print(machine())
     kingman = [30, 40, 50] + ([60] if args.big else [])
     im = [4, 5] + ([6, 7] if args.big else [])
@@ -157,10 +170,10 @@ def main():
                 [
                     label,
                     size,
-                    f"{fmt_time(r['build'])} ({r['build_cpu']:.2f} s CPU)",
+                    with_cpu(r, "build"),
                     f"{r['graph_mb']:.0f} MB",
-                    fmt_time(r.get("compile")),
-                    fmt_time(r.get("first")),
+                    with_cpu(r, "compile"),
+                    with_cpu(r, "first"),
                     fmt_time(r.get("steady")),
                     f"{r['rss_mb'] / 1024:.2f} GB",
                     c,

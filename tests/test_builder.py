@@ -193,6 +193,7 @@ def test_many_single_inserts_and_edges_after_a_build():
     before = len(v.edges())
     v.add_edge_parameterized(w, 1.0, [2.0])
     assert len(v.edges()) == before + 1 and v.edges()[-1][0] == w
+    assert graph.find_or_create_vertex([8, 8, 8, 8]).edges() == []  # a vertex added after
 
 
 # -- runaway protection and progress -------------------------------------------------------

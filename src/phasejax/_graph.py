@@ -227,7 +227,7 @@ class Graph:
         self._dst = _Buffer(np.int32)
         self._base = _Buffer(np.float64)
         self._coef = _Buffer(np.float64, (n_params or 0,))
-        self._out_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._out_cache: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
 
     # -- vertices -------------------------------------------------------------
     def starting_vertex(self) -> Vertex:
@@ -427,10 +427,11 @@ class Graph:
 
     def _out_edges(self) -> tuple[np.ndarray, np.ndarray]:
         """Edges grouped by source, in insertion order: ``order[ptr[v]:ptr[v + 1]]``."""
-        if self._out_cache is None or self._out_cache[0] != self._src.size:
+        sizes = (self._src.size, self._states.size)
+        if self._out_cache is None or self._out_cache[0] != sizes:
             src = self._src.view()
             order, ptr = csr(self._states.size, src, np.arange(src.size))
-            self._out_cache = (src.size, order, ptr)
+            self._out_cache = (sizes, order, ptr)
         return self._out_cache[1], self._out_cache[2]
 
     def edges_length(self) -> int:
