@@ -9,7 +9,7 @@ from ._epochs import EpochPhaseType, epochs
 from ._graph import Graph, Matrices, Vertex
 from ._mutations import joint_mutation_pmf, mutation_counts
 from ._rewards import DiscreteRewardTransform, RewardTransform
-from ._solve import GMRES, AbstractSolver, DenseLU, LevelSweep, System
+from ._solve import GMRES, AbstractSolver, BlockSweep, DenseLU, LevelSweep, System
 from ._structure import Structure
 
 try:
@@ -21,6 +21,7 @@ __all__ = [
     "GMRES",
     "AbstractPhaseType",
     "AbstractSolver",
+    "BlockSweep",
     "DenseLU",
     "DiscretePhaseType",
     "DiscreteRewardTransform",

@@ -203,8 +203,8 @@ def _block_kernel(tables, coefs, base, transpose):
             x = x.at[rows].set(jnp.einsum(spec, inverse[k], x[rows]))
         return x, None
 
-    shape = base.shape[:1] + rate.shape[1:] + (1,) * (base.ndim - rate.ndim)
-    x = jnp.broadcast_to(base, jnp.broadcast_shapes(base.shape, shape))
+    batch = [rate.shape[1:]] + [inverse.shape[3:] for inverse in inverses]
+    x = jnp.broadcast_to(base, base.shape[:1] + jnp.broadcast_shapes(base.shape[1:], *batch))
     x, _ = jax.lax.scan(body, x, ((gather, scatter, edge), steps), reverse=transpose)
     return x
 
@@ -221,8 +221,8 @@ class BlockSweep(AbstractSolver):
     triangular: for ``M x = b``, ``x_C = M_CC^{-1} (b_C + A_{C,out} x_out)`` with every
     ``x_out`` in lower components, swept sinks first (``M^T z = b``: sources first, with
     ``M_CC^{-T}``). The diagonal blocks are inverted once per operator (:meth:`prepare`),
-    batched by size: a block is padded to a size bucket (1, 2, 3, 4, 6, 8, 12, ...), the
-    padding rows being identity. Each step of the sweep handles up to ``K_b`` blocks of
+    batched by size: blocks are padded to a few bucket widths (:func:`_bucket_widths`),
+    the padding rows being identity. Each step of the sweep handles up to ``K_b`` blocks of
     every bucket ``b`` of one level and the cross-component edges feeding them.
 
     Inversion uses GTH-style elimination (:func:`_gth_inverse`) with the exit rate of each
@@ -381,8 +381,27 @@ def level_schedule(
     return slots.reshape(3, -1, width).astype(np.int32)
 
 
-# block sizes are padded to 1, 2, 3, 4, 6, 8, 12, 16, ... (at most 1.5x, 2.25x the work)
-_BUCKETS = np.unique(np.concatenate([2 ** np.arange(24), 3 * 2 ** np.arange(23)]))
+def _bucket_widths(size: np.ndarray, columns: int = 64, bucket_cost: float = 1e7) -> np.ndarray:
+    """Padded widths for blocks of the given sizes: the sorted distinct sizes are grouped
+    into buckets (each padded to its largest) minimising ``sum_b count_b (w_b^3 + columns
+    w_b^2) + bucket_cost * buckets`` (inversion, sweep, and per-bucket compile and
+    dispatch), by dynamic programming over the sorted sizes. Returns each block's width.
+    """
+    distinct, count = np.unique(size, return_counts=True)
+    work = distinct.astype(np.float64) ** 3 + columns * distinct.astype(np.float64) ** 2
+    before = np.concatenate([[0], np.cumsum(count)])
+    best = np.zeros(distinct.size + 1)
+    cut = np.zeros(distinct.size + 1, np.int64)
+    for j in range(1, distinct.size + 1):  # best[j]: sizes distinct[:j] grouped
+        options = best[:j] + (before[j] - before[:j]) * work[j - 1] + bucket_cost
+        cut[j] = int(np.argmin(options))
+        best[j] = options[cut[j]]
+    width = np.empty(distinct.size, np.int64)
+    j = distinct.size
+    while j > 0:
+        width[cut[j] : j] = distinct[j - 1]
+        j = cut[j]
+    return width[np.searchsorted(distinct, size)]
 
 
 def _capacities(counts: np.ndarray, cost: np.ndarray, step_cost: float) -> np.ndarray:
@@ -422,14 +441,14 @@ def _slots(step: np.ndarray, n_steps: int, columns: np.ndarray, fill: np.ndarray
 def block_schedule(n: int, src: np.ndarray, dst: np.ndarray, step_cost: int = 8192) -> BlockSweep:
     """The :class:`BlockSweep` of a graph (``dst == n``: absorption), from its SCCs.
 
-    Components (:func:`phasejax._topology.strong_components`) are grouped by padded size
-    into buckets; level by level (condensation heights) their blocks are cut into steps of
+    Components (:func:`phasejax._topology.strong_components`) are grouped by size into
+    buckets (:func:`_bucket_widths`); level by level (condensation heights) their blocks are cut into steps of
     ``K_b`` blocks per bucket, ``K`` chosen by :func:`_capacities` (``step_cost``: the
     per-step overhead in units of one block entry).
     """
     label, height = _topology.strong_components(n, src, dst)
     size = np.bincount(label, minlength=height.size)
-    widths, bucket = np.unique(_BUCKETS[np.searchsorted(_BUCKETS, size)], return_inverse=True)
+    widths, bucket = np.unique(_bucket_widths(size), return_inverse=True)
     # position of each state within its component
     by_component = np.argsort(label, kind="stable")
     local = np.empty(n, np.int64)
