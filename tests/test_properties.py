@@ -330,7 +330,7 @@ def test_from_matrices_moments(discrete):
     """Moments of graphs of random structure (``solver="auto"``) against the oracle (one
     compilation per example: few examples)."""
 
-    @_settings(5)
+    @_settings(4)
     @given(case=matrix_cases(discrete), data=st.data())
     def check(case, data):
         alpha, M = case
@@ -357,7 +357,7 @@ def _moments_of(d, r=None):
     return d.moments(3, r), d.var(r), d.defect()
 
 
-@_settings(6)
+@_settings(4)
 @given(case=pattern_cases("cyclic-ph"), R=_rewards(7, m=1))
 def test_reward_transform_keeps_reward_moments(case, R):
     """``Y = int r(X_t) dt`` (zero rewards folded away): the transformed distribution's
@@ -380,7 +380,7 @@ def test_reward_transform_keeps_reward_moments(case, R):
     _close(defect, p0, scale=1.0, what="P(Y = 0)")
 
 
-@_settings(5)
+@_settings(4)
 @given(case=pattern_cases("cyclic-dph"), r=st.lists(st.integers(0, 2), min_size=4, max_size=4))
 def test_discrete_reward_transform_keeps_reward_moments(case, r):
     """``Y = sum_k r(X_k)`` with integer rewards (zeros allowed): moments kept."""
@@ -489,7 +489,7 @@ def test_bad_times_raise(name):
     model = _pattern_model(name, "auto")
     bad_value = st.sampled_from([-1, -7]) if discrete else st.sampled_from([np.nan, -1e-300, -2.0])
 
-    @_settings(10)
+    @_settings(6)
     @given(case=pattern_cases(name), t=_times(discrete), bad=bad_value, i=st.integers(0, 3))
     def check(case, t, bad, i):
         theta, _, _ = case
