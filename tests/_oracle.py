@@ -351,3 +351,40 @@ def reward_moments(alpha, s, r, k):
         fact *= j
         out.append(fact * alpha @ v)
     return np.array(out)
+
+
+# -- distribution functions (dense matrix exponential / matrix powers) ----------------------------
+def ph_pdf_cdf_sf(alpha, S, t):
+    """``(pdf, cdf, sf)`` at times ``t``: ``alpha e^{St} s``, ``1 - alpha e^{St} 1``,
+    ``alpha e^{St} 1`` (``scipy.linalg.expm``; the defect is an atom at 0)."""
+    from scipy.linalg import expm
+
+    alpha, S = np.asarray(alpha, dtype=np.float64), np.asarray(S, dtype=np.float64)
+    exit_ = -S.sum(axis=1)
+    states = np.array([alpha @ expm(S * ti) for ti in np.ravel(t)]).reshape(len(np.ravel(t)), -1)
+    sf = states.sum(axis=1)
+    return states @ exit_, 1.0 - sf, sf
+
+
+def ph_laplace(alpha, S, r, s):
+    """``E[exp(-s Y)] = defect + alpha (s R - S)^{-1} exit`` for each ``s >= 0``."""
+    alpha, S = np.asarray(alpha, dtype=np.float64), np.asarray(S, dtype=np.float64)
+    exit_ = -S.sum(axis=1)
+    defect = 1.0 - alpha.sum()
+    return np.array(
+        [defect + alpha @ np.linalg.solve(si * np.diag(r) - S, exit_) for si in np.ravel(s)]
+    )
+
+
+def dph_pmf_cdf_sf(alpha, T, k):
+    """``(pmf, cdf, sf)`` at step counts ``k``: ``alpha T^{k-1} t`` (``P(tau = 0)`` is the
+    defect), the cumulative sum of the pmf and ``alpha T^k 1``, by matrix powers."""
+    alpha, T = np.asarray(alpha, dtype=np.float64), np.asarray(T, dtype=np.float64)
+    exit_ = 1.0 - T.sum(axis=1)
+    defect = 1.0 - alpha.sum()
+    pmf_at = lambda j: defect if j == 0 else alpha @ np.linalg.matrix_power(T, j - 1) @ exit_
+    k = [int(j) for j in np.ravel(k)]
+    pmf = np.array([pmf_at(j) for j in k])
+    cdf = np.array([sum(pmf_at(i) for i in range(j + 1)) for j in k])
+    sf = np.array([alpha @ np.linalg.matrix_power(T, j).sum(axis=1) for j in k])
+    return pmf, cdf, sf
