@@ -559,12 +559,7 @@ def test_reachable_trap_raises(g):
         g.compile()
 
 
-# -- silent wrong answers found by these properties (xfail until fixed) ------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a closed class formed at theta (every exit rate 0, yet each state is left) "
-    "gives NaN moments silently (dense LU of a singular matrix); want an error or +inf",
-)
+# -- silent wrong answers found by these properties (regressions; xfail until fixed) -----------------
 @_settings(3, shrink=False)
 @given(case=pattern_cases("cyclic-ph"))
 def test_trapped_at_theta_is_inf_or_raises(case):
@@ -584,11 +579,6 @@ def test_trapped_at_theta_is_inf_or_raises(case):
     assert float(out["mean"]) == np.inf, out["mean"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (issue 12): Graph.from_matrices treats a state that is never left (zero row "
-    "of S, T_ii = 1) as absorbing and returns finite moments; want an error or +inf",
-)
 @pytest.mark.parametrize("discrete", [False, True], ids=["ph", "dph"])
 def test_never_left_state_is_inf_or_raises(discrete):
     @_settings(2, shrink=False)
@@ -608,11 +598,6 @@ def test_never_left_state_is_inf_or_raises(discrete):
     check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: moments that overflow float64 come out NaN (inf propagated through the "
-    "solve: inf - inf), and var/cov NaN, instead of +inf or an error",
-)
 @_settings(3, shrink=False)
 @given(case=pattern_cases("cyclic-ph"), log_c=st.floats(-250.0, -160.0))
 def test_overflowing_moments_are_inf_not_nan(case, log_c):

@@ -417,3 +417,33 @@ def test_guarded_flags_inadmissible_theta_without_raising():
     np.testing.assert_allclose(
         float(dist.mean()), 1.5, rtol=1e-12
     )  # stand-in 1/3 per edge: leaves w.p. 2/3
+
+
+def test_closed_class_at_theta_is_named():
+    """a <-> b with the exit a -> end at rate theta[2]: at theta[2] = 0 both states are
+    left, but never towards absorption (E[T] = inf): an error, not NaN moments."""
+    g = pj.Graph(1, n_params=3)
+    a, b, end = (g.find_or_create_vertex([i]) for i in (1, 2, 3))
+    g.add_edge(0, a.index, 1.0)
+    g.add_edge(a.index, b.index, 0.0, [1.0, 0.0, 0.0])
+    g.add_edge(b.index, a.index, 0.0, [0.0, 1.0, 0.0])
+    g.add_edge(a.index, end.index, 0.0, [0.0, 0.0, 1.0])
+    model = g.compile(solver="dense")
+    np.testing.assert_allclose(float(model(jnp.array([1.0, 1.0, 2.0])).mean()), 1.0)
+    with pytest.raises(ValueError, match=r"closed class.*vertices \[1, 2\]"):
+        model(jnp.array([1.0, 1.0, 0.0]))
+    with pytest.raises(RUNTIME_ERRORS, match="closed class"):
+        jax.jit(lambda t: model(t).mean())(jnp.array([1.0, 1.0, 0.0]))
+    _, ok = jax.vmap(model.guarded)(jnp.array([[1.0, 1.0, 2.0], [1.0, 1.0, 0.0]]))
+    np.testing.assert_array_equal(np.asarray(ok), [True, False])
+
+
+def test_infinite_theta_names_an_edge_that_depends_on_it():
+    g = pj.Graph(1, n_params=2)
+    a, end = g.find_or_create_vertex([1]), g.find_or_create_vertex([2])
+    g.add_edge(0, a.index, 1.0)
+    g.add_edge(a.index, end.index, 0.0, [0.0, 1.0])
+    with pytest.raises(
+        ValueError, match=r"infinite because theta\[1\] = inf: edge 1 \(vertex 1 -> vertex 2\)"
+    ):
+        g.compile()(jnp.array([1.0, np.inf]))

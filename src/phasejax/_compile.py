@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
@@ -22,7 +23,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from . import _sparse
 from ._distribution import DiscretePhaseType, PhaseType
 from ._graph import Graph
-from ._solve import AbstractSolver
+from ._solve import AbstractSolver, LevelSweep
 from ._structure import Structure, is_traced, make_structure
 from ._topology import reachable, transient_vertices
 
@@ -36,6 +37,7 @@ _PROBLEMS = (
     "a transient state can never be left: its out-rates are all zero",
     "initial probabilities sum to more than 1",
     "out-probabilities of a state sum to more than 1",
+    "a closed class of states: they are left, but never towards absorption (moments infinite)",
 )
 _JIT_HINT = (
     " at this theta (under jit/vmap the edge or batch element cannot be named: call "
@@ -119,9 +121,41 @@ class Model(eqx.Module):
             alpha = jnp.asarray(self.initial, rates.dtype)
         return rate, diag, alpha
 
-    def _problems(self, rates, diag, alpha, require_exit: bool) -> Bool[Array, " 6"]:
-        """One flag per entry of ``_PROBLEMS``: the single definition of admissibility."""
+    def _reaches_absorption(self, rate: Float[Array, " e"]) -> Bool[Array, " n"]:
+        """Which states reach absorption along edges of positive rate at this theta.
+
+        A fixed point of ``ok_i = any(rate_e > 0 and ok[dst_e])`` over the edges from
+        ``i`` (absorption counts as ok), reached in at most ``n`` sweeps (the longest
+        path); each sweep is one segment-max over the edges.
+        """
+        src, dst, n = self.structure.src, self.structure.dst, self.n_transient
+        live = rate > 0
+
+        def sweep(ok):
+            ok_dst = jnp.concatenate([ok, jnp.ones((1,), bool)])[dst]
+            hit = (live & ok_dst).astype(jnp.int32)
+            return ok | (jnp.zeros(n, jnp.int32).at[src].max(hit) > 0)
+
+        def body(carry):
+            ok, _ = carry
+            new = sweep(ok)
+            return new, jnp.any(new != ok)
+
+        ok, _ = jax.lax.while_loop(lambda c: c[1], body, (sweep(jnp.zeros(n, bool)), True))
+        return ok
+
+    def _problems(self, rates, diag, alpha, require_exit: bool) -> Bool[Array, " 7"]:
+        """One flag per entry of ``_PROBLEMS``: the single definition of admissibility.
+
+        A closed class can only form where the graph has cycles (an acyclic chain whose
+        states are all left reaches absorption), so the fixed point runs only then.
+        """
         false = jnp.zeros((), bool)
+        cyclic = not isinstance(self.structure.solver, LevelSweep)
+        if require_exit and cyclic:
+            closed = ~jnp.all(self._reaches_absorption(rates[self.edge_index]))
+        else:
+            closed = false
         return jnp.stack(
             [
                 jnp.any(jnp.isnan(rates)),
@@ -130,6 +164,7 @@ class Model(eqx.Module):
                 jnp.any(diag <= 0) if require_exit else false,
                 jnp.sum(alpha) > 1 + _TOL,
                 jnp.any(diag > 1 + _TOL) if self.discrete else false,
+                closed,
             ]
         )
 
@@ -145,14 +180,25 @@ class Model(eqx.Module):
         """The message of problem ``kind`` naming the first offending edge or state."""
         message = _PROBLEMS[kind]
         theta = np.zeros(0) if theta is None else np.ravel(np.asarray(theta))
-        if kind <= 1 and not np.all(np.isfinite(theta)):
-            j = int(np.flatnonzero(~np.isfinite(theta))[0])
-            message += f" because theta[{j}] = {theta[j]}"
         if kind <= 2:
             bad = [np.isnan(rates), np.isinf(rates), rates < 0][kind]
+            cause = ""
+            if kind <= 1 and not np.all(np.isfinite(theta)):
+                # name an edge that the non-finite parameter feeds, not one it poisons
+                # through 0 * inf
+                j = int(np.flatnonzero(~np.isfinite(theta))[0])
+                fed = ~np.isfinite(rates) & (np.asarray(self.coefficients)[:, j] != 0)
+                bad = fed if np.any(fed) else bad
+                cause = f" because theta[{j}] = {theta[j]}"
             e = int(np.flatnonzero(bad)[0])
+            kind = 0 if np.isnan(rates[e]) else 1 if np.isinf(rates[e]) else kind
+            message = _PROBLEMS[kind] + cause
             src, dst = self.edge_vertices[e]
             message += f": edge {e} (vertex {src} -> vertex {dst}) has rate {rates[e]}"
+        elif kind == 6:
+            stuck = np.flatnonzero(~np.asarray(self._reaches_absorption(rates[self.edge_index])))
+            vertices = np.asarray(self.structure.transient_vertices)[stuck[:5]]
+            message += f": vertices {vertices.tolist()}" + (" ..." if stuck.size > 5 else "")
         elif kind in (3, 5):
             i = int(np.flatnonzero(diag <= 0 if kind == 3 else diag > 1 + _TOL)[0])
             vertex = int(self.structure.transient_vertices[i])

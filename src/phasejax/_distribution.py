@@ -161,18 +161,36 @@ class AbstractPhaseType(eqx.Module):
             rhss.append(rhs)
         return ms[1:]
 
+    @abc.abstractmethod
+    def _time_scale(self) -> Float[Array, ""]:
+        """A rate scale ``c`` (1 for discrete): moments are computed for the chain with
+        rates ``/ c`` and rescaled by ``c^-k`` at the end, so a moment beyond float range
+        comes out ``inf`` (never ``inf - inf = NaN``); exact, hence under ``stop_gradient``."""
+
+    def _rescaled(self) -> tuple[AbstractPhaseType, Float[Array, ""]]:
+        c = jax.lax.stop_gradient(self._time_scale())
+        return type(self)(self.structure, self.rate / c, self.diag / c, self.alpha), c
+
+    @staticmethod
+    def _unscale(x: Array, c: Array, power: int) -> Array:
+        """``x / c^power``, with ``0`` kept exact when ``c^power`` underflows."""
+        return jnp.where(x == 0, 0.0, x / c**power)
+
     @eqx.filter_jit
     def moments(self, k: int, rewards: ArrayLike | None = None) -> Float[Array, " k"]:
         """Raw moments ``E[Y], E[Y^2], ..., E[Y^k]`` (``k`` solves)."""
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        return jnp.stack([self.alpha @ m for m in self._moment_vectors(int(k), rewards)])
+        scaled, c = self._rescaled()
+        ms = scaled._moment_vectors(int(k), rewards)
+        return jnp.stack([self._unscale(self.alpha @ m, c, j + 1) for j, m in enumerate(ms)])
 
     @eqx.filter_jit
     def var(self, rewards: ArrayLike | None = None) -> Float[Array, ""]:
         """``Var[Y] = E[Y^2] - E[Y]^2``."""
-        m1, m2 = self.moments(2, rewards)
-        return m2 - m1**2
+        scaled, c = self._rescaled()
+        m1, m2 = (self.alpha @ m for m in scaled._moment_vectors(2, rewards))
+        return self._unscale(m2 - m1**2, c, 2)
 
     @eqx.filter_jit
     def covariance_matrix(self, rewards: ArrayLike) -> Float[Array, "m m"]:
@@ -180,14 +198,15 @@ class AbstractPhaseType(eqx.Module):
 
         ``m + 1`` solves: ``X = U R^T`` and ``z = U^T alpha``.
         """
-        r = self._rewards(rewards)  # (n, m)
-        solve_ = self._solver()
+        scaled, c = self._rescaled()
+        r = scaled._rewards(rewards)  # (n, m)
+        solve_ = scaled._solver()
         x = solve_(r)
         z = solve_(self.alpha, transpose=True)
         cross = (z[:, None] * r).T @ x
-        second = cross + cross.T - self._visit_correction(z, r)
+        second = cross + cross.T - scaled._visit_correction(z, r)
         means = self.alpha @ x
-        return second - jnp.outer(means, means)
+        return self._unscale(second - jnp.outer(means, means), c, 2)
 
     @abc.abstractmethod
     def _visit_correction(self, z, r):
@@ -209,6 +228,10 @@ class PhaseType(AbstractPhaseType):
 
     def _visit_correction(self, z, r):
         return 0.0
+
+    def _time_scale(self):
+        top = jnp.max(self.diag)
+        return jnp.where(top > 0, top, 1.0)
 
     def reward_scaled(self, rewards: ArrayLike) -> PhaseType:
         """The distribution of ``Y = int r(X_t) dt`` for strictly positive rewards.
@@ -339,6 +362,9 @@ class DiscretePhaseType(AbstractPhaseType):
 
     def _visit_correction(self, z, r):
         return (z[:, None] * r).T @ r
+
+    def _time_scale(self):
+        return jnp.ones((), self.diag.dtype)
 
     @eqx.filter_jit
     def factorial_moments(self, k: int) -> Float[Array, " k"]:
