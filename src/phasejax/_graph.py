@@ -252,10 +252,10 @@ class Graph:
         if array.ndim != 2 or array.shape[1] != self.state_length:
             for k, row in enumerate(array if array.ndim else [array]):
                 if np.ndim(row) != 1 or len(row) != self.state_length:
-                    length = len(row) if np.ndim(row) == 1 else np.ndim(row)
+                    state = tuple(np.atleast_1d(row).tolist())
                     raise ValueError(
-                        f"state {tuple(np.atleast_1d(row).tolist())} has length {length}, but this graph "
-                        f"has state_length {self.state_length}{_reached(parents, k)}"
+                        f"state {state} has length {len(state)}, but this graph has "
+                        f"state_length {self.state_length}{_reached(parents, k)}"
                     )
         kind = array.dtype.kind
         if kind in "iu":
@@ -389,8 +389,8 @@ class Graph:
         if loops.size:
             e = int(loops[0])
             raise ValueError(
-                f"edge {src[e]} -> {dst[e]} (state {_describe(states[src[e]])}) is a self-loop: not "
-                "allowed (continuous: meaningless; discrete: the probability of staying is "
+                f"edge {src[e]} -> {dst[e]} (state {_describe(states[src[e]])}) is a self-loop: "
+                "not allowed (continuous: meaningless; discrete: the probability of staying is "
                 "1 - sum of out-probabilities)"
             )
         bad = np.flatnonzero(~np.isfinite(base) | (base < 0))
@@ -789,11 +789,12 @@ def _numbers(values: list, what: str, parents: Callable[[int], np.ndarray]) -> n
     try:
         return _real_array(values, what)
     except ValueError:
+        expected = "a real number" if what == "rate" else "a vector of real numbers"
         for k, value in enumerate(values):
             if np.asarray(value).dtype.kind not in "iuf" or np.shape(value) != np.shape(values[0]):
                 raise ValueError(
                     f"{what} {value!r} of a transition from state {_describe(parents(k))} is not "
-                    f"{'a real number' if what == 'rate' else 'a flat vector of real numbers of the same length as the others'}"
+                    f"{expected} (of the shape of the others)"
                 ) from None
         raise
 

@@ -76,6 +76,8 @@ def random_acyclic(rng, n, defect=0.0, density=0.3):
     S = np.triu(rng.uniform(0.2, 3.0, (n, n)) * (rng.random((n, n)) < density), k=1)
     exit_ = rng.uniform(0.1, 2.0, n) * (rng.random(n) < 0.5)
     exit_[-1] = rng.uniform(0.5, 2.0)
+    # a row with no move and no exit would be a state never left (from_matrices rejects it)
+    exit_ = np.where(S.sum(axis=1) + exit_ > 0, exit_, 1.0)
     np.fill_diagonal(S, -(S.sum(axis=1) + exit_))
     alpha = rng.random(n) * (rng.random(n) < 0.5)
     alpha[0] = 1.0
