@@ -34,9 +34,9 @@ Example::
 """
 
 from . import plot
-from ._fit import DEFAULT_QUANTILES, FitResult, MAPResult, fit_svgd, map_estimate, summarize
+from ._fit import FitResult, MAPResult, fit_svgd, map_estimate, summarize
 from ._kernels import RBF, AbstractKernel, median_bandwidth, stein_direction
-from ._posterior import MomentRegularization, PosteriorLogDensity, log_likelihood, series_fits
+from ._posterior import Likelihood, MomentRegularization, Posterior
 from ._priors import (
     AbstractPrior,
     Flat,
@@ -61,7 +61,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "DEFAULT_QUANTILES",
     "RBF",
     "AbstractKernel",
     "AbstractPrior",
@@ -74,11 +73,12 @@ __all__ = [
     "HalfCauchy",
     "Identity",
     "Independent",
+    "Likelihood",
     "LogNormal",
     "MAPResult",
     "MomentRegularization",
     "Normal",
-    "PosteriorLogDensity",
+    "Posterior",
     "SVGDResult",
     "SVGDState",
     "Softplus",
@@ -86,12 +86,10 @@ __all__ = [
     "as_transform",
     "fit_svgd",
     "load_state",
-    "log_likelihood",
     "map_estimate",
     "median_bandwidth",
     "plot",
     "save_state",
-    "series_fits",
     "stein_direction",
     "summarize",
     "svgd",
