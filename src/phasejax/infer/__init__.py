@@ -48,7 +48,16 @@ from ._priors import (
     Normal,
     as_prior,
 )
-from ._svgd import SVGDResult, SVGDState, load_state, save_state, svgd, svgd_init, svgd_run
+from ._svgd import (
+    SVGDResult,
+    SVGDState,
+    load_state,
+    save_state,
+    stein_residual,
+    svgd,
+    svgd_init,
+    svgd_run,
+)
 from ._transforms import AbstractTransform, Exp, Identity, Softplus, as_transform
 
 
@@ -91,6 +100,7 @@ __all__ = [
     "plot",
     "save_state",
     "stein_direction",
+    "stein_residual",
     "summarize",
     "svgd",
     "svgd_init",

@@ -19,9 +19,10 @@ from ._svgd import DEFAULT_CHUNK, SVGDState, load_state, svgd_init, svgd_run
 
 _QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
 DEFAULT_STEPS = 1000
-#: particles count as stationary when, between three quarters of the run and its end,
-#: no parameter's particle mean or sd moved by more than this fraction of its sd
-_DRIFT_TOLERANCE = 0.1
+# A fit counts as converged when the particles sit within this many posterior sds of an
+# SVGD fixed point (the Stein residual) and, between three quarters of the run and its
+# end, no parameter's particle mean or sd moved by more than this fraction of its sd.
+_STATIONARY = 0.1
 
 
 class FitResult(eqx.Module):
@@ -31,16 +32,22 @@ class FitResult(eqx.Module):
     ``(K, P, p)`` (theta, every ``thin`` steps), ``trace`` (mean log density per step),
     ``mean``, ``sd`` ``(p,)``, ``quantiles`` ``(Q, p)`` at ``quantile_levels``,
     ``state`` (pass as ``resume=`` to continue), ``interrupted`` (Ctrl-C stopped the
-    run: the arrays cover the steps done) and ``drift`` ``(p,)``: the stationarity
-    diagnostic, for each parameter ``max(|mean_end - mean_3/4|, |sd_end - sd_3/4|) /
-    sd_end`` between the particles three quarters into the run and at its end (NaN
-    without ``history``). ``converged`` is ``max(drift) <= 0.1``.
+    run: the arrays cover the steps done), and two stationarity diagnostics:
+
+    - ``residual`` ``(S,)``: per step, how far the particles were from an SVGD fixed
+      point, in posterior sds (see [`stein_residual`][phasejax.infer.stein_residual]);
+    - ``drift`` ``(p,)``: per parameter (in theta), ``max(|mean_end - mean_3/4|,
+      |sd_end - sd_3/4|) / sd_end`` between the particles three quarters into the run
+      and at its end (NaN when ``history`` holds fewer than 4 snapshots).
+
+    ``converged``: both at most 0.1 (``fit_svgd`` warns when not).
     """
 
     particles: Float[Array, "P p"]
     unconstrained: Float[Array, "P p"]
     history: Float[Array, "K P p"]
     trace: Float[Array, " S"]
+    residual: Float[Array, " S"]
     mean: Float[Array, " p"]
     sd: Float[Array, " p"]
     quantiles: Float[Array, "Q p"]
@@ -51,9 +58,12 @@ class FitResult(eqx.Module):
 
     @property
     def converged(self) -> bool:
-        """Whether the particles had stopped moving (``max(drift) <= 0.1``; ``False``
-        when the run was too short or kept no ``history`` to tell)."""
-        return bool(jnp.max(self.drift) <= _DRIFT_TOLERANCE)
+        """Whether the particles had come to rest: final ``residual`` and ``max(drift)``
+        (where available) at most 0.1. ``False`` after no steps."""
+        if self.residual.shape[0] == 0 or not float(self.residual[-1]) <= _STATIONARY:
+            return False
+        drift = float(jnp.max(self.drift))
+        return bool(np.isnan(drift) or drift <= _STATIONARY)
 
     def summary(self, names: Sequence[str] | None = None) -> str:
         """A text table: mean, sd and quantiles per parameter."""
@@ -216,11 +226,12 @@ def fit_svgd(
         checkpoint_every=checkpoint_every,
     )
     fit = _finish(target, out, tuple(float(q) for q in quantiles))
-    if not fit.interrupted and int(fit.history.shape[0]) >= 4 and not fit.converged:
+    if not fit.interrupted and int(steps) > 0 and not fit.converged:
         warnings.warn(
-            f"fit_svgd: the particles were still moving at the end of the run (drift "
-            f"{float(jnp.max(fit.drift)):.3g} sd between three quarters of the run and its "
-            f"end, tolerance {_DRIFT_TOLERANCE}); continue with fit_svgd(..., resume=fit)",
+            "fit_svgd has not converged: at the end the particles were "
+            f"{float(fit.residual[-1]):.3g} posterior sds from an SVGD fixed point and "
+            f"drifted {float(jnp.max(fit.drift)):.3g} sds over the last quarter of the run "
+            f"(tolerance {_STATIONARY} each); continue with fit_svgd(target, resume=fit)",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -257,6 +268,7 @@ def _finish(target: Posterior, out, quantiles) -> FitResult:
         unconstrained=out.particles,
         history=history,
         trace=out.trace,
+        residual=out.residual,
         mean=mean,
         sd=sd,
         quantiles=q,
