@@ -111,9 +111,9 @@ def test_every_observation_out_of_range_raises_instead_of_returning_the_prior():
     with pytest.raises(ValueError, match="out_of_range='-inf'"):
         infer.map_estimate(target, jnp.array([1.0]), steps=3)
     # in range the guarded likelihood is the plain one
-    lp = eqx.filter_jit(lambda t, th: t.log_likelihood(th))(target, jnp.array([0.1]))
+    lp = eqx.filter_jit(lambda t, th: t.log_likelihood(th))(target, jnp.array([0.01]))
     np.testing.assert_allclose(
-        lp, model(jnp.array([0.1])).logpdf(jnp.full(5, 300.0), max_steps=64).sum(), rtol=1e-12
+        lp, model(jnp.array([0.01])).logpdf(jnp.full(5, 300.0), max_steps=64).sum(), rtol=1e-12
     )
 
 
@@ -153,6 +153,7 @@ def test_defaults_converge_on_kingman5():
     mean = float((w * grid).sum())
     sd = float(np.sqrt((w * (grid - mean) ** 2).sum()))
     fit = infer.fit_svgd(target)
+    print(f"defaults on Kingman n=5: sd ratio {float(fit.sd[0]) / sd:.4f}")
     assert fit.converged
     assert abs(float(fit.mean[0]) - mean) < 0.1 * sd
     assert 0.9 < float(fit.sd[0]) / sd < 1.1

@@ -232,7 +232,7 @@ class Likelihood(eqx.Module):
                 if bad.any():
                     i = int(np.argmax(bad))
                     raise ValueError(
-                        f"data[{i}] = {x[i]!r} {why}: data are {what} "
+                        f"data[{i}] = {x[i].item()!r} {why}: data are {what} "
                         f"({bad.sum()} of {x.size} observations are bad)"
                     )
         if self.discrete and not jnp.issubdtype(data.dtype, jnp.integer):
@@ -364,7 +364,7 @@ class Posterior(eqx.Module):
                     "inadmissible or the series would need more than max_steps terms)"
                 )
             return (
-                f"{where} observation {i} (data[{i}] = {np.asarray(self.data)[i]!r}) has log "
+                f"{where} observation {i} (data[{i}] = {np.asarray(self.data)[i].item()!r}) has log "
                 f"probability {per_obs[i]} ({bad.sum()} of {bad.size} observations); {why}"
             )
         for name, value in parts.items():

@@ -190,17 +190,24 @@ def _run_chunk(state: SVGDState, n_active: Int[Array, ""], length: int):
     carry = _sharding.constrain((state.particles, state.opt_state, state.step), n, sharding)
 
     def step_fn(carry, i):
+        def go(carry):
+            new, (logp, residual) = _one_step(state, carry, sharding)
+            # a log density that is not finite stops the chunk where it stands (the host
+            # then raises, naming the particle): stepping on would feed NaN onward
+            ok = jnp.isfinite(logp)
+            new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, carry)
+            return new, (logp, residual), ~ok
+
         def skip(carry):
             nan = jnp.full((), jnp.nan, carry[0].dtype)
-            return carry, (nan, nan)
+            return carry, (nan, nan), jnp.asarray(False)
 
-        carry, (logp, residual) = jax.lax.cond(
-            i < n_active, lambda c: _one_step(state, c, sharding), skip, carry
-        )
-        return carry, (logp, residual, carry[0])
+        carry, stopped = carry
+        carry, (logp, residual), bad = jax.lax.cond((i < n_active) & ~stopped, go, skip, carry)
+        return (carry, stopped | bad), (logp, residual, carry[0])
 
-    (x, opt_state, step), (trace, residual, path) = jax.lax.scan(
-        step_fn, carry, jnp.arange(length, dtype=jnp.int32)
+    ((x, opt_state, step), _), (trace, residual, path) = jax.lax.scan(
+        step_fn, (carry, jnp.asarray(False)), jnp.arange(length, dtype=jnp.int32)
     )
     new_state = eqx.tree_at(
         lambda s: (s.particles, s.opt_state, s.step), state, (x, opt_state, step)
