@@ -347,7 +347,9 @@ def map_estimate(
         fn = _Unconstrained(target, bool(jacobian))
         z, value, trace = _optimize(fn, target.transform.inverse(theta0), optimizer, steps)
         if not (np.all(np.isfinite(np.asarray(trace))) and np.isfinite(float(value))):
-            at = z if np.isfinite(float(value)) else target.transform.inverse(theta0)
+            # explain at the start when the run began out of the support, else where it ended
+            start_ok = trace.shape[0] > 0 and np.isfinite(float(trace[0]))
+            at = z if start_ok else target.transform.inverse(theta0)
             raise ValueError(f"map_estimate: the log density is not finite: {target.explain(at)}")
         return MAPResult(
             params=target.transform.forward(z), unconstrained=z, log_density=value, trace=trace
