@@ -244,6 +244,9 @@ def test_fit_resume_matches_uninterrupted(erlang1, conjugate, tmp_path, monkeypa
     assert jnp.array_equal(finished.particles, full.particles)
 
 
+# 150 steps of a decaying step size leave the (sharper) penalised target short of its
+# fixed point; this test checks coverage only, the warning is checked in test_infer_target
+@pytest.mark.filterwarnings("ignore:fit_svgd has not converged")
 @pytest.mark.parametrize("regularize", [False, True], ids=["plain", "moment-reg"])
 def test_kingman_posterior_covers_truth(kingman5, regularize):
     truth = 1.5
@@ -278,6 +281,7 @@ def test_rabbit_flooding_two_parameters_cover_truth():
         assert fit.quantiles[0, i] < truth[i] < fit.quantiles[-1, i], fit.summary()
 
 
+@pytest.mark.filterwarnings("ignore:fit_svgd has not converged")  # two-step fits
 def test_init_options(erlang1):
     data = jnp.array([0.5, 1.0, 0.2])
     from phasejax.infer._fit import _initial_particles
