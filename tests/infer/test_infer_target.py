@@ -86,6 +86,13 @@ def test_zero_probability_observation_raises_naming_it(erlang2, geometric):
     fit_svgd and map_estimate raise, naming the observation, instead of fitting the rest."""
     data = jnp.array([0.7, 1.2, 0.0, 2.0])
     target = infer.Posterior(erlang2, data, prior=infer.Gamma(2.0, 1.0))
+    # the value itself is right (-inf for that observation only), eagerly, under jit and vmap
+    per_obs = jax.jit(jax.vmap(lambda th: target.likelihood.log_prob(th, data)))(
+        jnp.array([[0.5], [1.0]])
+    )
+    assert np.all(np.isinf(np.asarray(per_obs[:, 2]))) and np.all(
+        np.isfinite(per_obs[:, [0, 1, 3]])
+    )
     assert target.likelihood.log_prob(jnp.array([1.0]), data)[2] == -jnp.inf
     with pytest.raises(
         ValueError, match=r"observation 2 \(data\[2\] = 0\.0\) has log probability -inf"
@@ -110,6 +117,9 @@ def test_every_observation_out_of_range_raises_instead_of_returning_the_prior():
         infer.fit_svgd(target, n_particles=4, steps=3)
     with pytest.raises(ValueError, match="out_of_range='-inf'"):
         infer.map_estimate(target, jnp.array([1.0]), steps=3)
+    # per particle under vmap: in range the plain value, out of range -inf
+    both = jax.vmap(lambda th: target.log_likelihood(th))(jnp.array([[0.01], [1.0]]))
+    assert np.isfinite(both[0]) and both[1] == -jnp.inf
     # in range the guarded likelihood is the plain one
     lp = eqx.filter_jit(lambda t, th: t.log_likelihood(th))(target, jnp.array([0.01]))
     np.testing.assert_allclose(
