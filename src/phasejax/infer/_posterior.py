@@ -339,17 +339,14 @@ class Posterior(eqx.Module):
 
     def explain(self, z: Float[Array, " p"]) -> str:
         """Why the log density at ``z`` is not finite (run eagerly on the failure path)."""
-        theta = self.transform.forward(jnp.asarray(z))
-        parts = {
-            "log prior": self.prior.log_prob(theta),
-            "log |Jacobian|": self.transform.log_det(jnp.asarray(z)),
-        }
+        z = jnp.asarray(z)
+        theta = self.transform.forward(z)
+        where = f"at theta = {np.asarray(theta).tolist()}"
         try:
             per_obs = np.asarray(self.likelihood.log_prob(theta, self.data))
         except Exception as err:  # the model itself rejects theta: say so
-            return f"at theta = {np.asarray(theta).tolist()} the likelihood raised: {err}"
+            return f"{where} the likelihood raised: {err}"
         bad = ~np.isfinite(per_obs)
-        where = f"at theta = {np.asarray(theta).tolist()}"
         if bad.any():
             i = int(np.argmax(bad))
             why = (
@@ -367,6 +364,10 @@ class Posterior(eqx.Module):
                 f"{where} observation {i} (data[{i}] = {np.asarray(self.data)[i].item()!r}) has log "
                 f"probability {per_obs[i]} ({bad.sum()} of {bad.size} observations); {why}"
             )
+        parts = {
+            "log prior": self.prior.log_prob(theta),
+            "log |Jacobian|": self.transform.log_det(z),
+        }
         for name, value in parts.items():
             if not np.isfinite(float(value)):
                 return f"{where} the {name} is {float(value)}"
