@@ -14,7 +14,7 @@ uniformization, ``max_steps=2048``); phasic ``Graph.svgd`` (its default model
 ``pmf_and_moments_from_graph``, default preconditioner).
 
 Reference: the exact posterior on a fine theta grid, from phasejax's exact log-likelihood
-(``PosteriorLogDensity.log_density_theta``, uniformization to 1e-12), 2,001 points on
+(``Posterior.log_density_theta``, uniformization to 1e-12), 2,001 points on
 [0.8, 1.3]. Reported per run: posterior mean and sd of the particles, their distance to
 the grid posterior (bias in grid sds, sd ratio) and whether the particles' 2.5%..97.5%
 range covers the truth.
@@ -139,17 +139,20 @@ def run_phasejax(model, data, n_particles: int, repeats: int, kernel=None) -> di
     times, fit = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fit = infer.fit_svgd(
-            model,
+        target = infer.Posterior(
+            infer.Likelihood(model, logpdf_kwargs={"max_steps": MAX_STEPS}),
             data,
             prior=infer.LogNormal(PRIOR_LOC, PRIOR_SCALE),
             transform="softplus",
+        )
+        fit = infer.fit_svgd(
+            target,
             n_particles=n_particles,
             steps=STEPS,
             init=init,
             optimizer=OPTIMIZER,
             kernel=kernel,
-            logpdf_kwargs={"max_steps": MAX_STEPS},
+            progress=False,
         )
         jax.block_until_ready(fit.particles)
         times.append(time.perf_counter() - t0)
@@ -361,11 +364,10 @@ def main():
     data = model(jnp.array([THETA_TRUE])).sample(
         jax.random.key(N_SAMPLES), (N_OBS,)
     )  # bench_likelihood's
-    post = infer.PosteriorLogDensity(
-        model,
+    post = infer.Posterior(
+        infer.Likelihood(model, logpdf_kwargs={"max_steps": MAX_STEPS}),
         data,
         prior=infer.LogNormal(PRIOR_LOC, PRIOR_SCALE),
-        logpdf_kwargs={"max_steps": MAX_STEPS},
     )
     t0 = time.perf_counter()
     exact = grid_posterior(post)

@@ -282,14 +282,20 @@ def test_sfs_bars():
         plot.sfs(expected, observed[:3])
 
 
-# -- re-exports, optional dependency -------------------------------------------------
+# -- layering, optional dependency ---------------------------------------------------
 
 
-def test_svgd_plots_are_reexported():
-    assert plot.trace is plot.plot_trace is infer.plot.plot_trace
-    assert plot.marginals is plot.plot_marginals is infer.plot.plot_marginals
-    assert plot.pairs is plot.plot_pairs is infer.plot.plot_pairs
-    fig, axes = plot.marginals(np.random.default_rng(0).normal(size=(20, 2)), bins=5)
+def test_model_plots_do_not_import_inference():
+    """phasejax.plot sits below phasejax.infer: importing it loads no inference module,
+    and the fit diagnostics have one public name each, in phasejax.infer.plot."""
+    code = (
+        "import sys, phasejax.plot as p; "
+        "assert not [m for m in sys.modules if m.startswith('phasejax.infer')], sys.modules; "
+        "assert not hasattr(p, 'trace') and not hasattr(p, 'plot_trace')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert not hasattr(infer.plot, "plot_trace")
+    fig, axes = infer.plot.marginals(np.random.default_rng(0).normal(size=(20, 2)), bins=5)
     assert [len(ax.patches) for ax in axes] == [5, 5]
 
 

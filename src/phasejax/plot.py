@@ -7,9 +7,9 @@
 - :func:`pmf`: probability mass function of a discrete distribution, with optional
   data frequencies.
 - :func:`sfs`: an expected site frequency spectrum, optionally beside an observed one.
-- :func:`trace`, :func:`marginals`, :func:`pairs` (also as ``plot_trace``,
-  ``plot_marginals``, ``plot_pairs``): the SVGD diagnostics of
-  :mod:`phasejax.infer.plot`, re-exported.
+
+Diagnostics of inference fits (trace, marginals, pairs) are in
+[`phasejax.infer.plot`][]: the model layer does not depend on inference.
 
 Every function returns ``(fig, axes)`` and draws into ``ax=`` when given.
 
@@ -34,31 +34,16 @@ from collections.abc import Callable, Sequence
 import equinox as eqx
 import numpy as np
 
-from .infer.plot import _plt as _infer_plt
-from .infer.plot import plot_marginals, plot_pairs, plot_trace
+from ._plotting import pyplot
 
-trace, marginals, pairs = plot_trace, plot_marginals, plot_pairs
-
-__all__ = [
-    "graph",
-    "marginals",
-    "pairs",
-    "pdf",
-    "plot_marginals",
-    "plot_pairs",
-    "plot_trace",
-    "pmf",
-    "sfs",
-    "to_dot",
-    "trace",
-]
+__all__ = ["graph", "pdf", "pmf", "sfs", "to_dot"]
 
 _SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 _FILL = {"start": "#dddddd", "transient": "#cfe2f3", "absorbing": "#f4c7c3"}
 
 
 def _plt():
-    return _infer_plt("phasejax.plot")
+    return pyplot("phasejax.plot")
 
 
 def _new_axes(ax, n_panels: int, figsize):

@@ -96,9 +96,9 @@ def test_log_prob_of_inadmissible_theta_is_minus_inf(numpyro):
     # with out_of_range="raise" the bad theta is an error, as for model(theta)
     with pytest.raises(Exception, match="negative or NaN"):
         jax.block_until_ready(
-            infer.PhaseTypeDistribution(model, jnp.array([jnp.nan]), out_of_range="raise").log_prob(
-                x
-            )
+            infer.PhaseTypeDistribution(
+                infer.Likelihood(model, out_of_range="raise"), jnp.array([jnp.nan])
+            ).log_prob(x)
         )
 
 
@@ -109,12 +109,13 @@ def test_nuts_exponential_matches_conjugate(numpyro):
     model = pj.models.erlang(1).compile()
     a, b = 3.0, 1.5
     data = model(jnp.array([2.0])).sample(jax.random.PRNGKey(0), (40,))
+    likelihood = infer.Likelihood(model, logpdf_kwargs={"max_steps": 128}, out_of_range="-inf")
 
     def numpyro_model(obs):
         rate = numpyro.sample("rate", dist.Gamma(a, b))
         numpyro.sample(
             "obs",
-            infer.PhaseTypeDistribution(model, rate[None], logpdf_kwargs={"max_steps": 128}),
+            infer.PhaseTypeDistribution(likelihood, rate[None]),
             obs=obs,
         )
 
@@ -135,13 +136,57 @@ def test_discrete_rewards(numpyro):
     rewards = np.array([0.0, 2.0, 0.0])
     p = 0.3
     values = jnp.array([2, 4, 6, 3])
-    lp = jax.jit(
-        lambda th: infer.PhaseTypeDistribution(model, th, rewards=rewards).log_prob(values)
-    )(jnp.array([p]))
+    likelihood = infer.Likelihood(model, rewards=rewards, out_of_range="-inf")
+    lp = jax.jit(lambda th: infer.PhaseTypeDistribution(likelihood, th).log_prob(values))(
+        jnp.array([p])
+    )
     expected = [np.log((1 - p) ** (k - 1) * p) for k in (1, 2, 3)] + [-np.inf]
     np.testing.assert_allclose(lp, expected, rtol=1e-12)
-    draws = infer.PhaseTypeDistribution(model, jnp.array([p]), rewards=rewards).sample(
+    draws = infer.PhaseTypeDistribution(likelihood, jnp.array([p])).sample(
         jax.random.PRNGKey(0), (4000,)
     )
     assert np.all(np.asarray(draws) % 2 == 0)
     np.testing.assert_allclose(np.mean(draws), 2 / p, rtol=0.06)  # sd of the mean ~ 1.3%
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_validate_args_flags_values_outside_the_support(numpyro, discrete):
+    """NaN, negative (and, discrete, non-integer) values: with validate_args=True numpyro's
+    out-of-support warning (eagerly) and log_prob -inf, as numpyro's own distributions do;
+    under jit and vmap (no warning can be raised there) still -inf. Valid values unchanged."""
+    if discrete:
+        model = pj.Graph.from_callback(
+            lambda s: [((1,), [1.0])] if s[0] == 0 else [], (0,), n_params=1, discrete=True
+        ).compile()
+        good, bad = jnp.array([1.0, 3.0]), jnp.array([jnp.nan, -1.0, 2.5])
+        theta = jnp.array([0.4])
+        ref = model(theta).logpmf(good.astype(int))
+    else:
+        model = pj.models.erlang(2).compile()
+        good, bad = jnp.array([0.5, 1.5]), jnp.array([jnp.nan, -1.0])
+        theta = jnp.array([1.3])
+        ref = model(theta).logpdf(good)
+    d = infer.PhaseTypeDistribution(model, theta, validate_args=True)
+    with pytest.warns(UserWarning, match="Out-of-support"):
+        lp = d.log_prob(bad)
+    assert np.all(np.asarray(lp) == -np.inf)
+    np.testing.assert_allclose(d.log_prob(good), ref, rtol=1e-12)
+
+    def f(th, v):
+        return infer.PhaseTypeDistribution(model, th, validate_args=True).log_prob(v)
+
+    assert np.all(np.asarray(jax.jit(f)(theta, bad)) == -np.inf)
+    batch = jax.vmap(f, in_axes=(None, 0))(theta, jnp.stack([bad[:2], good]))
+    assert np.all(np.asarray(batch[0]) == -np.inf)
+    np.testing.assert_allclose(batch[1], ref, rtol=1e-12)
+
+
+def test_accepts_a_posterior_target(numpyro):
+    model = pj.models.erlang(1).compile()
+    data = jnp.array([0.5, 1.0])
+    target = infer.Posterior(
+        infer.Likelihood(model, logpdf_kwargs={"max_steps": 128}), data, prior=None
+    )
+    d = infer.PhaseTypeDistribution(target, jnp.array([2.0]))
+    assert d.likelihood is target.likelihood
+    np.testing.assert_allclose(d.log_prob(data), model(jnp.array([2.0])).logpdf(data))

@@ -1,5 +1,5 @@
 """Fits of accumulated rewards: discrete (reward_transform, integer rewards) and continuous
-(reward_scaled), through PosteriorLogDensity, fit_svgd and map_estimate."""
+(reward_scaled), through Posterior, fit_svgd and map_estimate."""
 
 import equinox as eqx
 import jax
@@ -86,7 +86,7 @@ def test_discrete_reward_log_density_is_the_reward_transformed_pmf(dph):
     assert not jnp.issubdtype(data.dtype, jnp.integer) and bool(
         jnp.all(data == jnp.round(data))
     )  # sample(): floats
-    post = infer.PosteriorLogDensity(model, data, prior=PRIOR, rewards=DPH_REWARDS)
+    post = infer.Posterior(infer.Likelihood(model, rewards=DPH_REWARDS), data, prior=PRIOR)
     theta = jnp.array([0.7])
     z = post.transform.inverse(theta)
     mats = graph.as_matrices(np.asarray(theta))
@@ -98,35 +98,29 @@ def test_discrete_reward_log_density_is_the_reward_transformed_pmf(dph):
     )
     np.testing.assert_allclose(eqx.filter_jit(post)(z), expected, rtol=1e-12)
     with pytest.raises(ValueError, match="integer"):
-        infer.PosteriorLogDensity(model, data, rewards=DPH_REWARDS * 0.5)
-    with pytest.raises(ValueError, match="whole numbers"):
-        infer.PosteriorLogDensity(model, data + 0.5, rewards=DPH_REWARDS)
+        infer.Likelihood(model, rewards=DPH_REWARDS * 0.5)
+    with pytest.raises(ValueError, match=r"data\[0\] = .* is not a whole number"):
+        infer.Posterior(post.likelihood, data + 0.5, prior=None)
 
 
 def test_discrete_reward_svgd_and_map_recover_truth(dph):
     _, model, data = dph
-    kw = {"logpdf_kwargs": {"max_steps": 128}}
-    post = infer.PosteriorLogDensity(model, data, prior=PRIOR, rewards=DPH_REWARDS, **kw)
+    likelihood = infer.Likelihood(model, rewards=DPH_REWARDS, logpdf_kwargs={"max_steps": 128})
+    post = infer.Posterior(likelihood, data, prior=PRIOR)
     mean, sd = _grid_posterior(post, jnp.linspace(0.3, 1.0, 281))
     # theta must stay below 2 (probabilities): start the particles near 1
     fit = infer.fit_svgd(
-        model,
-        data,
-        prior=PRIOR,
-        rewards=DPH_REWARDS,
+        post,
         init=jnp.array([1.0]),
         init_scale=0.3,
         n_particles=32,
         steps=STEPS,
         optimizer=optax.adam(optax.cosine_decay_schedule(0.05, STEPS, 0.02)),
-        **kw,
     )
     assert fit.quantiles[0, 0] < DPH_TRUTH < fit.quantiles[-1, 0], fit.summary()
     assert abs(float(fit.mean[0]) - mean) < 0.25 * sd, (fit.summary(), mean, sd)
     assert 0.8 < float(fit.sd[0]) / sd < 1.2, (fit.summary(), mean, sd)
-    res = infer.map_estimate(
-        model, jnp.array([1.0]), data=data, prior=PRIOR, rewards=DPH_REWARDS, steps=300, **kw
-    )
+    res = infer.map_estimate(post, jnp.array([1.0]), steps=300)
     np.testing.assert_allclose(res.params[0], _mode(post, 0.3, 1.0), rtol=1e-4)
 
 
@@ -138,22 +132,16 @@ def test_continuous_reward_svgd_covers_truth():
     data = jax.jit(lambda key: model(jnp.array([truth])).sample(key, (200,), lineages))(
         jax.random.PRNGKey(3)
     )
-    kw = {"logpdf_kwargs": {"max_steps": 512}}
-    post = infer.PosteriorLogDensity(
-        model, data, prior=infer.LogNormal(0.0, 1.0), rewards=lineages, **kw
-    )
+    likelihood = infer.Likelihood(model, rewards=lineages, logpdf_kwargs={"max_steps": 512})
+    post = infer.Posterior(likelihood, data, prior=infer.LogNormal(0.0, 1.0))
     mean, sd = _grid_posterior(post, jnp.linspace(0.5, 3.0, 501))
     fit = infer.fit_svgd(
-        model,
-        data,
-        prior=infer.LogNormal(0.0, 1.0),
-        rewards=lineages,
+        post,
         init=jnp.array([1.0]),
         init_scale=0.3,
         n_particles=32,
         steps=STEPS,
         optimizer=optax.adam(optax.cosine_decay_schedule(0.05, STEPS, 0.02)),
-        **kw,
     )
     assert fit.quantiles[0, 0] < truth < fit.quantiles[-1, 0], fit.summary()
     assert abs(float(fit.mean[0]) - mean) < 0.25 * sd, (fit.summary(), mean, sd)

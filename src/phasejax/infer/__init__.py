@@ -1,21 +1,22 @@
 """Bayesian inference for phase-type models: SVGD, MAP, and a numpyro distribution.
 
-Everything is one jitted JAX program: particles are ``vmap``-ed, gradients exact, the
-loop a ``lax.scan`` (no host callbacks but an optional progress print), particles
-sharded across devices when several exist.
+One target, built once: a [`Posterior`][phasejax.infer.Posterior] holds the model's
+[`Likelihood`][phasejax.infer.Likelihood] (model, rewards, series options), the data,
+the prior, the positivity transform and an optional moment penalty, all checked on the
+concrete data before anything is compiled. It is what the fits take:
 
-- :func:`svgd`, :func:`svgd_init`, :func:`svgd_run`: Stein variational gradient
-  descent on any log density, resumable from an :class:`SVGDState`.
-- :func:`fit_svgd`: posterior of a model's parameters from i.i.d. data, with priors,
-  a positivity transform and optional moment regularization.
-- :func:`map_estimate`: posterior mode (or maximum likelihood) with optax.
-- :class:`PhaseTypeDistribution`: a numpyro distribution (needs numpyro; imported
-  on first use) for NUTS and friends.
-- :mod:`phasejax.infer.plot`: trace, marginal and pair plots (matplotlib).
-
-Requires ``optax``; ``PhaseTypeDistribution`` needs ``numpyro`` (it is left out of
-``__all__`` so that ``from phasejax.infer import *`` works without it) and
-:mod:`~phasejax.infer.plot` needs ``matplotlib``, both imported on first use.
+- [`fit_svgd`][phasejax.infer.fit_svgd]: posterior particles by Stein variational
+  gradient descent, in jitted chunks (progress bar, Ctrl-C, checkpoints, bitwise
+  resume), with stationarity diagnostics.
+- [`map_estimate`][phasejax.infer.map_estimate]: posterior mode (or maximum likelihood,
+  ``prior=None``) with optax.
+- ``PhaseTypeDistribution``: a numpyro distribution of a likelihood at ``theta``
+  (needs numpyro; imported on first use and left out of ``__all__`` so that
+  ``from phasejax.infer import *`` works without it) for NUTS and friends.
+- [`svgd`][phasejax.infer.svgd], [`svgd_init`][phasejax.infer.svgd_init],
+  [`svgd_run`][phasejax.infer.svgd_run]: SVGD on any log density, resumable from an
+  [`SVGDState`][phasejax.infer.SVGDState].
+- [`phasejax.infer.plot`][]: trace, marginal and pair plots (needs matplotlib).
 
 Example::
 
@@ -26,17 +27,18 @@ Example::
 
     model = pj.models.kingman(5).compile()
     data = model(jnp.array([1.5])).sample(jax.random.PRNGKey(0), (200,))
-    fit = infer.fit_svgd(model, data, prior=infer.LogNormal(0.0, 1.0), n_particles=64, steps=500)
+    target = infer.Posterior(model, data, prior=infer.LogNormal(0.0, 1.0))
+    fit = infer.fit_svgd(target, n_particles=64, steps=500)
     print(fit.summary())                        # posterior mean, sd, quantiles of theta
-    mle = infer.map_estimate(model, jnp.array([1.0]), data=data)   # prior=None: the MLE
-    more = infer.fit_svgd(model, data, prior=infer.LogNormal(0.0, 1.0), steps=500, resume=fit)
-    infer.plot.plot_pairs(fit)
+    more = infer.fit_svgd(target, steps=500, resume=fit)   # bitwise as one 1000-step run
+    mle = infer.map_estimate(infer.Posterior(model, data, prior=None), jnp.array([1.0]))
+    infer.plot.pairs(fit)
 """
 
 from . import plot
-from ._fit import DEFAULT_QUANTILES, FitResult, MAPResult, fit_svgd, map_estimate, summarize
+from ._fit import FitResult, MAPResult, fit_svgd, map_estimate, summarize
 from ._kernels import RBF, AbstractKernel, median_bandwidth, stein_direction
-from ._posterior import MomentRegularization, PosteriorLogDensity, log_likelihood, series_fits
+from ._posterior import Likelihood, MomentRegularization, Posterior
 from ._priors import (
     AbstractPrior,
     Flat,
@@ -48,7 +50,16 @@ from ._priors import (
     Normal,
     as_prior,
 )
-from ._svgd import SVGDResult, SVGDState, load_state, save_state, svgd, svgd_init, svgd_run
+from ._svgd import (
+    SVGDResult,
+    SVGDState,
+    load_state,
+    save_state,
+    stein_residual,
+    svgd,
+    svgd_init,
+    svgd_run,
+)
 from ._transforms import AbstractTransform, Exp, Identity, Softplus, as_transform
 
 
@@ -61,7 +72,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "DEFAULT_QUANTILES",
     "RBF",
     "AbstractKernel",
     "AbstractPrior",
@@ -74,11 +84,12 @@ __all__ = [
     "HalfCauchy",
     "Identity",
     "Independent",
+    "Likelihood",
     "LogNormal",
     "MAPResult",
     "MomentRegularization",
     "Normal",
-    "PosteriorLogDensity",
+    "Posterior",
     "SVGDResult",
     "SVGDState",
     "Softplus",
@@ -86,13 +97,12 @@ __all__ = [
     "as_transform",
     "fit_svgd",
     "load_state",
-    "log_likelihood",
     "map_estimate",
     "median_bandwidth",
     "plot",
     "save_state",
-    "series_fits",
     "stein_direction",
+    "stein_residual",
     "summarize",
     "svgd",
     "svgd_init",

@@ -1,29 +1,28 @@
-"""Model-level fitting: SVGD posteriors and MAP estimates for phase-type models."""
+"""Fitting a [`Posterior`][phasejax.infer.Posterior]: SVGD particles and MAP estimates."""
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float
 
-from .._compile import Model
 from ._kernels import AbstractKernel
-from ._posterior import PosteriorLogDensity
-from ._svgd import SVGDState, svgd_init, svgd_run
+from ._posterior import Posterior
+from ._svgd import DEFAULT_CHUNK, SVGDState, load_state, svgd_init, svgd_run
 
-DEFAULT_QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
-
-
-def _as_model(model) -> Model:
-    if isinstance(model, Model):
-        return model
-    if hasattr(model, "compile"):
-        return model.compile()
-    raise TypeError(f"expected a phasejax Model (or Graph), got {type(model).__name__}")
+_QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
+DEFAULT_STEPS = 1000
+# A fit counts as converged when the particles sit within this many posterior sds of an
+# SVGD fixed point (the Stein residual) and, between three quarters of the run and its
+# end, no parameter's particle mean or sd moved by more than this fraction of its sd.
+_STATIONARY = 0.1
 
 
 class FitResult(eqx.Module):
@@ -31,19 +30,40 @@ class FitResult(eqx.Module):
 
     ``particles`` ``(P, p)`` (theta), ``unconstrained`` ``(P, p)`` (z), ``history``
     ``(K, P, p)`` (theta, every ``thin`` steps), ``trace`` (mean log density per step),
-    ``mean``, ``sd`` ``(p,)``, ``quantiles`` ``(Q, p)`` at ``quantile_levels``, and
-    ``state`` (pass as ``resume=`` to continue).
+    ``mean``, ``sd`` ``(p,)``, ``quantiles`` ``(Q, p)`` at ``quantile_levels``,
+    ``state`` (pass as ``resume=`` to continue), ``interrupted`` (Ctrl-C stopped the
+    run: the arrays cover the steps done), and two stationarity diagnostics:
+
+    - ``residual`` ``(S,)``: per step, how far the particles were from an SVGD fixed
+      point, in posterior sds (see [`stein_residual`][phasejax.infer.stein_residual]);
+    - ``drift`` ``(p,)``: per parameter (in theta), ``max(|mean_end - mean_3/4|,
+      |sd_end - sd_3/4|) / sd_end`` between the particles three quarters into the run
+      and at its end (NaN when ``history`` holds fewer than 4 snapshots).
+
+    ``converged``: both at most 0.1 (``fit_svgd`` warns when not).
     """
 
     particles: Float[Array, "P p"]
     unconstrained: Float[Array, "P p"]
     history: Float[Array, "K P p"]
     trace: Float[Array, " S"]
+    residual: Float[Array, " S"]
     mean: Float[Array, " p"]
     sd: Float[Array, " p"]
     quantiles: Float[Array, "Q p"]
+    drift: Float[Array, " p"]
     state: SVGDState
     quantile_levels: tuple[float, ...] = eqx.field(static=True)
+    interrupted: bool = eqx.field(static=True, default=False)
+
+    @property
+    def converged(self) -> bool:
+        """Whether the particles had come to rest: final ``residual`` and ``max(drift)``
+        (where available) at most 0.1. ``False`` after no steps."""
+        if self.residual.shape[0] == 0 or not float(self.residual[-1]) <= _STATIONARY:
+            return False
+        drift = float(jnp.max(self.drift))
+        return bool(np.isnan(drift) or drift <= _STATIONARY)
 
     def summary(self, names: Sequence[str] | None = None) -> str:
         """A text table: mean, sd and quantiles per parameter."""
@@ -61,14 +81,14 @@ class FitResult(eqx.Module):
         return "\n".join(rows)
 
 
-def summarize(particles: Float[Array, "P p"], quantiles: Sequence[float] = DEFAULT_QUANTILES):
+def summarize(particles: Float[Array, "P p"], quantiles: Sequence[float] = _QUANTILES):
     """``(mean, sd, quantiles)`` over the particle axis (``sd`` with ``ddof=1``)."""
     particles = jnp.asarray(particles)
     q = jnp.quantile(particles, jnp.asarray(quantiles, particles.dtype), axis=0)
     return jnp.mean(particles, axis=0), jnp.std(particles, axis=0, ddof=1), q
 
 
-def _initial_particles(target: PosteriorLogDensity, init, n_particles: int, key, init_scale: float):
+def _initial_particles(target: Posterior, init, n_particles: int, key, init_scale: float):
     p = target.n_params
     dtype = jnp.result_type(float)
     tf = target.transform
@@ -107,81 +127,82 @@ def _initial_particles(target: PosteriorLogDensity, init, n_particles: int, key,
     return z
 
 
+def _check_target(target) -> Posterior:
+    if not isinstance(target, Posterior):
+        raise TypeError(
+            f"expected an infer.Posterior (build it once: Posterior(model, data, prior=...)), "
+            f"got {type(target).__name__}"
+        )
+    return target
+
+
 def fit_svgd(
-    model,
-    data: ArrayLike,
+    target: Posterior,
     *,
-    prior,
-    transform="softplus",
     n_particles: int = 64,
-    steps: int = 1000,
-    discrete: bool | None = None,
-    rewards: ArrayLike | None = None,
-    moment_regularization=None,
+    steps: int = DEFAULT_STEPS,
     init: ArrayLike | None = None,
     init_scale: float = 0.5,
     key: Array | None = None,
     optimizer: optax.GradientTransformation | None = None,
     kernel: AbstractKernel | None = None,
     thin: int | None = 10,
-    progress_every: int | None = None,
-    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    quantiles: Sequence[float] = _QUANTILES,
     shard: bool | None = None,
-    logpdf_kwargs: dict | None = None,
-    out_of_range: str = "raise",
-    resume: FitResult | SVGDState | None = None,
+    resume: FitResult | SVGDState | str | os.PathLike | None = None,
+    progress: bool | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
 ) -> FitResult:
-    """Posterior of a phase-type model's parameters by SVGD.
+    """The posterior of a model's parameters by SVGD.
 
     Particles live in unconstrained space ``z``; ``theta = transform(z)`` with the log
     Jacobian added, so the particles represent the posterior of ``theta``.
 
     **Arguments:**
 
-    - `model`: a compiled :class:`phasejax.Model` (or a ``Graph``, compiled here).
-    - `data`: i.i.d. observations (absorption times; step counts for a discrete model;
-      accumulated rewards when `rewards` is given).
-    - `prior`: ``Normal``, ``LogNormal``, ``HalfCauchy``, ``Gamma`` (parameters
-      broadcast over theta), a sequence of priors (one per parameter), a function
-      ``theta -> log density``, or ``None`` (flat, improper).
-    - `transform`: ``'softplus'`` (default), ``'exp'``, or a transform object.
-    - `discrete`: ``None`` follows the model; ``True``/``False`` must agree with it
-      (``logpmf`` vs ``logpdf``).
-    - `rewards`: per-vertex rewards; the data are accumulated rewards. Continuous:
-      strictly positive rewards, data drawn from ``model(theta).reward_scaled(rewards)``.
-      Discrete: non-negative integer rewards, data drawn from
-      ``reward_transform(model(theta), rewards)`` (``Y = sum_k r(X_k)``).
-    - `moment_regularization`: ``None``, a strength ``lambda`` (number or schedule
-      ``step -> lambda``; two moments), or a :class:`MomentRegularization`.
+    - `target`: a [`Posterior`][phasejax.infer.Posterior] (model, data, prior,
+      transform, rewards, regularization: built and checked once).
+    - `n_particles`, `steps`: the default 1000 steps of the default optimizer (Adam,
+      learning rate 0.1 halving every 100 steps to a floor of 1e-3) converge on small
+      problems; check ``fit.converged`` (a warning says when the particles were still
+      moving) and resume for more.
     - `init`: ``None`` (prior draws, squashed into their 5%..95% range in z), theta
       of shape ``(p,)`` (particles ``z = inverse(theta) + init_scale * N(0, 1)``), or
       ``(n_particles, p)`` theta particles.
-    - `optimizer`, `kernel`, `thin`, `progress_every`, `shard`: as in :func:`svgd`.
-    - `logpdf_kwargs`: passed to ``logpdf``/``logpmf`` (e.g. ``{"max_steps": 1024}``).
-    - `out_of_range`: ``"raise"`` (default) when a particle's density would need more
-      than ``max_steps`` series terms, or ``"-inf"`` (that particle's log likelihood).
-    - `resume`: a previous result (or its ``state``) to continue from; `init` is then
-      ignored and `optimizer` must match the earlier run's. To checkpoint, write
-      ``save_state(path, fit.state)``; to read it back, build the template with a
-      zero-step fit of the same settings: ``load_state(path, fit_svgd(..., steps=0).state)``.
+    - `optimizer`, `kernel`, `shard`: as in [`svgd_init`][phasejax.infer.svgd_init];
+      `thin`, `progress`, `chunk`, `checkpoint`, `checkpoint_every`: as in
+      [`svgd_run`][phasejax.infer.svgd_run] (a progress bar per chunk of steps; Ctrl-C
+      returns the fit so far with ``interrupted=True``; the state written to
+      ``checkpoint`` every ``checkpoint_every`` steps).
+    - `resume`: a previous result, its ``state``, or a checkpoint file, to continue
+      from; `init` is then ignored and `optimizer`/`kernel` must match the earlier
+      run's. Any split of a run gives bitwise the same particles as one run.
 
-    Returns a :class:`FitResult`.
+    Returns a [`FitResult`][phasejax.infer.FitResult].
     """
-    model = _as_model(model)
-    target = PosteriorLogDensity(
-        model,
-        data,
-        prior=prior,
-        transform=transform,
-        rewards=rewards,
-        discrete=discrete,
-        moment_regularization=moment_regularization,
-        logpdf_kwargs=logpdf_kwargs,
-        out_of_range=out_of_range,
-    )
+    target = _check_target(target)
     key = jax.random.PRNGKey(0) if key is None else key
-    if resume is not None:
-        previous = resume.state if isinstance(resume, FitResult) else resume
+    if resume is None:
+        z0 = _initial_particles(target, init, int(n_particles), key, init_scale)
+        state = svgd_init(
+            target, z0, optimizer=optimizer, kernel=kernel, pass_step=True, shard=shard
+        )
+    else:
+        if isinstance(resume, (str, os.PathLike)):
+            shape = (int(n_particles), target.n_params)
+            template = svgd_init(
+                target,
+                jnp.zeros(shape, jnp.result_type(float)),
+                optimizer=optimizer,
+                kernel=kernel,
+                pass_step=True,
+                shard=shard,
+            )
+            previous = load_state(resume, template)
+        else:
+            previous = resume.state if isinstance(resume, FitResult) else resume
         state = svgd_init(
             target,
             previous.particles,
@@ -195,13 +216,26 @@ def fit_svgd(
         state = eqx.tree_at(
             lambda s: (s.opt_state, s.step), state, (previous.opt_state, previous.step)
         )
-    else:
-        z0 = _initial_particles(target, init, int(n_particles), key, init_scale)
-        state = svgd_init(
-            target, z0, optimizer=optimizer, kernel=kernel, pass_step=True, shard=shard
+    out = svgd_run(
+        state,
+        steps,
+        thin=thin,
+        progress=progress,
+        chunk=chunk,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+    )
+    fit = _finish(target, out, tuple(float(q) for q in quantiles))
+    if not fit.interrupted and int(steps) > 0 and not fit.converged:
+        warnings.warn(
+            "fit_svgd has not converged: at the end the particles were "
+            f"{float(fit.residual[-1]):.3g} posterior sds from an SVGD fixed point and "
+            f"drifted {float(jnp.max(fit.drift)):.3g} sds over the last quarter of the run "
+            f"(tolerance {_STATIONARY} each); continue with fit_svgd(target, resume=fit)",
+            RuntimeWarning,
+            stacklevel=2,
         )
-    out = svgd_run(state, steps, thin=thin, progress_every=progress_every)
-    return _finish(target, out, tuple(float(q) for q in quantiles))
+    return fit
 
 
 @eqx.filter_jit
@@ -213,7 +247,19 @@ def _theta(target, z):
     )
 
 
-def _finish(target: PosteriorLogDensity, out, quantiles) -> FitResult:
+def _drift(history: Array, particles: Array) -> Array:
+    """Per parameter, ``max(|d mean|, |d sd|) / sd`` from three quarters of the run to its end."""
+    k = history.shape[0]
+    if k < 4:
+        return jnp.full(particles.shape[1:], jnp.nan, particles.dtype)
+    mid = history[(3 * k) // 4 - 1]
+    sd = jnp.std(particles, axis=0, ddof=1)
+    d_mean = jnp.abs(jnp.mean(particles, axis=0) - jnp.mean(mid, axis=0))
+    d_sd = jnp.abs(sd - jnp.std(mid, axis=0, ddof=1))
+    return jnp.maximum(d_mean, d_sd) / sd
+
+
+def _finish(target: Posterior, out, quantiles) -> FitResult:
     theta = _theta(target, out.particles)
     history = _theta(target, out.history) if out.history.shape[0] else out.history
     mean, sd, q = summarize(theta, quantiles)
@@ -222,11 +268,14 @@ def _finish(target: PosteriorLogDensity, out, quantiles) -> FitResult:
         unconstrained=out.particles,
         history=history,
         trace=out.trace,
+        residual=out.residual,
         mean=mean,
         sd=sd,
         quantiles=q,
+        drift=_drift(history, theta),
         state=out.state,
         quantile_levels=quantiles,
+        interrupted=out.interrupted,
     )
 
 
@@ -266,66 +315,64 @@ def _optimize(fn: Callable, x0: Array, optimizer, steps: int):
 
 
 def map_estimate(
-    target,
+    target: Posterior | Callable,
     init: ArrayLike,
     *,
-    data: ArrayLike | None = None,
     optimizer: optax.GradientTransformation | None = None,
     steps: int = 1000,
-    prior=None,
-    transform="softplus",
-    discrete: bool | None = None,
-    rewards: ArrayLike | None = None,
-    moment_regularization=None,
     jacobian: bool = False,
-    logpdf_kwargs: dict | None = None,
-    out_of_range: str = "raise",
 ) -> MAPResult:
     """Maximise a log density with optax (one jitted ``lax.scan``).
 
-    ``target`` is either a log density ``x -> scalar`` (``init`` is its argument) or a
-    phase-type :class:`Model` with ``data`` (``init`` is theta; ``prior=None`` gives the
-    maximum-likelihood estimate). For a model the optimisation runs in ``z`` with
-    ``theta = transform(z)`` and, by default, *no* Jacobian term, so the result is the
-    mode in theta (``jacobian=True``: the mode in z).
+    ``target`` is a [`Posterior`][phasejax.infer.Posterior] (``init`` is theta; a
+    posterior built with ``prior=None`` gives the maximum-likelihood estimate) or any
+    log density ``x -> scalar`` (``init`` is its argument). For a posterior the
+    optimisation runs in ``z`` with ``theta = transform(z)`` and, by default, *no*
+    Jacobian term, so the result is the mode in theta (``jacobian=True``: the mode in z).
 
     Default optimizer: Adam with a cosine-decayed learning rate from 0.05 over
     ``steps``. Optimizers taking extra arguments (``optax.lbfgs``) receive ``value``,
-    ``grad`` and ``value_fn``.
+    ``grad`` and ``value_fn``. A log density that is not finite at the start or the
+    optimum raises, naming the observation for a posterior.
     """
     steps = int(steps)
     if optimizer is None:
         optimizer = optax.adam(optax.cosine_decay_schedule(5e-2, max(steps, 1), alpha=1e-3))
-    if isinstance(target, Model) or hasattr(target, "compile"):
-        if data is None:
-            raise ValueError("map_estimate(model, init, data=...) needs data")
-        post = PosteriorLogDensity(
-            _as_model(target),
-            data,
-            prior=prior,
-            transform=transform,
-            rewards=rewards,
-            discrete=discrete,
-            moment_regularization=moment_regularization,
-            jacobian=jacobian,
-            logpdf_kwargs=logpdf_kwargs,
-            out_of_range=out_of_range,
-        )
+    if isinstance(target, Posterior):
         theta0 = jnp.asarray(init, jnp.result_type(float))
-        if theta0.shape != (post.n_params,):
-            raise ValueError(f"init must be theta of shape ({post.n_params},), got {theta0.shape}")
-        z, value, trace = _optimize(post, post.transform.inverse(theta0), optimizer, steps)
+        if theta0.shape != (target.n_params,):
+            raise ValueError(
+                f"init must be theta of shape ({target.n_params},), got {theta0.shape}"
+            )
+        fn = _Unconstrained(target, bool(jacobian))
+        z, value, trace = _optimize(fn, target.transform.inverse(theta0), optimizer, steps)
+        if not (np.all(np.isfinite(np.asarray(trace))) and np.isfinite(float(value))):
+            # explain at the start when the run began out of the support, else where it ended
+            start_ok = trace.shape[0] > 0 and np.isfinite(float(trace[0]))
+            at = z if start_ok else target.transform.inverse(theta0)
+            raise ValueError(f"map_estimate: the log density is not finite: {target.explain(at)}")
         return MAPResult(
-            params=post.transform.forward(z), unconstrained=z, log_density=value, trace=trace
+            params=target.transform.forward(z), unconstrained=z, log_density=value, trace=trace
         )
     if not callable(target):
-        raise TypeError("target must be a log density function or a phasejax Model")
+        raise TypeError("target must be an infer.Posterior or a log density function")
     x0 = jnp.asarray(init)
     if not jnp.issubdtype(x0.dtype, jnp.floating):
         x0 = x0.astype(jnp.result_type(float))
-    fn = _IgnoreStep(target)
-    x, value, trace = _optimize(fn, x0, optimizer, steps)
+    x, value, trace = _optimize(_IgnoreStep(target), x0, optimizer, steps)
     return MAPResult(params=x, unconstrained=x, log_density=value, trace=trace)
+
+
+class _Unconstrained(eqx.Module):
+    """A posterior's log density in ``z``, with or without the Jacobian term."""
+
+    target: Posterior
+    jacobian: bool = eqx.field(static=True)
+
+    def __call__(self, z, step):
+        if self.jacobian:
+            return self.target(z, step)
+        return self.target.log_density_theta(self.target.transform.forward(z), step)
 
 
 class _IgnoreStep(eqx.Module):

@@ -1,4 +1,4 @@
-"""A numpyro distribution wrapping a phase-type model, so NUTS (or any numpyro
+"""A numpyro distribution wrapping a phase-type likelihood, so NUTS (or any numpyro
 inference) can sample its parameters:
 
     def numpyro_model(data):
@@ -11,6 +11,7 @@ from __future__ import annotations
 try:
     import numpyro.distributions as _dist
     from numpyro.distributions import constraints as _constraints
+    from numpyro.distributions.util import validate_sample as _validate_sample
 except ImportError as err:  # pragma: no cover - exercised only without numpyro
     raise ImportError(
         "phasejax.infer.PhaseTypeDistribution needs numpyro: pip install numpyro "
@@ -21,96 +22,67 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .._compile import Model
-from .._rewards import DiscreteRewardTransform
-from ._posterior import log_likelihood
+from ._posterior import Likelihood, Posterior, as_likelihood
 
 
 class PhaseTypeDistribution(_dist.Distribution):
-    """``model(theta)`` as a numpyro distribution over absorption times (step counts
-    for a discrete model), or over accumulated rewards with ``rewards`` (continuous:
-    strictly positive, ``reward_scaled``; discrete: non-negative integers, concrete,
-    ``reward_transform``).
+    """A phase-type likelihood at ``theta`` as a numpyro distribution over absorption
+    times (step counts for a discrete model, accumulated rewards with rewards).
+
+    ``likelihood`` is a [`Likelihood`][phasejax.infer.Likelihood] (rewards,
+    ``logpdf_kwargs``, ``out_of_range``), the likelihood of a
+    [`Posterior`][phasejax.infer.Posterior], or a ``Model``/``Graph``: then a plain
+    likelihood with ``out_of_range="-inf"``, so that a proposal where ``theta`` is not
+    admissible (a rate negative, infinite or NaN; see [`phasejax.Model.guarded`][]) or
+    the density would need more than ``max_steps`` series terms gets ``log_prob`` ``-inf``
+    and is rejected.
 
     ``theta`` has shape ``batch_shape + (n_params,)``; ``log_prob`` is
-    ``logpdf``/``logpmf`` (exact gradients in ``theta``), ``sample`` draws by
-    simulating the jump chain. ``logpdf_kwargs`` go to ``logpdf``/``logpmf``.
-    Where ``theta`` is not admissible (a rate negative, infinite or NaN, a state that
-    can never be left; see :meth:`phasejax.Model.guarded`) or the density would need
-    more than ``max_steps`` series terms (a proposal far out in parameter space)
-    ``log_prob`` is ``-inf``, so the proposal is rejected; ``out_of_range="raise"``
-    raises instead.
+    ``logpdf``/``logpmf`` (exact gradients in ``theta``), ``sample`` draws by simulating
+    the jump chain. With ``validate_args=True`` values outside the support (NaN,
+    negative, non-integer for a discrete model) are flagged as numpyro flags them (a
+    warning, eagerly) and get ``log_prob`` ``-inf``.
     """
 
-    pytree_data_fields = ("model", "theta", "rewards", "reward_plan")
-    pytree_aux_fields = ("discrete", "logpdf_kwargs", "out_of_range")
+    pytree_data_fields = ("likelihood", "theta")
 
-    def __init__(
-        self,
-        model,
-        theta,
-        *,
-        rewards=None,
-        logpdf_kwargs=None,
-        out_of_range="-inf",
-        validate_args=None,
-    ):
-        if not isinstance(model, Model):
-            if hasattr(model, "compile"):
-                model = model.compile()
-            else:
-                raise TypeError(f"expected a phasejax Model (or Graph), got {type(model).__name__}")
+    def __init__(self, likelihood, theta, *, validate_args=None):
+        if not isinstance(likelihood, (Likelihood, Posterior)):
+            likelihood = Likelihood(likelihood, out_of_range="-inf")
+        self.likelihood = as_likelihood(likelihood)
+        n_params = self.likelihood.n_params
         theta = jnp.asarray(theta)
         if not jnp.issubdtype(theta.dtype, jnp.floating):
             theta = theta.astype(jnp.result_type(float))
-        if theta.ndim < 1 or theta.shape[-1] != model.n_params:
+        if theta.ndim < 1 or theta.shape[-1] != n_params:
             raise ValueError(
-                f"theta must have shape batch_shape + ({model.n_params},), got {theta.shape}"
+                f"theta must have shape batch_shape + ({n_params},), got {theta.shape}"
             )
-        self.model = model
         self.theta = theta
-        self.rewards = None if rewards is None else jnp.asarray(rewards, theta.dtype)
-        # discrete: integer rewards fix the transformed structure, planned once here
-        self.reward_plan = (
-            DiscreteRewardTransform.build(model.structure, np.asarray(rewards))
-            if rewards is not None and model.discrete
-            else None
-        )
-        self.discrete = model.discrete
-        self.logpdf_kwargs = tuple(sorted((logpdf_kwargs or {}).items()))
-        if out_of_range not in ("raise", "-inf"):
-            raise ValueError(f"out_of_range must be 'raise' or '-inf', got {out_of_range!r}")
-        self.out_of_range = out_of_range
         super().__init__(batch_shape=theta.shape[:-1], event_shape=(), validate_args=validate_args)
 
     @property
-    def support(self):
-        return _constraints.nonnegative_integer if self.discrete else _constraints.positive
+    def discrete(self) -> bool:
+        return self.likelihood.discrete
 
-    def _accumulated(self, dist):
-        """The distribution of the accumulated reward (the absorption time without rewards)."""
-        if self.rewards is None:
-            return dist
-        return (
-            dist.reward_scaled(self.rewards) if self.reward_plan is None else self.reward_plan(dist)
-        )
+    @property
+    def support(self):
+        return _constraints.nonnegative_integer if self.discrete else _constraints.nonnegative
 
     def _dist(self, theta):
-        return self._accumulated(self.model(theta))
+        return self.likelihood.distribution(theta)
 
     def _log_prob_flat(self, theta, values):
-        if self.out_of_range == "raise":
-            return log_likelihood(
-                self._dist(theta), values, self.discrete, dict(self.logpdf_kwargs), "raise"
-            )
-        dist, admissible = self.model.guarded(theta)  # a bad proposal (rate 0, inf, NaN): -inf
-        log_p = log_likelihood(
-            self._accumulated(dist), values, self.discrete, dict(self.logpdf_kwargs), "-inf"
-        )
-        return jnp.where(admissible, log_p, -jnp.inf)
+        if not self.discrete or jnp.issubdtype(values.dtype, jnp.integer):
+            return self.likelihood.log_prob(theta, values)
+        # float values of a discrete model (numpyro's observations often are): whole
+        # numbers are step counts; anything else has probability zero
+        whole = (values == jnp.round(values)) & (values >= 0)
+        counts = jnp.where(whole, values, 0).astype(jnp.result_type(int))
+        return jnp.where(whole, self.likelihood.log_prob(theta, counts), -jnp.inf)
 
+    @_validate_sample
     def log_prob(self, value):
         value = jnp.asarray(value)
         batch = self.batch_shape

@@ -1,4 +1,8 @@
-"""Diagnostic plots for SVGD fits (matplotlib, imported on first use).
+"""Diagnostic plots for SVGD fits (matplotlib, imported on first use; extra ``plot``).
+
+- [`trace`][phasejax.infer.plot.trace]: mean log density per step and particle paths.
+- [`marginals`][phasejax.infer.plot.marginals]: a histogram per parameter.
+- [`pairs`][phasejax.infer.plot.pairs]: a pair plot.
 
 Each function takes a :class:`~phasejax.infer.FitResult`, an
 :class:`~phasejax.infer.SVGDResult`, or plain arrays, draws into a new figure (or the
@@ -11,17 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._plotting import pyplot
 
-def _plt(module: str = "phasejax.infer.plot"):
-    """``matplotlib.pyplot``, imported on first use, or an ImportError naming the extra."""
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError(
-            f"{module} needs matplotlib: pip install matplotlib (or install phasejax with the 'plot' extra: "
-            "pip install 'phasejax[plot]')"
-        ) from err
-    return plt
+
+def _plt():
+    return pyplot("phasejax.infer.plot")
 
 
 def _particles(result) -> np.ndarray:
@@ -51,7 +49,7 @@ def _truth(truth, p):
     return t
 
 
-def plot_trace(
+def trace(
     result,
     *,
     names: Sequence[str] | None = None,
@@ -68,11 +66,11 @@ def plot_trace(
     """
     plt = _plt()
     if hasattr(result, "trace") and hasattr(result, "history"):
-        trace, history = np.asarray(result.trace), np.asarray(result.history)
+        values, history = np.asarray(result.trace), np.asarray(result.history)
         if history.shape[0] == 0:
             history = None
     else:
-        trace, history = np.asarray(result), None
+        values, history = np.asarray(result), None
     p = 0 if history is None else history.shape[2]
     names = _names(names, p) if p else []
     if axes is None:
@@ -82,11 +80,11 @@ def plot_trace(
         axes = np.atleast_1d(axes)
         fig = axes[0].figure
     ax = axes[0]
-    ax.plot(np.arange(1, trace.shape[0] + 1), trace, color="C0", lw=1)
+    ax.plot(np.arange(1, values.shape[0] + 1), values, color="C0", lw=1)
     ax.set_ylabel("mean log density")
     if history is not None:
         if thin is None:
-            thin = max(trace.shape[0] // history.shape[0], 1)
+            thin = max(values.shape[0] // history.shape[0], 1)
         steps = thin * np.arange(1, history.shape[0] + 1)
         k = min(history.shape[1], int(max_particles))
         for i in range(p):
@@ -98,9 +96,7 @@ def plot_trace(
     return fig, axes
 
 
-def plot_marginals(
-    result, *, names: Sequence[str] | None = None, bins: int = 30, truth=None, axes=None
-):
+def marginals(result, *, names: Sequence[str] | None = None, bins: int = 30, truth=None, axes=None):
     """A histogram per parameter (``bins`` bars), a line at the particle mean and, if
     given, one at ``truth``."""
     plt = _plt()
@@ -123,9 +119,7 @@ def plot_marginals(
     return fig, axes
 
 
-def plot_pairs(
-    result, *, names: Sequence[str] | None = None, bins: int = 30, truth=None, axes=None
-):
+def pairs(result, *, names: Sequence[str] | None = None, bins: int = 30, truth=None, axes=None):
     """Pair plot: histograms on the diagonal, scatter plots below it, empty above.
 
     Diagonal panels hold ``bins`` bars (plus a ``truth`` line); each lower panel one
