@@ -34,6 +34,7 @@ Example::
 """
 
 from . import plot
+from ._distributed import evaluate_batch
 from ._fit import DEFAULT_QUANTILES, FitResult, MAPResult, fit_svgd, map_estimate, summarize
 from ._kernels import RBF, AbstractKernel, median_bandwidth, stein_direction
 from ._posterior import MomentRegularization, PosteriorLogDensity, log_likelihood, series_fits
@@ -84,6 +85,7 @@ __all__ = [
     "Softplus",
     "as_prior",
     "as_transform",
+    "evaluate_batch",
     "fit_svgd",
     "load_state",
     "log_likelihood",
