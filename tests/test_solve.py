@@ -117,14 +117,14 @@ def test_every_quantity_against_dense_oracle(discrete):
 def test_near_reducible_cycle_is_exact():
     """Two states swapping at rate 1e8 with exits of order 1e-8: the exit is below the
     rounding of the diagonal, so LU on ``-S`` loses every digit; the block inverse takes the
-    exits from the edges and is exact to rounding."""
+    exits from the edges and is exact to rounding, and so is the derivative in an exit."""
     swap, exit_a, exit_b = 1e8, 1.5e-8, 0.7e-8
     graph = pj.Graph(1)
     a, b, end = (graph.find_or_create_vertex([k]) for k in (1, 2, 3))
-    graph.starting_vertex().add_edge(a, 1.0)
+    graph.starting_vertex().add_edge_parameterized(a, 1.0, [0.0])
     a.add_edge(b, swap)
     b.add_edge(a, swap)
-    a.add_edge(end, exit_a)
+    a.add_edge_parameterized(end, 0.0, [1.0])  # exit_a = theta
     b.add_edge(end, exit_b)
     det = swap * (exit_a + exit_b) + exit_a * exit_b  # no cancellation
     x = np.array([2 * swap + exit_b, 2 * swap + exit_a]) / det  # (-S)^{-1} 1
@@ -132,9 +132,15 @@ def test_near_reducible_cycle_is_exact():
         [(swap + exit_b) * x[0] + swap * x[1], swap * x[0] + (swap + exit_a) * x[1]]
     )
     want = np.array([x[0], second[0] / det])
-    got = graph.compile(solver="blocks")(None).moments(2)
+    d_mean = -(2 * swap + exit_b) * (swap + exit_b) / det**2
+    model = graph.compile(solver="blocks")
+    theta = jnp.array([exit_a])
+    got, grad = jax.jit(lambda t: (model(t).moments(2), jax.grad(lambda u: model(u).mean())(t)))(
+        theta
+    )
     np.testing.assert_allclose(got, want, rtol=1e-14)
-    dense = graph.compile(solver="dense")(None).moments(2)
+    np.testing.assert_allclose(grad, [d_mean], rtol=1e-14)
+    dense = graph.compile(solver="dense")(theta).moments(2)
     assert abs(dense[0] / want[0] - 1) > 1e-4  # the case has power
 
 

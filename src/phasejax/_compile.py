@@ -268,9 +268,10 @@ def compile_graph(
 
     **Arguments:**
 
-    - `solver`: ``"auto"`` (level sweep if acyclic, dense LU up to 2,000 transient
-      states, GMRES above), ``"sweep"``, ``"dense"``, ``"gmres"``, or an instance of
-      [`phasejax.AbstractSolver`][].
+    - `solver`: ``"auto"`` (level sweep if acyclic; else dense LU up to 500 transient
+      states; else the block sweep over strongly connected components when none has more
+      than 2,000 states; else GMRES), ``"sweep"``, ``"blocks"``, ``"dense"``, ``"gmres"``,
+      or an instance of [`phasejax.AbstractSolver`][].
     - `rate_fn`: ``rate_fn(theta, coefficients) -> (E,)`` added to the base weights;
       any differentiable JAX function (default ``coefficients @ theta``).
     - `initial`: an explicit initial distribution, one probability per vertex, in place

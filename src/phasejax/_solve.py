@@ -1,16 +1,21 @@
 """Linear solves with ``M = diag(d) - A`` (``-S`` or ``I - T``) and its transpose.
 
 Every quantity of the library reduces to ``M x = b`` (expected accumulated reward from
-each state) or ``M^T z = b`` (expected time spent in each state). Three solvers share
+each state) or ``M^T z = b`` (expected time spent in each state). Four solvers share
 one interface and are chosen at compile time from the static structure:
 
 - :class:`LevelSweep` (acyclic graphs): states are ordered by *height* (the longest
   path to absorption), so ``x_i = (b_i + sum_j a_ij x_j) / d_i`` can be evaluated
   height by height. Edges are grouped by the height of their source into blocks of a
   static width; one ``lax.scan`` step handles one block. Exact, O(edges) work.
+- :class:`BlockSweep` (cyclic graphs whose strongly connected components are small):
+  the same sweep over the condensation, each component's block inverted densely
+  (GTH-style, batched by size). Exact, also for near-reducible cycles.
 - :class:`DenseLU`: the dense matrix factorised by lineax's LU (small cyclic graphs).
 - :class:`GMRES`: restarted GMRES (lineax) on the Jacobi-preconditioned sparse operator
-  ``I - D^{-1} A`` (large cyclic graphs); never forms a matrix.
+  ``I - D^{-1} A`` (graphs with a component too large to invert); never forms a matrix.
+
+Under ``vmap`` both sweeps carry the batch as a trailing axis (:func:`_trailing_batch`).
 
 Gradients never go through the solver's iterations: :func:`solve` wraps every solver
 in ``jax.lax.custom_linear_solve``, which differentiates implicitly

@@ -36,6 +36,7 @@ Example::
 """
 
 from . import plot
+from ._distributed import evaluate_batch
 from ._fit import FitResult, MAPResult, fit_svgd, map_estimate, summarize
 from ._kernels import RBF, AbstractKernel, median_bandwidth, stein_direction
 from ._posterior import Likelihood, MomentRegularization, Posterior
@@ -95,6 +96,7 @@ __all__ = [
     "Softplus",
     "as_prior",
     "as_transform",
+    "evaluate_batch",
     "fit_svgd",
     "load_state",
     "map_estimate",
