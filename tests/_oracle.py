@@ -255,7 +255,7 @@ def random_rewards(n_vertices, seed, m=3, zero_fraction=0.3):
 def library_quantities(model, theta, R, k=3, lite=False, keys=None):
     """Every quantity of ``model(theta)`` as a dict (not jitted; see :func:`library_bundle`).
 
-    ``lite``: only the quantities that exercise distinct solves (each Krylov solve is a
+    ``lite``: only the quantities that exercise distinct solves (each GMRES solve is a
     separate compiled loop; the thin wrappers are covered by the other solvers).
     ``keys``: only these quantities.
     """

@@ -308,17 +308,15 @@ class GMRES(AbstractSolver):
 
     def raw_solve(self, system, state, rhs, transpose):
         src, dst, rate, diag = system.src, system.dst, system.rate, system.diag
-        if transpose:
 
-            def operator(u):
-                return u - _sparse.offdiag_rmatvec(src, dst, rate, u / diag)
-        else:
+        def operator_t(u):
+            return u - _sparse.offdiag_rmatvec(src, dst, rate, u / diag)
 
-            def operator(x):
-                return x - _sparse.offdiag_matvec(src, dst, rate, x) / diag
+        def operator_n(x):
+            return x - _sparse.offdiag_matvec(src, dst, rate, x) / diag
 
         structure = jax.ShapeDtypeStruct((system.n,), rhs.dtype)
-        op = lx.FunctionLinearOperator(operator, structure)
+        op = lx.FunctionLinearOperator(operator_t if transpose else operator_n, structure)
         # lineax's test is elementwise (|r_i| <= atol + rtol |b_i|): scale b to unit
         # max-norm and use atol = rtol, a normwise relative tolerance.
         method = lx.GMRES(

@@ -195,7 +195,7 @@ def to_dot(
         lines.append(f'  v{v} [label="{text}", shape={shapes[kind]}, fillcolor="{_FILL[kind]}"];')
     src, dst, _, _ = g.edge_arrays()
     for e, (s, d) in enumerate(zip(src.tolist(), dst.tolist())):
-        attr = f' [label="{edge_labels[e]}"]' if labels else ""
+        attr = f' [label="{edge_labels[e]}"]' if edge_labels is not None else ""
         lines.append(f"  v{s} -> v{d}{attr};")
     lines.append("}")
     return "\n".join(lines)
@@ -203,7 +203,7 @@ def to_dot(
 
 def _graphviz_available() -> bool:
     try:
-        import graphviz  # noqa: F401
+        import graphviz  # noqa: F401  # pyright: ignore[reportMissingImports]
     except ImportError:
         return False
     return shutil.which("dot") is not None
@@ -263,7 +263,7 @@ def graph(
     ax = axes[0]
     ax.set_axis_off()
     if use_graphviz:
-        import graphviz
+        import graphviz  # pyright: ignore[reportMissingImports]  (optional)
 
         source = to_dot(
             g,
@@ -330,7 +330,7 @@ def _draw_layered(ax, g, layers, theta, rate_fn, param_names, labels, state_labe
             gid="edge",
         )
         ax.add_patch(arrow)
-        if labels:
+        if edge_labels is not None:
             # midpoint of the quadratic Bezier curve of arc3 (in data coordinates)
             mx, my = (x1 + x2) / 2 + 0.5 * rad * (y2 - y1), (y1 + y2) / 2 - 0.5 * rad * (x2 - x1)
             ax.text(

@@ -291,7 +291,7 @@ class MAPResult(eqx.Module):
 
 
 @eqx.filter_jit
-def _optimize(fn: Callable, x0: Array, optimizer, steps: int):
+def _optimize(fn: Callable, x0: Array, optimizer, steps: int) -> tuple[Array, Array, Array]:
     def loss(x, step):
         return -fn(x, step)
 
@@ -306,7 +306,8 @@ def _optimize(fn: Callable, x0: Array, optimizer, steps: int):
             )
         else:
             updates, opt_state = optimizer.update(grad, opt_state, x)
-        return (optax.apply_updates(x, updates), opt_state, step + 1), -value
+        x = jnp.asarray(optax.apply_updates(x, updates))
+        return (x, opt_state, step + 1), -value
 
     (x, _, step), trace = jax.lax.scan(
         body, (x0, optimizer.init(x0), jnp.zeros((), jnp.int32)), None, length=steps

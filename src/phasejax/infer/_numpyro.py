@@ -98,6 +98,8 @@ class PhaseTypeDistribution(_dist.Distribution):
         return out.reshape(lead + batch)
 
     def sample(self, key, sample_shape=()):
+        if key is None:
+            raise ValueError("sample needs a PRNG key")
         sample_shape = tuple(sample_shape)
         batch = self.batch_shape
         if not batch:

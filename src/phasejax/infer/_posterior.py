@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -31,6 +32,7 @@ from jaxtyping import Array, ArrayLike, Float
 from .._compile import Model
 from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL
 from .._rewards import DiscreteRewardTransform
+from .._structure import is_traced
 from ._priors import AbstractPrior, as_prior
 from ._transforms import AbstractTransform, as_transform
 
@@ -171,7 +173,7 @@ class Likelihood(eqx.Module):
         """The distribution of one observation at ``theta``."""
         return self._accumulated(self.model(theta))
 
-    def guarded_distribution(self, theta: Float[Array, " p"]) -> tuple:
+    def guarded_distribution(self, theta: Float[Array, " p"]) -> tuple[Any, Array]:
         """``(distribution, admissible)``: with ``out_of_range="-inf"`` through
         [`phasejax.Model.guarded`][] (a stand-in where ``theta`` is inadmissible), else
         plain (``admissible`` is ``True``; a bad ``theta`` raises)."""
@@ -213,11 +215,13 @@ class Likelihood(eqx.Module):
             if self.rewards is not None
             else ("step counts" if self.discrete else "absorption times")
         )
-        if isinstance(data, jax.core.Tracer):
+        if is_traced(data):
             bad = ~jnp.isfinite(data) | (data < 0)
             if self.discrete:
                 bad = bad | (data != jnp.round(data))
-            data = eqx.error_if(data, jnp.any(bad), f"data ({what}) must be finite and >= 0")
+            data = jnp.asarray(
+                eqx.error_if(data, jnp.any(bad), f"data ({what}) must be finite and >= 0")
+            )
         else:
             x = np.asarray(data)
             for bad, why in (
@@ -325,6 +329,7 @@ class Posterior(eqx.Module):
         if self.regularization is None:
             return jnp.zeros((), theta.dtype)
         dist = self.distribution(theta) if dist is None else dist
+        assert self.sample_moments is not None and self.moment_weights is not None
         return self.regularization.penalty(dist, self.sample_moments, self.moment_weights, step)
 
     def log_density_theta(self, theta: Float[Array, " p"], step=0) -> Float[Array, ""]:
