@@ -29,7 +29,7 @@ import scipy.linalg
 import scipy.stats
 
 import phasejax as pj
-from _oracle import graph_matrices, random_subintensity
+from helpers.oracle import graph_matrices, random_subintensity
 
 TIGHT = 1e-22
 REL = 1e-10

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import phasejax as pj
-from _oracle import graph_matrices, random_subtransition
+from helpers.oracle import graph_matrices, random_subtransition
 
 KS = np.arange(0, 61)
 SNAP = np.array([0, 1, 2, 7, 25, 60])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import phasejax as pj
-from _oracle import random_subintensity, random_subtransition
+from helpers.oracle import random_subintensity, random_subtransition
 
 
 # -- from_matrices / as_matrices --------------------------------------------------------

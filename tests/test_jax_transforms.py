@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import phasejax as pj
-from _oracle import (
+from helpers.oracle import (
     graph_matrices,
     library_quantities,
     oracle_bundle,

@@ -1,5 +1,5 @@
 """The model zoo: structure against the documented specification, and every quantity
-of every model, for every solver, against dense numpy oracles (tests/_oracle.py)."""
+of every model, for every solver, against dense numpy oracles (tests/helpers/oracle.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import phasejax as pj
-from _oracle import assert_bundle_close, library_bundle, oracle_bundle, random_rewards
+from helpers.oracle import assert_bundle_close, library_bundle, oracle_bundle, random_rewards
 
 # -- the documented transition rules, written out independently -----------------------------
 

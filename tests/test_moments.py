@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import phasejax as pj
-from _oracle import (
+from helpers.oracle import (
     assert_bundle_close,
     dph_factorial_moments,
     dph_reward_moments,

@@ -19,7 +19,7 @@ import scipy.linalg as sl
 from scipy.stats import poisson
 
 import phasejax as pj
-from _oracle import dense_reward_transform
+from helpers.oracle import dense_reward_transform
 
 jax.config.update("jax_enable_x64", True)
 

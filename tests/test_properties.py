@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import phasejax as pj
-from _oracle import (
+from helpers.oracle import (
     dph_cov_matrix,
     dph_factorial_moments,
     dph_pmf_cdf_sf,

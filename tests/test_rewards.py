@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg as sl
 
 import phasejax as pj
-from _oracle import dense_reward_transform, reward_moments
+from helpers.oracle import dense_reward_transform, reward_moments
 
 CASES = [
     (

@@ -15,7 +15,7 @@ import pytest
 import scipy.stats
 
 import phasejax as pj
-from _oracle import dph_reward_moments, graph_matrices, ph_moments, random_subintensity
+from helpers.oracle import dph_reward_moments, graph_matrices, ph_moments, random_subintensity
 
 N = 100_000
 Z = 4.0

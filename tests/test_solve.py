@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import phasejax as pj
-from _oracle import (
+from helpers.oracle import (
     assert_bundle_close,
     cycle_with_exits,
     library_bundle,

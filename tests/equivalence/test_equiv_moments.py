@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _equiv_helpers import assert_rel, dense, green, random_acyclic, random_cyclic
 from phasic_reference.adapter import reference_graph
 
 import phasejax as pj
+from helpers.equivalence import assert_rel, dense, green, random_acyclic, random_cyclic
 
 
 def _random_rewards(graph, m, seed):

@@ -7,10 +7,9 @@ independently of phasejax's compiled solvers and of ``Graph.as_matrices``.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 import phasejax as pj
-from _oracle import cycle_with_exits  # tests/ is on sys.path (tests/conftest.py)
+from helpers.oracle import cycle_with_exits, green, ph_pdf_cdf_sf  # noqa: F401 (re-exported)
 
 RTOL = 1e-10
 
@@ -42,22 +41,6 @@ def dense(graph, theta=None):
             M[pos[s], pos[d]] += x
     M += np.diag(1.0 - out) if graph.discrete else -np.diag(out)
     return alpha, M, transient
-
-
-def green(M, discrete=False):
-    n = len(M)
-    return np.linalg.inv(np.eye(n) - M if discrete else -M)
-
-
-def ph_pdf_cdf(alpha, S, times):
-    """Exact density and cdf by ``scipy.linalg.expm``."""
-    exit_ = -S.sum(axis=1)
-    pdf, cdf = [], []
-    for t in np.ravel(times):
-        row = alpha @ scipy.linalg.expm(S * t)
-        pdf.append(row @ exit_)
-        cdf.append(1.0 - row.sum())
-    return np.array(pdf), np.array(cdf)
 
 
 def assert_rel(got, want, rtol=RTOL, what="", scale=None):
