@@ -2,7 +2,7 @@
 
 Every statistical check uses 10^5 draws and a 4 standard-error band (two-sided
 probability of a false alarm ~ 6e-5 per check; the keys are fixed, so the tests are
-deterministic). Exact moments come from the dense oracles of ``_oracle.py``
+deterministic). Exact moments come from the dense oracles of ``helpers/oracle.py``
 (``k! alpha (U R)^k 1`` for PH, a forward dynamic program for DPH), not from the
 library. Kolmogorov-Smirnov tests compare the draws with ``dist.cdf`` (p > 1e-3).
 """
@@ -156,7 +156,7 @@ def test_two_island_reward_vector_ks_and_moments():
 # -- discrete --------------------------------------------------------------------------
 def test_dph_steps_rewards_and_pmf():
     rng = np.random.default_rng(51)
-    # as _oracle.random_subtransition, with a high exit fraction (short paths)
+    # as helpers.oracle.random_subtransition, with a high exit fraction (short paths)
     a, S = random_subintensity(rng, 15, density=0.1, defect=0.1, exit_fraction=0.7)
     total = -np.diag(S)
     T = (S - np.diag(np.diag(S))) * (0.6 / total)[:, None] + 0.4 * np.eye(15)
