@@ -3,6 +3,7 @@ frequency spectra out, exact and differentiable in the demographic parameters.""
 
 from ._chain import PiecewiseChain
 from ._demes import Demography, from_demes
+from ._likelihood import multinomial_loglik, poisson_loglik, sfs_mask, standard_errors
 from ._sfs import fold, polanski_kimmel
 from ._statespace import StateBudgetError
 from ._times import CoalescenceTime
@@ -14,5 +15,9 @@ __all__ = [
     "StateBudgetError",
     "fold",
     "from_demes",
+    "multinomial_loglik",
+    "poisson_loglik",
     "polanski_kimmel",
+    "sfs_mask",
+    "standard_errors",
 ]
