@@ -194,3 +194,40 @@ def test_gradients_against_finite_differences():
     fg = eqx.filter_jit(lambda d: d.expected_sfs()[1])
     _fd_check(fg, growth, lambda d: d.growth, (0, 0))
     _fd_check(fg, growth, lambda d: d.breaks, (0,))
+
+
+def _tavare_lineage_times(n, tau, c1, c2, dps=80):
+    """E[T_k] (k = 0..n) for one deme, pair rate c1 on [0, tau), c2 after, from Tavare's
+    (1984) alternating-sum formula for P(K_t = k) in mpmath at ``dps`` digits."""
+    import mpmath as mp
+
+    mp.mp.dps = dps
+
+    def coef(i, k):  # P(K_t = k) = sum_i coef(i, k) exp(-i (i - 1) c t / 2)
+        rising = mp.rf(k, i - 1)  # k (k + 1) ... (k + i - 2)
+        num = (2 * i - 1) * (-1) ** (i - k) * rising * mp.ff(n, i)
+        return num / (mp.factorial(k) * mp.factorial(i - k) * mp.rf(n, i))
+
+    coefs = {(i, k): coef(i, k) for k in range(1, n + 1) for i in range(k, n + 1)}
+    occupancy, at_tau = [mp.mpf(0)] * (n + 1), [mp.mpf(0)] * (n + 1)
+    for (i, k), a in coefs.items():
+        rate = mp.mpf(i * (i - 1)) * c1 / 2
+        at_tau[k] += a * mp.exp(-rate * tau)
+        occupancy[k] += a * (tau if i == 1 else (1 - mp.exp(-rate * tau)) / rate)
+    out = np.zeros(n + 1)
+    for k in range(2, n + 1):
+        after = sum(at_tau[j] for j in range(k, n + 1)) * 2 / (c2 * k * (k - 1))
+        out[k] = float(occupancy[k] + after)
+    return out
+
+
+def test_lineage_times_large_n_against_tavare():
+    """n = 200, size change: E[T_k] from the chain (expm) against the exact formula in
+    high precision, and the Polanski-Kimmel SFS built from them."""
+    n = 200
+    m = pg.from_demes(_graph((N0, 100), (250.0, 0)), {"A": n})
+    times = np.asarray(eqx.filter_jit(lambda d: d.lineage_times())(m))
+    ref = _tavare_lineage_times(n, 100 / 2000, 4.0, 1.0)
+    np.testing.assert_allclose(times[2:], ref[2:], rtol=1e-10)
+    sfs = eqx.filter_jit(lambda d: d.expected_sfs())(m)
+    np.testing.assert_allclose(sfs, pg.polanski_kimmel(n) @ ref, rtol=1e-10, atol=1e-300)
