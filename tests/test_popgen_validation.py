@@ -33,6 +33,22 @@ def _split_migration_pulse():
     return b.resolve()
 
 
+def _three_demes_admixture():
+    b = demes.Builder(time_units="generations")
+    b.add_deme("anc", epochs=[dict(start_size=1500, end_time=800)])
+    b.add_deme("A", ancestors=["anc"], epochs=[dict(start_size=800)])
+    b.add_deme("B", ancestors=["anc"], epochs=[dict(start_size=2500)])
+    b.add_deme(
+        "C",
+        ancestors=["A", "B"],
+        proportions=[0.3, 0.7],
+        start_time=150,
+        epochs=[dict(start_size=400, end_size=1600)],
+    )
+    b.add_migration(source="A", dest="B", rate=3e-4)
+    return b.resolve()
+
+
 @pytest.mark.slow
 def test_against_moments():
     """moments' expected SFS (theta = 4 N_ref mu = 1) is half our branch lengths in units of
@@ -59,7 +75,12 @@ def test_against_moments():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "graph, samples", [(_bottleneck_growth, {"A": 6}), (_split_migration_pulse, {"A": 3, "B": 2})]
+    "graph, samples",
+    [
+        (_bottleneck_growth, {"A": 6}),
+        (_split_migration_pulse, {"A": 3, "B": 2}),
+        (_three_demes_admixture, {"A": 2, "B": 2, "C": 3}),
+    ],
 )
 def test_against_msprime(graph, samples):
     """Mean TMRCA and total branch length (generations) within 4 standard errors of 4000
