@@ -231,3 +231,12 @@ def test_lineage_times_large_n_against_tavare():
     np.testing.assert_allclose(times[2:], ref[2:], rtol=1e-10)
     sfs = eqx.filter_jit(lambda d: d.expected_sfs())(m)
     np.testing.assert_allclose(sfs, pg.polanski_kimmel(n) @ ref, rtol=1e-10, atol=1e-300)
+
+
+@pytest.mark.slow
+def test_polanski_kimmel_against_block_counting_n20():
+    """Bottleneck + growth, n = 20 (627 block-counting states): both routes to 1e-10."""
+    g = _graph((N0, 300), (100.0, 200), (300.0, 0, 3000.0))
+    m = pg.from_demes(g, {"A": 20})
+    pk, block = eqx.filter_jit(lambda d: (d.expected_sfs(), d.expected_sfs(method="block")))(m)
+    np.testing.assert_allclose(pk, block, rtol=1e-10, atol=1e-300)
