@@ -240,3 +240,12 @@ def test_polanski_kimmel_against_block_counting_n20():
     m = pg.from_demes(g, {"A": 20})
     pk, block = eqx.filter_jit(lambda d: (d.expected_sfs(), d.expected_sfs(method="block")))(m)
     np.testing.assert_allclose(pk, block, rtol=1e-10, atol=1e-300)
+
+
+def test_vmap_over_parameters():
+    m = pg.from_demes(_graph((N0, 300), (100.0, 0)), {"A": 6})
+    sizes = jnp.stack([m.sizes.at[0, 0].set(v) for v in [100.0, 200.0, 400.0]])
+    f = eqx.filter_jit(lambda s: eqx.tree_at(lambda d: d.sizes, m, s).expected_sfs())
+    batched = jax.vmap(f)(sizes)
+    np.testing.assert_allclose(batched, jnp.stack([f(s) for s in sizes]), rtol=1e-13)
+    assert not np.allclose(batched[0], batched[2])
