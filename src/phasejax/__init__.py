@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import internal, models
+from . import internal, models, popgen
 from ._compile import Model
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
 from ._epochs import EpochPhaseType, epochs
@@ -41,4 +41,5 @@ __all__ = [
     "joint_mutation_pmf",
     "models",
     "mutation_counts",
+    "popgen",
 ]
