@@ -7,7 +7,10 @@ Python process (nothing compiled yet); ``cold`` runs without JAX's persistent
 compilation cache, ``cache`` runs twice against one fresh cache directory and reports
 the second process (the executables written by the first are reused).
 
-Usage: ``python benchmarks/bench_latency.py [--n 10]`` (prints a markdown table).
+``--state N``: instead, the time and peak memory (max RSS) of the first
+``state_probability(0.1)`` of Kingman ``N`` in a fresh process (all states at one time).
+
+Usage: ``python benchmarks/bench_latency.py [--n 10] [--state 40]`` (prints a markdown table).
 """
 
 from __future__ import annotations
@@ -62,10 +65,28 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def run(n: int, cache: str) -> dict:
+STATE = r"""
+import json, resource, sys, time
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+import phasejax as pj
+
+model = pj.models.kingman(int(sys.argv[1])).compile()
+dist = model(jnp.array([1.0]))
+t0 = time.perf_counter()
+probs = jax.block_until_ready(dist.state_probability(jnp.array([0.1])))
+out = {"states": int(dist.diag.shape[0]), "seconds": time.perf_counter() - t0,
+       "max_rss_GB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+       "total": float(probs.sum())}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def run(n: int, cache: str, script: str = WORKLOAD) -> dict:
     env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, "-c", WORKLOAD, str(n), cache],
+        [sys.executable, "-c", script, str(n), cache],
         capture_output=True,
         text=True,
         env=env,
@@ -78,7 +99,11 @@ def run(n: int, cache: str) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10)
+    parser.add_argument("--state", type=int, default=None)
     args = parser.parse_args()
+    if args.state is not None:
+        print(run(args.state, "", STATE))
+        return
     cold = run(args.n, "")
     with tempfile.TemporaryDirectory() as cache:
         run(args.n, cache)  # fills the cache

@@ -100,12 +100,14 @@ class AbstractPhaseType(eqx.Module):
         shape: tuple[int, ...] = (),
         rewards: ArrayLike | None = None,
         *,
-        max_jumps: int = 1_000_000,
+        max_jumps: int | None = None,
     ) -> Array:
         """Draw absorption times (``rewards=None``), accumulated rewards (``(V,)``), or
         a multivariate reward vector per draw (``(m, V)`` -> output ``shape + (m,)``).
 
-        Exact simulation of the jump chain (see :func:`phasejax._sample.sample_paths`).
+        Exact simulation of the jump chain (see :func:`phasejax._sample.sample_paths`);
+        ``max_jumps`` (optional) raises for a path that has not absorbed after that many
+        jumps (every path absorbs with probability 1: the model is checked at compile time).
         """
         r = self._rewards(rewards)
         out = sample_paths(
@@ -405,19 +407,15 @@ class DiscretePhaseType(AbstractPhaseType):
         checked = _unif.is_concrete(k)
         if checked:
             values = np.asarray(k)
-            if values.dtype.kind not in "iub":
-                if values.dtype.kind != "f":
-                    raise TypeError(f"step counts must be integers, got dtype {values.dtype}")
-                bad = ~np.isfinite(values) | (values != np.round(values))
-                if bad.any():
-                    i = np.unravel_index(np.flatnonzero(bad)[0], values.shape)
-                    raise ValueError(
-                        f"step counts must be non-negative integers; got {values[i]} at index {i}"
-                    )
-            if (values < 0).any():
-                i = np.unravel_index(np.flatnonzero(values < 0)[0], values.shape)
+            if values.dtype.kind not in "iubf":
+                raise TypeError(f"step counts must be integers, got dtype {values.dtype}")
+            bad = values < 0
+            if values.dtype.kind == "f":
+                bad = bad | ~np.isfinite(values) | (values != np.round(values))
+            if bad.any():
+                value, i = _unif.first_bad(values, bad)
                 raise ValueError(
-                    f"step counts must be non-negative integers; got {values[i]} at index {i}"
+                    f"step counts must be non-negative integers; got {value} at index {i}"
                 )
             k = values.astype(np.int32)
             if max_steps is not None:

@@ -52,7 +52,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln
 from jaxtyping import Array, Float, Int
 
 from . import _sparse
@@ -70,9 +69,10 @@ def safe_log(x):
     return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf)
 
 
-def _step(rate, diag, src, dst, lam, v):
-    """One step of the uniformized chain on row vectors: ``v P = v - (M^T v) / Lambda``."""
-    return v - _sparse.rmatvec(src, dst, rate, diag, v) / lam
+def _step(rate, diag, src, dst, v):
+    """One step of the uniformized chain on row vectors: ``v P = v - M^T v`` (the rates
+    already divided by ``Lambda``)."""
+    return v - _sparse.rmatvec(src, dst, rate, diag, v)
 
 
 class Stream(NamedTuple):
@@ -104,29 +104,63 @@ def make_stream(n: int, q: int, *, poisson: bool, cumulative=False, order=0, ide
     return Stream(segment, batch, poisson, cumulative, order, identity)
 
 
+_STIRLING_TABLE = np.array(
+    [
+        math.lgamma(n + 1.0) - (n + 0.5) * math.log(n) + n - 0.5 * math.log(2 * math.pi)
+        for n in range(1, 16)
+    ]
+)
+
+
+def _stirling_error(k):
+    """``log k! - log(sqrt(2 pi k) (k/e)^k)`` for ``k >= 1`` (exact table to 15, then the
+    asymptotic series), without the cancellation of ``lgamma`` against ``k log k``."""
+    table = jnp.asarray(_STIRLING_TABLE, k.dtype)[jnp.clip(k.astype(jnp.int32) - 1, 0, 14)]
+    inv = 1.0 / jnp.maximum(k, 1.0)
+    inv2 = inv * inv
+    series = inv * (1 / 12 - inv2 * (1 / 360 - inv2 * (1 / 1260 - inv2 * (1 / 1680 - inv2 / 1188))))
+    return jnp.where(k <= 15, table, series)
+
+
+def _bd0(x, m):
+    """``x log(x / m) + m - x`` (Loader's deviance term), accurate to rounding near ``x = m``
+    through its series in ``v = (x - m) / (x + m)``."""
+    diff = x - m
+    near = jnp.abs(diff) < 0.5 * (x + m)
+    v = diff / jnp.where(near, x + m, 1.0)
+    v2 = v * v
+    series = jnp.zeros_like(v)
+    for j in range(30, 0, -1):  # 2 x sum_j v^(2j+1) / (2j+1), Horner in v^2 (|v| < 1/2)
+        series = v2 * (1.0 / (2 * j + 1) + series)
+    near_value = diff * v + 2.0 * x * v * series
+    safe_m = jnp.where(m > 0, m, 1.0)
+    far_value = jnp.where(m > 0, x * jnp.log(jnp.where(near, 1.0, x / safe_m)) + m - x, jnp.inf)
+    return jnp.where(near, near_value, far_value)
+
+
 def _log_weights(cfg: Stream, ks, mu, lo, hi, shift=0):
     """Log weights ``(batch, B)`` of steps ``ks`` for each observation (``-inf`` outside
-    its window ``[lo, hi]``): ``log Pois(k - shift; mu)`` or 0 (indicator)."""
+    its window ``[lo, hi]``): ``log Pois(k - shift; mu)`` or 0 (indicator).
+
+    ``log Pois(j; mu) = -stirling(j) - bd0(j, mu) - log(2 pi j) / 2`` (Loader), accurate to
+    a few ulps of the result rather than of ``j log mu`` (which matters in float32)."""
     inside = (ks[None] >= lo[:, None]) & (ks[None] <= hi[:, None])
     if not cfg.poisson:
         return jnp.where(inside, 0.0, -jnp.inf).astype(mu.dtype)
     j = (ks - shift)[None].astype(mu.dtype)
     m = mu[:, None]
-    positive = m > 0
-    log_w = jnp.where(
-        positive,
-        j * safe_log(m) - m - gammaln(jnp.maximum(j, 0.0) + 1.0),
-        jnp.where(j == 0, 0.0, -jnp.inf),
-    )
+    jp = jnp.maximum(j, 1.0)
+    log_w = -_stirling_error(jp) - _bd0(jp, m) - 0.5 * jnp.log(2 * math.pi * jp)
+    log_w = jnp.where(j == 0, -m, log_w)
     return jnp.where(inside & (j >= 0), log_w, -jnp.inf)
 
 
-def _run_segment(cfg: Stream, ops, lam, v):
+def _run_segment(cfg: Stream, ops, v):
     """The ``B`` vectors ``v_0 .. v_{B-1}`` of a segment from its first vector, and ``v_B``."""
     rate, diag, src, dst = ops
 
     def body(v, _):
-        return _step(rate, diag, src, dst, lam, v), v
+        return _step(rate, diag, src, dst, v), v
 
     v_end, vs = jax.lax.scan(body, v, None, length=cfg.segment, unroll=UNROLL)
     return vs, v_end
@@ -154,7 +188,7 @@ def _segment(cfg: Stream, ops, proj, lam, offset, s, v, carry):
     sigma = jnp.max(jnp.abs(v))
     sigma = jnp.where(sigma > 0, sigma, 1.0)
     v, ell = v / sigma, ell + jnp.log(sigma)
-    vs, v_next = _run_segment(cfg, ops, lam, v)
+    vs, v_next = _run_segment(cfg, ops, v)
     c = vs if cfg.identity else vs @ proj
     if not cfg.cumulative:
         return vs, v_next, safe_log(c) + ell, (ell, prefix, hist), ell
@@ -280,7 +314,7 @@ def _stream_bwd(cfg, residuals, g):
     stride = jnp.maximum(1, -(-n_seg // CHECKPOINTS))
     inner_stride = jnp.maximum(1, -(-stride // CHECKPOINTS))
     ks0 = jnp.arange(cfg.segment)
-    step = partial(_step, src=src, dst=dst, lam=lam)
+    step = partial(_step, src=src, dst=dst)
 
     def advance(s, v, carry):
         return _segment(cfg, ops, proj, lam, offset, s, v, carry)
@@ -295,7 +329,11 @@ def _stream_bwd(cfg, residuals, g):
             mu_b, lo_b, hi_b = (_slice(x, b, cfg.batch) for x in (data.mu, data.lo, data.hi))
             g_b, lf_b = _slice(g, b, cfg.batch), _slice(log_f, b, cfg.batch)
             w = _log_weights(cfg, ks, mu_b, lo_b, hi_b)
-            ratio = jnp.exp(w[:, :, None] + log_scale - lf_b[:, None])
+            # Pois(k) / f_i at the scale of the stored vectors. Where it exceeds e^300 the
+            # rescaled c'_k is below e^-300 relative to f_i (every term is <= f_i), i.e. the
+            # series has died out (e.g. a nilpotent chain: exact zeros); capping keeps
+            # inf * 0 out of the adjoint without changing any representable contribution.
+            ratio = jnp.exp(jnp.minimum(w[:, :, None] + log_scale - lf_b[:, None], 300.0))
             g_c = g_c + jnp.einsum("ikq,iq->kq", ratio, g_b)
             if cfg.poisson:  # d Pois(k; mu) / d mu = Pois(k - 1; mu) - Pois(k; mu)
                 w1 = _log_weights(cfg, ks, mu_b, lo_b, hi_b, shift=1)
@@ -454,12 +492,22 @@ def mix(
     mu_s, lo_s, hi_s = prepare(mu, 0.0), prepare(lo, big), prepare(hi, -1)
     lo_min = lo_s.reshape(-1, cfg.batch).min(1)
     hi_max = hi_s.reshape(-1, cfg.batch).max(1)
+    log_scale = jnp.zeros((q,), alpha.dtype)
+    if not (cfg.identity or cfg.cumulative):
+        # columns of proj scaled to max 1 (a constant factor of the homogeneous result):
+        # Pois(k) / f and the adjoint then stay at the scale of the rescaled vectors
+        scale = jax.lax.stop_gradient(jnp.max(jnp.abs(proj), axis=0))
+        scale = jnp.where(scale > 0, scale, 1.0)
+        proj, log_scale = proj / scale, jnp.log(scale)
     proj_arg = jnp.zeros((0,), alpha.dtype) if cfg.identity else proj
     offset = jnp.asarray(offset, alpha.dtype)
+    # the stream steps with the rates relative to Lambda: its adjoint then stays O(1) even
+    # for tiny rates (the division's own derivative is taken here, by JAX)
+    rate, diag = rate / lam, diag / lam
     out = _stream(
         cfg, rate, diag, proj_arg, alpha, offset, src, dst, lam, mu_s, lo_s, hi_s, lo_min, hi_max
     )
-    return out[jnp.argsort(order)]
+    return out[jnp.argsort(order)] + log_scale
 
 
 def right_point(mu: Array, tol: float, xnp=jnp) -> Array:
@@ -480,6 +528,12 @@ def check_tol(tol) -> float:
     return value
 
 
+def first_bad(values: np.ndarray, bad: np.ndarray):
+    """The first entry where ``bad`` holds, and its index as a tuple of ints (for messages)."""
+    i = np.unravel_index(np.flatnonzero(bad)[0], values.shape)
+    return values[i], tuple(int(x) for x in i)
+
+
 def is_concrete(*xs) -> bool:
     """Whether every array in ``xs`` is a concrete value (not traced): checks then run in
     Python before tracing, so compiled executables carry no host callbacks."""
@@ -491,12 +545,10 @@ def check_times(t: Array, name: str = "times") -> Array:
     is concrete, else through ``eqx.error_if``."""
     if is_concrete(t):
         values = np.asarray(t)
-        bad = np.flatnonzero(np.isnan(values) | (values < 0))
-        if bad.size:
-            i = np.unravel_index(bad[0], values.shape)
-            raise ValueError(
-                f"{name} must be non-negative and not NaN; got {values[i]} at index {i}"
-            )
+        bad = np.isnan(values) | (values < 0)
+        if bad.any():
+            value, i = first_bad(values, bad)
+            raise ValueError(f"{name} must be non-negative and not NaN; got {value} at index {i}")
         return t
     return eqx.error_if(
         t, jnp.any(jnp.isnan(t) | (t < 0)), f"{name} must be non-negative and not NaN"
@@ -512,12 +564,12 @@ def check_cap(last: Array, max_steps: int | None, what: Array, label: str) -> Ar
         return last
     if is_concrete(last):
         values = np.asarray(last)
-        bad = np.flatnonzero(values > max_steps)
-        if bad.size:
-            i = np.unravel_index(bad[0], values.shape)
+        bad = values > max_steps
+        if bad.any():
+            last_i, i = first_bad(values, bad)
             raise ValueError(
-                f"{label} {np.asarray(what)[i]} (index {tuple(int(x) for x in i)}) needs "
-                f"{int(values[i]) + 1} series terms, more than max_steps={max_steps}: "
+                f"{label} {np.asarray(what)[i]} (index {i}) needs "
+                f"{int(last_i) + 1} series terms, more than max_steps={max_steps}: "
                 "raise max_steps or pass max_steps=None (no cap)"
             )
         return last
