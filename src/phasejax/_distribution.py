@@ -83,6 +83,7 @@ class AbstractPhaseType(eqx.Module):
         stream = _unif.make_stream(
             m.n_transient,
             q,
+            mu.shape[0],
             poisson=poisson,
             cumulative=cumulative,
             order=order,

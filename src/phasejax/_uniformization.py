@@ -44,6 +44,7 @@ truncated sums, in the rates, ``proj``, ``alpha``, ``offset`` and ``mu`` (hence 
 
 from __future__ import annotations
 
+import functools
 import math
 from functools import partial
 from typing import NamedTuple
@@ -92,13 +93,16 @@ class Stream(NamedTuple):
     identity: bool
 
 
-def make_stream(n: int, q: int, *, poisson: bool, cumulative=False, order=0, identity=False):
-    """Segment and batch sizes for ``n`` states and ``q`` projections: a segment's
-    vectors (``B x n``) stay under 8 MB, a (batch x segment x q) block under 2 MB."""
+def make_stream(
+    n: int, q: int, t: int, *, poisson: bool, cumulative=False, order=0, identity=False
+):
+    """Segment and batch sizes for ``n`` states, ``q`` projections and ``t`` observations:
+    a segment's vectors (``B x n``) stay under 8 MB, a (batch x segment x q) block under
+    2 MB, and a batch is no larger than the observations need (a power of two)."""
     segment = 128
     while segment > 8 and segment * max(n, q) > 2**20:
         segment //= 2
-    batch = 256
+    batch = min(256, 1 << max(0, t - 1).bit_length())
     while batch > 1 and batch * segment * q > 2**18:
         batch //= 2
     return Stream(segment, batch, poisson, cumulative, order, identity)
@@ -142,16 +146,21 @@ def _log_weights(cfg: Stream, ks, mu, lo, hi, shift=0):
     """Log weights ``(batch, B)`` of steps ``ks`` for each observation (``-inf`` outside
     its window ``[lo, hi]``): ``log Pois(k - shift; mu)`` or 0 (indicator).
 
-    ``log Pois(j; mu) = -stirling(j) - bd0(j, mu) - log(2 pi j) / 2`` (Loader), accurate to
-    a few ulps of the result rather than of ``j log mu`` (which matters in float32)."""
+    Below float64, ``log Pois(j; mu) = -stirling(j) - bd0(j, mu) - log(2 pi j) / 2``
+    (Loader): accurate to a few ulps of the result rather than of ``j log mu``; in float64
+    the direct form (a few flops per term) is accurate enough."""
     inside = (ks[None] >= lo[:, None]) & (ks[None] <= hi[:, None])
     if not cfg.poisson:
         return jnp.where(inside, 0.0, -jnp.inf).astype(mu.dtype)
-    j = (ks - shift)[None].astype(mu.dtype)
+    j = (ks - shift).astype(mu.dtype)
     m = mu[:, None]
-    jp = jnp.maximum(j, 1.0)
-    log_w = -_stirling_error(jp) - _bd0(jp, m) - 0.5 * jnp.log(2 * math.pi * jp)
-    log_w = jnp.where(j == 0, -m, log_w)
+    if mu.dtype == jnp.float64:  # j log mu - mu - log j!: its rounding is far below 1e-10
+        log_fact = jax.scipy.special.gammaln(jnp.maximum(j, 0.0) + 1.0)  # (B,): shared
+        log_w = jnp.where(m > 0, j * safe_log(m) - m - log_fact, jnp.where(j == 0, 0.0, -jnp.inf))
+    else:
+        jp = jnp.maximum(j, 1.0)
+        log_w = -_stirling_error(jp) - _bd0(jp, m) - 0.5 * jnp.log(2 * math.pi * jp)
+        log_w = jnp.where(j == 0, -m, log_w)
     return jnp.where(inside & (j >= 0), log_w, -jnp.inf)
 
 
@@ -292,20 +301,83 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
     return log_f, ckpt
 
 
+def _sequential_on_cpu(fn):
+    """``fn(*arrays)`` with a vmap rule: on CPU a batch (e.g. of parameter vectors) runs one
+    member after another (``lax.map``), so that each member's loops run their own trip
+    counts and its window offsets stay slices, not gathers (several times faster there
+    than vmapping data-dependent loops); on other platforms (GPU, TPU) it is vmapped."""
+
+    @jax.custom_batching.custom_vmap
+    def wrapped(*args):
+        return fn(*args)
+
+    @wrapped.def_vmap
+    def rule(axis_size, in_batched, *args):
+        def merge(batched_values):
+            values = iter(batched_values)
+            return [next(values) if b else a for a, b in zip(args, in_batched)]
+
+        batched_args = [a for a, b in zip(args, in_batched) if b]
+
+        def sequential(*xs):
+            return jax.lax.map(lambda x: fn(*merge(x)), list(xs))
+
+        def vectorized(*xs):
+            return jax.vmap(lambda *x: fn(*merge(x)))(*xs)
+
+        out = jax.lax.platform_dependent(*batched_args, cpu=sequential, default=vectorized)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return wrapped
+
+
+@functools.cache
+def _forward_kernel(cfg: Stream):
+    def forward(rate, diag, proj, alpha, offset, src, dst, lam, mu, lo, hi, lo_min, hi_max):
+        data = _Data(mu, lo, hi, lo_min, hi_max)
+        return _forward(cfg, (rate, diag, src, dst), proj, alpha, offset, lam, data)
+
+    return _sequential_on_cpu(forward)
+
+
+@functools.cache
+def _backward_kernel(cfg: Stream):
+    return _sequential_on_cpu(partial(_backward, cfg))
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _stream(cfg, rate, diag, proj, alpha, offset, src, dst, lam, mu, lo, hi, lo_min, hi_max):
-    data = _Data(mu, lo, hi, lo_min, hi_max)
-    return _forward(cfg, (rate, diag, src, dst), proj, alpha, offset, lam, data)[0]
+def _stream(cfg, *args):
+    return _forward_kernel(cfg)(*args)[0]
 
 
-def _stream_fwd(cfg, rate, diag, proj, alpha, offset, src, dst, lam, mu, lo, hi, lo_min, hi_max):
-    data = _Data(mu, lo, hi, lo_min, hi_max)
-    log_f, ckpt = _forward(cfg, (rate, diag, src, dst), proj, alpha, offset, lam, data)
-    return log_f, (rate, diag, proj, alpha, offset, src, dst, lam, data, log_f, ckpt)
+def _stream_fwd(cfg, *args):
+    log_f, ckpt = _forward_kernel(cfg)(*args)
+    return log_f, (args, log_f, ckpt)
 
 
 def _stream_bwd(cfg, residuals, g):
-    rate, diag, proj, alpha, offset, src, dst, lam, data, log_f, ckpt = residuals
+    args, log_f, ckpt = residuals
+    rate, diag, proj, alpha, offset, src, dst, lam, *data = args
+    d_rate, d_diag, d_proj, w0, d_offset, d_mu = _backward_kernel(cfg)(*args, log_f, ckpt, g)
+    return (
+        d_rate,
+        d_diag,
+        d_proj,
+        w0,
+        d_offset,
+        _float0(src),
+        _float0(dst),
+        jnp.zeros_like(lam),
+        d_mu,
+        *(_float0(x) for x in data[1:]),
+    )
+
+
+def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
+    """The adjoint pass (module doc): cotangents of the rates, ``proj``, ``alpha`` (``w_0``),
+    ``offset`` and ``mu``, given those ``g`` of ``log f``."""
+    *data, log_f, ckpt, g = rest
+    data = _Data(*data)
     ops = (rate, diag, src, dst)
     finite = jnp.isfinite(log_f)
     g = jnp.where(finite, g, 0.0)
@@ -434,23 +506,7 @@ def _stream_bwd(cfg, residuals, g):
         lambda st: st[0] >= 0, interval, init
     )
     w0 = w0 * jnp.where(jnp.isnan(ell0), 1.0, jnp.exp(-ell0))
-    ints = (src, dst, data.lo, data.hi, data.lo_min, data.hi_max)
-    d_src, d_dst, d_lo, d_hi, d_lo_min, d_hi_max = (_float0(x) for x in ints)
-    return (
-        d_rate,
-        d_diag,
-        d_proj,
-        w0,
-        jnp.asarray(d_offset, offset.dtype),
-        d_src,
-        d_dst,
-        jnp.zeros_like(lam),
-        d_mu,
-        d_lo,
-        d_hi,
-        d_lo_min,
-        d_hi_max,
-    )
+    return d_rate, d_diag, d_proj, w0, jnp.asarray(d_offset, offset.dtype), d_mu
 
 
 _stream.defvjp(_stream_fwd, _stream_bwd)
