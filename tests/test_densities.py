@@ -567,9 +567,15 @@ def test_max_steps_too_small_raises(kingman_dist):
         f(t)
     # the same program with times that fit: no error
     assert np.all(np.isfinite(np.asarray(f(np.array([0.5, 1.0])))))
-    # the default max_steps (4096) is not enough for Lambda t = 6 * 1000
-    with pytest.raises(Exception, match="max_steps"):
-        d.pdf(np.array([1000.0]))
+    # eagerly the error names the time, its index and the count needed
+    with pytest.raises(ValueError, match=r"time 50.0 \(index \(1,\)\) needs \d+ series terms"):
+        d.logpdf(t, max_steps=64)
+    # no cap by default: Lambda t = 6 * 1000 (past the old 4096 cap), the TMRCA's exact tail
+    # (rates 1, 3, 6: the slowest exponential dominates)
+    rates = np.array([1.0, 3.0, 6.0])
+    coef = np.array([np.prod([lj / (lj - li) for lj in rates if lj != li]) for li in rates])
+    want = -1000.0 + np.log((coef * rates * np.exp(-1000.0 * (rates - 1.0))).sum())
+    np.testing.assert_allclose(d.logpdf(np.array([1000.0]))[0], want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("bad", [-1e-3, np.nan])

@@ -25,6 +25,7 @@ from math import comb, factorial
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from . import _sparse
@@ -34,7 +35,7 @@ from ._solve import System, solve
 from ._structure import Structure
 
 DEFAULT_TOL = 1e-12
-DEFAULT_MAX_STEPS = 4096
+DEFAULT_MAX_STEPS = None  # no cap: the series runs as long as the data need
 
 
 class AbstractPhaseType(eqx.Module):
@@ -74,12 +75,23 @@ class AbstractPhaseType(eqx.Module):
         to_absorption = jnp.where(self.structure.dst == self.structure.n_transient, self.rate, 0.0)
         return _sparse.segment_sum(to_absorption, self.structure.src, self.structure.n_transient)
 
-    def _series(self, proj, n_steps, max_steps: int, lam=1.0):
-        """Rows ``(alpha P^k) @ proj``, ``k = 0..max_steps`` (zero past ``n_steps``)."""
+    def _mix(self, proj, lam, mu, lo, hi, *, poisson, cumulative=False, order=0, offset=0.0):
+        """``log`` of the windowed series mixture per observation, shape ``(t, q)``
+        (:func:`phasejax._uniformization.mix`; ``proj=None``: every state)."""
         m = self.structure
+        q = m.n_transient if proj is None else proj.shape[1]
+        stream = _unif.make_stream(
+            m.n_transient,
+            q,
+            mu.shape[0],
+            poisson=poisson,
+            cumulative=cumulative,
+            order=order,
+            identity=proj is None,
+        )
         lam = jax.lax.stop_gradient(jnp.asarray(lam, self.diag.dtype))
-        return _unif.series(
-            self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, n_steps, max_steps
+        return _unif.mix(
+            stream, self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, mu, lo, hi, offset
         )
 
     @eqx.filter_jit
@@ -89,12 +101,14 @@ class AbstractPhaseType(eqx.Module):
         shape: tuple[int, ...] = (),
         rewards: ArrayLike | None = None,
         *,
-        max_jumps: int = 1_000_000,
+        max_jumps: int | None = None,
     ) -> Array:
         """Draw absorption times (``rewards=None``), accumulated rewards (``(V,)``), or
         a multivariate reward vector per draw (``(m, V)`` -> output ``shape + (m,)``).
 
-        Exact simulation of the jump chain (see :func:`phasejax._sample.sample_paths`).
+        Exact simulation of the jump chain (see :func:`phasejax._sample.sample_paths`);
+        ``max_jumps`` (optional) raises for a path that has not absorbed after that many
+        jumps (every path absorbs with probability 1: the model is checked at compile time).
         """
         r = self._rewards(rewards)
         out = sample_paths(
@@ -247,93 +261,127 @@ class PhaseType(AbstractPhaseType):
             self.structure, self.rate / r[self.structure.src], self.diag / r, self.alpha
         )
 
-    def _uniformized(self, t, proj, tol: float, max_steps: int):
-        """Series over the uniformized chain for times ``t`` (flattened)."""
-        t = _unif.check_times(jnp.ravel(jnp.asarray(t, self.diag.dtype)))
-        lam = jax.lax.stop_gradient(jnp.max(self.diag))
-        mu = lam * t
-        n_steps = _unif.steps_needed(jnp.max(mu, initial=0.0), tol, max_steps)
-        return self._series(proj, n_steps, max_steps, lam), mu, lam
-
-    def _log_mixture(self, t, proj, tol, max_steps):
-        coeffs, mu, _ = self._uniformized(t, proj, tol, max_steps)
-        return _unif.poisson_mix_log(coeffs, mu, tol).reshape(jnp.shape(t) + (proj.shape[1],))
+    def _transient(self, t, kind: str, tol: float, max_steps: int | None, order: int = 0):
+        """Validate concrete inputs in Python (so that the compiled kernel carries no host
+        callback and is cacheable), then run :meth:`_transient_kernel`."""
+        tol = _unif.check_tol(tol)
+        t = jnp.asarray(t, self.diag.dtype)
+        checked = _unif.is_concrete(t)
+        if checked:
+            _unif.check_times(t)
+            if max_steps is not None and _unif.is_concrete(self.diag):
+                values = np.asarray(t)
+                mu = float(jnp.max(self.diag)) * np.where(np.isinf(values), 0.0, values)
+                _unif.check_cap(_unif.right_point(mu, tol, np), max_steps, values, "time")
+                max_steps = None  # checked: nothing left to check in the kernel
+        return self._transient_kernel(t, kind, tol, max_steps, checked, order)
 
     @eqx.filter_jit
+    def _transient_kernel(self, t, kind, tol, max_steps, checked, order):
+        """One kernel per ``kind``: ``"logpdf"``, ``"sf"``, ``"cdf"``, ``"state"``
+        (``alpha e^{St}``, transient states), ``"occupancy"`` (``int_0^t alpha e^{Su} du``)
+        and ``"integral"`` (``int_0^t u^order alpha e^{Su} 1 du``), flattened over ``t``.
+
+        ``t = inf`` is evaluated at 0 and replaced by its limit, so its gradient is 0.
+        """
+        flat = jnp.ravel(t)
+        if not checked:
+            flat = _unif.check_times(flat)
+        infinite = jnp.isinf(flat)
+        lam = jax.lax.stop_gradient(jnp.max(self.diag))
+        mu = lam * jnp.where(infinite, 0.0, flat)
+        hi = _unif.check_cap(_unif.right_point(mu, tol), max_steps, flat, "time")
+        lo = jnp.zeros_like(hi)
+        n = self.structure.n_transient
+        proj = {"logpdf": self.exit, "cdf": self.exit, "sf": jnp.ones(n, self.diag.dtype)}.get(
+            kind, jnp.ones(n, self.diag.dtype) if kind == "integral" else None
+        )
+        proj = None if proj is None else proj[:, None]
+        log_v = self._mix(
+            proj,
+            lam,
+            mu,
+            lo,
+            hi,
+            poisson=True,
+            cumulative=kind in ("cdf", "occupancy", "integral"),
+            order=order,
+            offset=self.defect() if kind == "cdf" else 0.0,
+        )
+        if kind == "logpdf":
+            return jnp.where(infinite, -jnp.inf, log_v[:, 0]).reshape(t.shape)
+        if kind in ("sf", "cdf"):  # probabilities: clipped to [0, 1] against rounding
+            value = jnp.clip(jnp.exp(log_v[:, 0]), 0.0, 1.0)
+            return jnp.where(infinite, float(kind == "cdf"), value).reshape(t.shape)
+        if kind == "integral":
+            return jnp.exp(log_v[:, 0]).reshape(t.shape)
+        value = jnp.exp(log_v)
+        if kind == "occupancy":
+            total = self._solver()(self.alpha, transpose=True)  # the limit t -> inf
+            value = jnp.where(infinite[:, None], total, value)
+        else:
+            value = jnp.where(infinite[:, None], 0.0, value)
+        return value.reshape(t.shape + (n,))
+
     def logpdf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         """``log f(t)``, ``f(t) = alpha exp(S t) s``, by uniformization (log space throughout).
 
-        Absolute truncation error of ``f`` at most ``tol * max(s)``; raises if more than
-        ``max_steps`` terms would be needed.
+        Absolute truncation error of ``f`` at most ``tol * max(s)``; no term left of the
+        Poisson window is dropped, so far tails keep their relative accuracy. The series
+        runs as long as the largest ``Lambda t`` needs; ``max_steps`` (optional) caps it
+        with an error naming the time. ``f(inf) = 0``.
         """
-        return self._log_mixture(t, self.exit[:, None], tol, max_steps)[..., 0]
+        return self._transient(t, "logpdf", tol, max_steps)
 
     def pdf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         """Density ``f(t) = alpha exp(S t) s`` (see :meth:`logpdf`)."""
         return jnp.exp(self.logpdf(t, tol=tol, max_steps=max_steps))
 
-    @eqx.filter_jit
     def sf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         """Survival ``P(T > t) = alpha exp(S t) 1`` (absolute error at most ``tol``)."""
-        ones = jnp.ones_like(self.diag)[:, None]
-        return jnp.exp(self._log_mixture(t, ones, tol, max_steps)[..., 0])
+        return self._transient(t, "sf", tol, max_steps)
 
-    @eqx.filter_jit
     def cdf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
-        """``P(T <= t)``: defect plus ``sum_k Pois(k; Lambda t) P(absorbed within k jumps)``.
+        """``P(T <= t)``: defect plus ``sum_k Pois(k; Lambda t) sum_{j<k} (alpha P^j s) / Lambda``.
 
         Computed from the cumulative exit (not ``1 - sf``) so small values keep their
         relative precision.
         """
-        coeffs, mu, lam = self._uniformized(t, self.exit[:, None], tol, max_steps)
-        absorbed = (
-            self.defect()
-            + jnp.concatenate([jnp.zeros((1, 1), coeffs.dtype), jnp.cumsum(coeffs, 0)[:-1]]) / lam
-        )
-        log_mix = _unif.poisson_mix_log(absorbed, mu, tol)
-        return jnp.exp(log_mix[:, 0]).reshape(jnp.shape(t))
+        return self._transient(t, "cdf", tol, max_steps)
 
-    @eqx.filter_jit
     def state_probability(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         """``P(X_t = i)`` for each vertex, shape ``t.shape + (V,)``: ``alpha exp(S t)``.
 
-        Memory ``max_steps x n`` (the whole series is kept): meant for modest models.
+        Memory ``O(len(t) x n)`` plus one segment and the checkpoints of the series.
         """
         probs = self.transient_probability(jnp.ravel(jnp.asarray(t)), tol=tol, max_steps=max_steps)
         return jax.vmap(self.structure.to_vertices)(probs).reshape(jnp.shape(t) + (-1,))
 
-    @eqx.filter_jit
     def transient_probability(
-        self, t: Array, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: Array, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
-        """``alpha exp(S t)`` over transient states (not vertices), shape ``(len(t), n)``."""
-        coeffs, mu, _ = self._uniformized(
-            t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps
-        )
-        return jnp.exp(_unif.poisson_mix_log(coeffs, mu, tol))
+        """``alpha exp(S t)`` over transient states (not vertices), shape ``t.shape + (n,)``."""
+        return self._transient(t, "state", tol, max_steps)
 
-    @eqx.filter_jit
     def accumulated_occupancy(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         """Expected time spent in each vertex up to ``t``: ``int_0^t alpha exp(S u) du``.
 
-        Uses ``int_0^t Pois(k; Lambda u) du = P(N_{Lambda t} > k) / Lambda``.
+        Uses ``int_0^t Pois(k; Lambda u) du = P(N_{Lambda t} > k) / Lambda``, i.e. a
+        Poisson mixture of ``sum_{j<k} alpha P^j / Lambda``.
         """
-        coeffs, mu, lam = self._uniformized(
-            t, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), tol, max_steps
-        )
-        occupancy = _unif.poisson_tail_mix(coeffs, mu) / lam
+        occupancy = self._transient(jnp.ravel(jnp.asarray(t)), "occupancy", tol, max_steps)
         return jax.vmap(self.structure.to_vertices)(occupancy).reshape(jnp.shape(t) + (-1,))
 
     @eqx.filter_jit
@@ -380,55 +428,93 @@ class DiscretePhaseType(AbstractPhaseType):
             out.append(factorial(j) * (self.alpha @ v))
         return jnp.stack(out)
 
-    def _steps(self, k, proj, max_steps: int):
-        k = jnp.asarray(k)
-        k = eqx.error_if(k, jnp.any(k < 0), "step counts must be non-negative integers")
-        n_steps = eqx.error_if(
-            jnp.max(k, initial=0),
-            jnp.max(k, initial=0) > max_steps,
-            "step count exceeds max_steps: raise max_steps",
-        )
-        return self._series(proj, n_steps.astype(jnp.int32), max_steps), k
+    def _steps(self, k, kind: str, max_steps: int | None):
+        """Validate step counts (non-negative integers; integral floats accepted) in Python
+        when concrete, then run :meth:`_steps_kernel`."""
+        checked = _unif.is_concrete(k)
+        if checked:
+            values = np.asarray(k)
+            if values.dtype.kind not in "iubf":
+                raise TypeError(f"step counts must be integers, got dtype {values.dtype}")
+            bad = values < 0
+            if values.dtype.kind == "f":
+                bad = bad | ~np.isfinite(values) | (values != np.round(values))
+            if bad.any():
+                value, i = _unif.first_bad(values, bad)
+                raise ValueError(
+                    f"step counts must be non-negative integers; got {value} at index {i}"
+                )
+            k = values.astype(np.int32)
+            if max_steps is not None:
+                last = k - 1 if kind in ("pmf", "cdf", "visits") else k
+                _unif.check_cap(last, max_steps, k, "step count")
+                max_steps = None
+        return self._steps_kernel(jnp.asarray(k), kind, max_steps, checked)
 
     @eqx.filter_jit
-    def pmf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
-        """``P(tau = k) = alpha T^{k-1} t`` for ``k >= 1``; ``P(tau = 0)`` is the defect."""
-        coeffs, k = self._steps(k, self.exit[:, None], max_steps)
-        return jnp.where(k == 0, self.defect(), coeffs[jnp.maximum(k - 1, 0), 0])
+    def _steps_kernel(self, k, kind, max_steps, checked):
+        """One kernel per ``kind``: ``"pmf"`` (``log``), ``"sf"``, ``"cdf"``, ``"state"``
+        (``alpha T^k``) and ``"visits"`` (``sum_{j<k} alpha T^j``), flattened over ``k``."""
+        flat = jnp.ravel(k)
+        if not checked:
+            if jnp.issubdtype(flat.dtype, jnp.floating):
+                flat = eqx.error_if(
+                    flat,
+                    jnp.any(flat != jnp.round(flat)),
+                    "step counts must be non-negative integers",
+                )
+            flat = eqx.error_if(
+                flat, jnp.any(flat < 0), "step counts must be non-negative integers"
+            )
+        flat = flat.astype(jnp.int32)
+        shifted = kind in ("pmf", "cdf", "visits")  # these end at step k - 1
+        hi = flat - 1 if shifted else flat
+        hi = _unif.check_cap(hi, max_steps, flat, "step count")
+        lo = jnp.zeros_like(hi) if kind in ("cdf", "visits") else hi
+        n = self.structure.n_transient
+        proj = {"pmf": self.exit, "cdf": self.exit, "sf": jnp.ones(n, self.diag.dtype)}.get(kind)
+        proj = None if proj is None else proj[:, None]
+        mu = jnp.zeros(flat.shape, self.diag.dtype)
+        log_v = self._mix(proj, 1.0, mu, lo, hi, poisson=False)
+        if kind == "pmf":
+            log_defect = _unif.safe_log(self.defect())
+            return jnp.where(flat == 0, log_defect, log_v[:, 0]).reshape(k.shape)
+        if kind == "sf":
+            return jnp.clip(jnp.exp(log_v[:, 0]), 0.0, 1.0).reshape(k.shape)
+        if kind == "cdf":
+            return jnp.clip(self.defect() + jnp.exp(log_v[:, 0]), 0.0, 1.0).reshape(k.shape)
+        return jnp.exp(log_v).reshape(k.shape + (n,))
 
-    @eqx.filter_jit
-    def logpmf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def pmf(self, k: ArrayLike, *, max_steps: int | None = DEFAULT_MAX_STEPS) -> Array:
+        """``P(tau = k) = alpha T^{k-1} t`` for ``k >= 1``; ``P(tau = 0)`` is the defect.
+
+        ``k``: non-negative integers (integral floats are accepted); the series runs as
+        far as the largest ``k`` (``max_steps``, optional, caps it).
+        """
+        return jnp.exp(self.logpmf(k, max_steps=max_steps))
+
+    def logpmf(self, k: ArrayLike, *, max_steps: int | None = DEFAULT_MAX_STEPS) -> Array:
         """``log P(tau = k)``."""
-        return jnp.log(self.pmf(k, max_steps=max_steps))
+        return self._steps(k, "pmf", max_steps)
 
-    @eqx.filter_jit
-    def sf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def sf(self, k: ArrayLike, *, max_steps: int | None = DEFAULT_MAX_STEPS) -> Array:
         """``P(tau > k) = alpha T^k 1``."""
-        coeffs, k = self._steps(k, jnp.ones_like(self.diag)[:, None], max_steps)
-        return coeffs[k, 0]
+        return self._steps(k, "sf", max_steps)
 
-    @eqx.filter_jit
-    def cdf(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def cdf(self, k: ArrayLike, *, max_steps: int | None = DEFAULT_MAX_STEPS) -> Array:
         """``P(tau <= k)`` = defect + cumulative pmf (keeps relative precision when small)."""
-        coeffs, k = self._steps(k, self.exit[:, None], max_steps)
-        cumulative = jnp.concatenate([jnp.zeros(1, coeffs.dtype), jnp.cumsum(coeffs[:, 0])])
-        return self.defect() + cumulative[k]
+        return self._steps(k, "cdf", max_steps)
 
-    @eqx.filter_jit
-    def state_probability(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def state_probability(
+        self, k: ArrayLike, *, max_steps: int | None = DEFAULT_MAX_STEPS
+    ) -> Array:
         """``P(X_k = i)`` per vertex (``alpha T^k``), shape ``k.shape + (V,)``."""
-        coeffs, k = self._steps(
-            k, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), max_steps
-        )
-        return jax.vmap(self.structure.to_vertices)(coeffs[k.ravel()]).reshape(k.shape + (-1,))
+        probs = self._steps(jnp.ravel(jnp.asarray(k)), "state", max_steps)
+        return jax.vmap(self.structure.to_vertices)(probs).reshape(jnp.shape(k) + (-1,))
 
-    @eqx.filter_jit
-    def expected_visits_until(self, k: ArrayLike, *, max_steps: int = DEFAULT_MAX_STEPS) -> Array:
+    def expected_visits_until(
+        self, k: ArrayLike, *, max_steps: int | None = DEFAULT_MAX_STEPS
+    ) -> Array:
         """Expected visits to each vertex during steps ``0..k-1``: ``sum_{j<k} alpha T^j``."""
-        coeffs, k = self._steps(
-            k, jnp.eye(self.structure.n_transient, dtype=self.diag.dtype), max_steps
-        )
-        cumulative = jnp.concatenate(
-            [jnp.zeros((1,) + coeffs.shape[1:], coeffs.dtype), jnp.cumsum(coeffs, 0)]
-        )
-        return jax.vmap(self.structure.to_vertices)(cumulative[k.ravel()]).reshape(k.shape + (-1,))
+        visits = self._steps(jnp.ravel(jnp.asarray(k)), "visits", max_steps)
+        return jax.vmap(self.structure.to_vertices)(visits).reshape(jnp.shape(k) + (-1,))

@@ -22,7 +22,6 @@ from math import comb
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammainc, gammaln
 from jaxtyping import Array, ArrayLike, Float
 
 from . import _sparse
@@ -65,7 +64,7 @@ class EpochPhaseType(eqx.Module):
         return _sparse.segment_sum(pi, jnp.asarray(np.asarray(self.maps[j])), pi.shape[0])
 
     def entry_distributions(
-        self, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> list[PhaseType]:
         """Each epoch's distribution started from its entry vector ``pi_j``."""
         breaks = self._breaks()
@@ -95,7 +94,7 @@ class EpochPhaseType(eqx.Module):
         return out
 
     def pdf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         """Density of the absorption time."""
         return self._piecewise(
@@ -103,28 +102,28 @@ class EpochPhaseType(eqx.Module):
         )
 
     def logpdf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         return self._piecewise(
             t, lambda d, u: d.logpdf(u, tol=tol, max_steps=max_steps), tol, max_steps
         )
 
     def sf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         return self._piecewise(
             t, lambda d, u: d.sf(u, tol=tol, max_steps=max_steps), tol, max_steps
         )
 
     def cdf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         return self._piecewise(
             t, lambda d, u: d.cdf(u, tol=tol, max_steps=max_steps), tol, max_steps
         )
 
     def state_probability(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         """``P(X_t = i)`` per vertex, shape ``t.shape + (V,)``."""
         return self._piecewise(
@@ -136,7 +135,7 @@ class EpochPhaseType(eqx.Module):
         rewards: ArrayLike | None = None,
         *,
         tol: float = DEFAULT_TOL,
-        max_steps: int = DEFAULT_MAX_STEPS,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
     ) -> Array:
         """``E[Y]`` across epochs (``Y = int r(X_t) dt``; ``rewards=None``: the absorption time)."""
         breaks = self._breaks()
@@ -151,7 +150,7 @@ class EpochPhaseType(eqx.Module):
         return total
 
     def moments(
-        self, k: int, *, tol: float = DEFAULT_TOL, max_steps: int = DEFAULT_MAX_STEPS
+        self, k: int, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
         """``E[T], ..., E[T^k]`` of the absorption time across epochs."""
         k = int(k)
@@ -160,18 +159,10 @@ class EpochPhaseType(eqx.Module):
         locals_ = self.entry_distributions(tol=tol, max_steps=max_steps)
         integrals = []  # integrals[j][a] = int_0^{h_j} u^a pi_j e^{S_j u} 1 du
         for j, local in enumerate(locals_[:-1]):
-            h = starts[j + 1] - starts[j]
-            coeffs, mu, lam = local._uniformized(
-                h[None], jnp.ones_like(local.diag)[:, None], tol, max_steps
+            h = (starts[j + 1] - starts[j])[None]
+            integrals.append(
+                [local._transient(h, "integral", tol, max_steps, order=a)[0] for a in range(k)]
             )
-            n = jnp.arange(coeffs.shape[0], dtype=h.dtype)
-            row = []
-            for a in range(k):
-                weight = jnp.exp(
-                    gammaln(n + a + 1.0) - gammaln(n + 1.0) - (a + 1) * jnp.log(lam)
-                ) * gammainc(n + a + 1.0, mu[0])
-                row.append(weight @ coeffs[:, 0])
-            integrals.append(row)
         last = locals_[-1].moments(k)  # E[T_local^{a+1}; alive at tau_m]
         out = []
         for order in range(1, k + 1):

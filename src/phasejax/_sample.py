@@ -27,11 +27,13 @@ def sample_paths(
     alpha: Float[Array, " n"],
     rewards: Float[Array, "n m"],
     discrete: bool,
-    max_jumps: int,
+    max_jumps: int | None,
 ) -> Float[Array, "*shape m"]:
     """Accumulated rewards ``(m,)`` of independent paths, for each of ``prod(shape)`` keys.
 
     ``out_edges[i]`` lists the edges leaving state ``i`` (padded with ``e``, rate 0);
+    ``max_jumps`` (optional) bounds each path with an error past it; without it the
+    program has no host callback (cacheable).
     ``dst == n`` is absorption; the defect ``1 - sum(alpha)`` absorbs at once (reward 0).
     """
     n = diag.shape[0]
@@ -56,6 +58,8 @@ def sample_paths(
             return key, dst_pad[edges[j]], y + rewards[i] * hold, jumps + 1
 
         init = (key, state, jnp.zeros(rewards.shape[1], rewards.dtype), 0)
+        if max_jumps is None:  # paths absorb with probability 1 (checked at compile time)
+            return jax.lax.while_loop(lambda c: c[1] < n, body, init)[2]
         _, _, y, jumps = jax.lax.while_loop(lambda c: (c[1] < n) & (c[3] < max_jumps), body, init)
         return eqx.error_if(
             y, jumps >= max_jumps, "a sampled path exceeded max_jumps jumps without absorbing"

@@ -1,4 +1,4 @@
-"""Uniformization: transient distributions by one forward series.
+"""Uniformization: transient distributions by one forward series, streamed in segments.
 
 With ``Lambda >= max_i d_i`` the uniformized chain ``P = I - M / Lambda`` (``M = -S``)
 gives ``exp(S t) = sum_k Pois(k; Lambda t) P^k``. One forward series
@@ -8,21 +8,37 @@ every time point:
     f(t)    = sum_k Pois(k; Lambda t) (v_k . s)          (density; s = exit rates)
     P(T>t)  = sum_k Pois(k; Lambda t) (v_k . 1)          (survival)
 
-A discrete model is the case ``Lambda = 1`` with no Poisson mixing (``P = T``).
+A discrete model is the case ``Lambda = 1`` with indicator weights instead of Poisson
+ones (``P = T``; ``P(tau = k) = c_{k-1}``).
 
-Truncation. For ``mu = Lambda t`` the Poisson tails obey (Bernstein)
-``P(N >= mu + x) <= exp(-x^2 / (2 (mu + x / 3)))`` and ``P(N <= mu - x) <= exp(-x^2 / (2 mu))``.
-With ``L = log(2 / tol)`` each observation sums only the window
-``[mu - sqrt(2 L mu), mu + L/3 + sqrt(L^2/9 + 2 L mu)]`` (observations sorted and batched
-so that a batch shares one loop over its windows): the dropped Poisson mass is at
-most ``tol``, so the absolute error is at most ``tol * max_k c_k`` (``tol`` for
-probabilities, ``tol * max exit rate`` for densities). The series runs until the
-largest right end; past ``max_steps`` it raises through ``eqx.error_if``.
+**Streaming.** The series length is data: it runs until the largest right truncation
+point of the observations (of each parameter vector in a batch), in segments of a
+fixed number ``B`` of steps inside a ``while_loop``. Each segment's coefficients are
+mixed into per-observation running log-sum-exp accumulators at once and dropped, so
+memory is ``O(B n + observations x q + checkpoints x n)`` whatever ``Lambda t`` is,
+and one executable serves every ``t``. Observations are sorted by their window and
+cut into batches; a segment visits only the batches whose windows it meets.
 
-Gradients. The series is a ``custom_vjp``: the backward pass runs the adjoint
-recursion ``w_k = proj g_k + P w_{k+1}`` backwards, recomputing the forward vectors
-block by block from checkpoints stored every ``B = ceil(sqrt(max_steps + 1))`` steps.
-Memory: ``O((max_steps / B + B) * n) = O(sqrt(max_steps) * n)``, never steps x states.
+**Truncation.** For ``mu = Lambda t`` the Poisson right tail obeys (Bernstein)
+``P(N >= mu + x) <= exp(-x^2 / (2 (mu + x / 3)))``; with ``L = log(2 / tol)`` each
+observation sums ``k = 0 .. mu + L/3 + sqrt(L^2/9 + 2 L mu)``, dropping at most
+``tol / 2`` of Poisson mass (absolute error ``<= tol max_k c_k``). Nothing is dropped
+on the left, so far tails (where early ``c_k`` dominate tiny results) keep their
+relative accuracy.
+
+**Cumulative coefficients.** Optionally the mixed coefficients are
+``c'_j = offset + Lambda^{-(a+1)} sum_{n <= j-a-1} (n+1)...(n+a) c_n`` (static order
+``a``): with ``a = 0`` the cdf (``offset`` = defect; ``int_0^t f = sum_j Pois(j)
+sum_{n<j} c_n / Lambda``) and the accumulated occupancy; with ``a >= 1`` the
+truncated moments ``int_0^h u^a alpha e^{S u} proj du`` of epoch models.
+
+**Gradients.** One ``custom_vjp`` over the whole stream. The backward pass walks the
+segments in reverse, recomputing each segment's vectors from checkpoints (two levels:
+``CHECKPOINTS`` vectors stored by the forward pass at a stride that grows with the
+number of segments, and as many again per interval in the backward pass), and runs
+the adjoint recursion ``w_k = proj g_k + P w_{k+1}``. Memory does not grow with the
+number of steps; recomputation costs at most a few forward passes. Exact for the
+truncated sums, in the rates, ``proj``, ``alpha``, ``offset`` and ``mu`` (hence ``t``);
 ``Lambda`` is held under ``stop_gradient``: the exact sum does not depend on it.
 """
 
@@ -31,142 +47,271 @@ from __future__ import annotations
 import functools
 import math
 from functools import partial
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln
 from jaxtyping import Array, Float, Int
 
 from . import _sparse
+
+UNROLL = 8  # series steps per loop iteration (amortises the per-iteration overhead)
+CHECKPOINTS = 64  # stored vectors per level of checkpointing
 
 
 def _float0(x):
     return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
 
 
-def _step(rate, diag, src, dst, lam, v):
-    """One step of the uniformized chain on row vectors: ``v P = v - (M^T v) / Lambda``."""
-    return v - _sparse.rmatvec(src, dst, rate, diag, v) / lam
+def safe_log(x):
+    positive = x > 0
+    return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf)
 
 
-UNROLL = 8  # series steps per loop iteration (amortises the per-iteration overhead)
+def _step(rate, diag, src, dst, v):
+    """One step of the uniformized chain on row vectors: ``v P = v - M^T v`` (the rates
+    already divided by ``Lambda``)."""
+    return v - _sparse.rmatvec(src, dst, rate, diag, v)
 
 
-def _block(max_steps: int) -> int:
-    """Checkpoint spacing: about sqrt(max_steps), a multiple of ``UNROLL``."""
-    return UNROLL * max(1, -(-(math.isqrt(max_steps) + 1) // UNROLL))
+class Stream(NamedTuple):
+    """Static description of a stream (hashable: a ``custom_vjp`` non-differentiable argument).
 
-
-def _forward(rate, diag, proj, alpha, src, dst, lam, n_steps, max_steps):
-    block = _block(max_steps)
-    n, q = proj.shape
-    coeffs = jnp.zeros((max_steps + 1 + UNROLL, q), proj.dtype)
-    ckpt = jnp.zeros((max_steps // block + 1, n), alpha.dtype)
-
-    def body(carry):
-        k, v, coeffs, ckpt = carry
-        slot = k // block
-        ckpt = ckpt.at[slot].set(jnp.where(k % block == 0, v, ckpt[slot]))
-        rows = []
-        for u in range(UNROLL):
-            rows.append(jnp.where(k + u <= n_steps, v @ proj, 0.0))
-            v = _step(rate, diag, src, dst, lam, v)
-        coeffs = jax.lax.dynamic_update_slice_in_dim(coeffs, jnp.stack(rows), k, axis=0)
-        return k + UNROLL, v, coeffs, ckpt
-
-    init = (jnp.asarray(0, n_steps.dtype), alpha, coeffs, ckpt)
-    _, _, coeffs, ckpt = jax.lax.while_loop(lambda c: c[0] <= n_steps, body, init)
-    return coeffs[: max_steps + 1], ckpt
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(8,))
-def series(
-    rate: Float[Array, " e"],
-    diag: Float[Array, " n"],
-    proj: Float[Array, "n q"],
-    alpha: Float[Array, " n"],
-    src: Int[Array, " e"],
-    dst: Int[Array, " e"],
-    lam: Float[Array, ""],
-    n_steps: Int[Array, ""],
-    max_steps: int,
-) -> Float[Array, "K q"]:
-    """Projections ``c_k = (alpha P^k) @ proj`` for ``k = 0..n_steps`` (rows past it are 0).
-
-    ``P = I - M / lam`` with ``M = diag(diag) - A``; output shape ``(max_steps + 1, q)``.
-    Differentiable in ``rate``, ``diag``, ``proj`` and ``alpha`` (adjoint pass with
-    checkpoints); ``lam`` and ``n_steps`` are treated as constants.
+    - `segment`: steps per segment ``B``; `batch`: observations per batch.
+    - `poisson`: Poisson weights ``Pois(k; mu)`` (else weight 1 inside the window).
+    - `cumulative`: mix the cumulative coefficients ``c'`` of order `order` (module doc).
+    - `identity`: ``proj`` is the identity (``c_k = v_k``; no ``n x n`` matrix built).
     """
-    return _forward(rate, diag, proj, alpha, src, dst, lam, n_steps, max_steps)[0]
+
+    segment: int
+    batch: int
+    poisson: bool
+    cumulative: bool
+    order: int
+    identity: bool
 
 
-def _series_fwd(rate, diag, proj, alpha, src, dst, lam, n_steps, max_steps):
-    coeffs, ckpt = _forward(rate, diag, proj, alpha, src, dst, lam, n_steps, max_steps)
-    return coeffs, (rate, diag, proj, alpha, src, dst, lam, n_steps, ckpt)
+def make_stream(
+    n: int, q: int, t: int, *, poisson: bool, cumulative=False, order=0, identity=False
+):
+    """Segment and batch sizes for ``n`` states, ``q`` projections and ``t`` observations:
+    a segment's vectors (``B x n``) stay under 8 MB, a (batch x segment x q) block under
+    2 MB, and a batch is no larger than the observations need (a power of two)."""
+    segment = 128
+    while segment > 8 and segment * max(n, q) > 2**20:
+        segment //= 2
+    batch = min(256, 1 << max(0, t - 1).bit_length())
+    while batch > 1 and batch * segment * q > 2**18:
+        batch //= 2
+    return Stream(segment, batch, poisson, cumulative, order, identity)
 
 
-def _backward(rate, diag, proj, alpha, src, dst, lam, n_steps, ckpt, g, max_steps):
-    """The adjoint recursion ``w_k = proj g_k + P w_{k+1}``, backwards from the last
-    step, recomputing the forward vectors block by block from the checkpoints; returns
-    the cotangents of ``rate``, ``diag``, ``proj`` and ``alpha`` (``= w_0``)."""
-    block = _block(max_steps)
-    step = partial(_step, src=src, dst=dst, lam=lam)
+_STIRLING_TABLE = np.array(
+    [
+        math.lgamma(n + 1.0) - (n + 0.5) * math.log(n) + n - 0.5 * math.log(2 * math.pi)
+        for n in range(1, 16)
+    ]
+)
 
-    def one_block(carry):
-        b, w, d_rate, d_diag, d_proj = carry
 
-        def recompute(v, _):
-            return step(rate, diag, v=v), v
+def _stirling_error(k):
+    """``log k! - log(sqrt(2 pi k) (k/e)^k)`` for ``k >= 1`` (exact table to 15, then the
+    asymptotic series), without the cancellation of ``lgamma`` against ``k log k``."""
+    table = jnp.asarray(_STIRLING_TABLE, k.dtype)[jnp.clip(k.astype(jnp.int32) - 1, 0, 14)]
+    inv = 1.0 / jnp.maximum(k, 1.0)
+    inv2 = inv * inv
+    series = inv * (1 / 12 - inv2 * (1 / 360 - inv2 * (1 / 1260 - inv2 * (1 / 1680 - inv2 / 1188))))
+    return jnp.where(k <= 15, table, series)
 
-        _, vs = jax.lax.scan(recompute, ckpt[b], None, length=block, unroll=UNROLL)
 
-        def back(carry, j):
-            w_next, d_rate, d_diag, d_proj = carry
-            k = b * block + j
-            v = vs[j]
-            _, vjp = jax.vjp(lambda r, d, x: step(r, d, v=x), rate, diag, v)
-            dr, dd, dv = vjp(w_next)
-            has_next = k < n_steps
-            active = k <= n_steps
-            g_k = g[jnp.minimum(k, max_steps)]
-            w = proj @ g_k + jnp.where(has_next, dv, 0.0)
-            return (
-                jnp.where(active, w, w_next),
-                d_rate + jnp.where(has_next, dr, 0.0),
-                d_diag + jnp.where(has_next, dd, 0.0),
-                d_proj + jnp.where(active, jnp.outer(v, g_k), 0.0),
-            ), None
+def _bd0(x, m):
+    """``x log(x / m) + m - x`` (Loader's deviance term), accurate to rounding near ``x = m``
+    through its series in ``v = (x - m) / (x + m)``."""
+    diff = x - m
+    near = jnp.abs(diff) < 0.5 * (x + m)
+    v = diff / jnp.where(near, x + m, 1.0)
+    v2 = v * v
+    series = jnp.zeros_like(v)
+    for j in range(30, 0, -1):  # 2 x sum_j v^(2j+1) / (2j+1), Horner in v^2 (|v| < 1/2)
+        series = v2 * (1.0 / (2 * j + 1) + series)
+    near_value = diff * v + 2.0 * x * v * series
+    safe_m = jnp.where(m > 0, m, 1.0)
+    far_value = jnp.where(m > 0, x * jnp.log(jnp.where(near, 1.0, x / safe_m)) + m - x, jnp.inf)
+    return jnp.where(near, near_value, far_value)
 
-        (w, d_rate, d_diag, d_proj), _ = jax.lax.scan(
-            back, (w, d_rate, d_diag, d_proj), jnp.arange(block), reverse=True, unroll=UNROLL
-        )
-        return b - 1, w, d_rate, d_diag, d_proj
 
+def _log_weights(cfg: Stream, ks, mu, lo, hi, shift=0):
+    """Log weights ``(batch, B)`` of steps ``ks`` for each observation (``-inf`` outside
+    its window ``[lo, hi]``): ``log Pois(k - shift; mu)`` or 0 (indicator).
+
+    Below float64, ``log Pois(j; mu) = -stirling(j) - bd0(j, mu) - log(2 pi j) / 2``
+    (Loader): accurate to a few ulps of the result rather than of ``j log mu``; in float64
+    the direct form (a few flops per term) is accurate enough."""
+    inside = (ks[None] >= lo[:, None]) & (ks[None] <= hi[:, None])
+    if not cfg.poisson:
+        return jnp.where(inside, 0.0, -jnp.inf).astype(mu.dtype)
+    j = (ks - shift).astype(mu.dtype)
+    m = mu[:, None]
+    if mu.dtype == jnp.float64:  # j log mu - mu - log j!: its rounding is far below 1e-10
+        log_fact = jax.scipy.special.gammaln(jnp.maximum(j, 0.0) + 1.0)  # (B,): shared
+        log_w = jnp.where(m > 0, j * safe_log(m) - m - log_fact, jnp.where(j == 0, 0.0, -jnp.inf))
+    else:
+        jp = jnp.maximum(j, 1.0)
+        log_w = -_stirling_error(jp) - _bd0(jp, m) - 0.5 * jnp.log(2 * math.pi * jp)
+        log_w = jnp.where(j == 0, -m, log_w)
+    return jnp.where(inside & (j >= 0), log_w, -jnp.inf)
+
+
+def _run_segment(cfg: Stream, ops, v):
+    """The ``B`` vectors ``v_0 .. v_{B-1}`` of a segment from its first vector, and ``v_B``."""
+    rate, diag, src, dst = ops
+
+    def body(v, _):
+        return _step(rate, diag, src, dst, v), v
+
+    v_end, vs = jax.lax.scan(body, v, None, length=cfg.segment, unroll=UNROLL)
+    return vs, v_end
+
+
+def _rising(cfg: Stream, ks, dtype):
+    """``(k+1)(k+2)...(k+a)`` for the cumulative order ``a`` (1 when ``a = 0``)."""
+    out = jnp.ones(ks.shape, dtype)
+    for i in range(1, cfg.order + 1):
+        out = out * (ks.astype(dtype) + i)
+    return out
+
+
+def _segment(cfg: Stream, ops, proj, lam, offset, s, v, carry):
+    """Segment ``s`` from its first vector ``v``: its (rescaled) vectors, the first vector of
+    the next segment, ``log c'`` of its steps, the carry into the next segment, and the
+    log scale of ``c'`` relative to the rescaled vectors.
+
+    ``carry = (ell, prefix, hist)``: the vectors are stored divided by ``exp(ell)`` (each
+    segment starts rescaled to max 1, so that long series do not underflow); ``prefix``
+    is the running sum ``sum_{n<k} d_n`` and ``hist`` the last ``a`` exclusive prefixes
+    (the delay of order ``a``) of the cumulative form, both at true scale.
+    """
+    ell, prefix, hist = carry
+    sigma = jnp.max(jnp.abs(v))
+    sigma = jnp.where(sigma > 0, sigma, 1.0)
+    v, ell = v / sigma, ell + jnp.log(sigma)
+    vs, v_next = _run_segment(cfg, ops, v)
+    c = vs if cfg.identity else vs @ proj
+    if not cfg.cumulative:
+        return vs, v_next, safe_log(c) + ell, (ell, prefix, hist), ell
+    ks = s * cfg.segment + jnp.arange(cfg.segment)
+    d = c * jnp.exp(ell) * _rising(cfg, ks, c.dtype)[:, None]
+    inclusive = jnp.cumsum(d, axis=0)
+    exclusive = prefix + jnp.concatenate([jnp.zeros_like(d[:1]), inclusive[:-1]])
+    delayed = jnp.concatenate([hist, exclusive])
+    scale = lam ** -(cfg.order + 1)
+    log_c = safe_log(offset + delayed[: cfg.segment] * scale)
+    carry = (ell, prefix + inclusive[-1], delayed[cfg.segment :])
+    return vs, v_next, log_c, carry, jnp.zeros_like(ell)
+
+
+def _batch_range(cfg: Stream, s, lo_min, hi_max):
+    """Batches whose windows meet segment ``s``: ``[b0, b1)``."""
+    first = s * cfg.segment
+    last = first + cfg.segment - 1
+    index = jnp.arange(lo_min.shape[0])
+    b0 = jnp.min(jnp.where(hi_max >= first, index, lo_min.shape[0]))
+    b1 = jnp.max(jnp.where(lo_min <= last, index, -1)) + 1
+    return b0, b1
+
+
+def _slice(x, b, size):
+    return jax.lax.dynamic_slice_in_dim(x, b * size, size, axis=0)
+
+
+def _update(x, value, b, size):
+    return jax.lax.dynamic_update_slice_in_dim(x, value, b * size, axis=0)
+
+
+class _Data(NamedTuple):
+    """Observations sorted by window and padded to whole batches."""
+
+    mu: Array
+    lo: Array
+    hi: Array
+    lo_min: Array  # per batch
+    hi_max: Array  # per batch
+
+
+def _n_segments(cfg: Stream, data: _Data):
+    return (jnp.max(data.hi_max) + cfg.segment) // cfg.segment  # 0 if every window is empty
+
+
+def _init_carry(cfg: Stream, q, dtype):
+    return (jnp.zeros((), dtype), jnp.zeros((q,), dtype), jnp.zeros((cfg.order, q), dtype))
+
+
+def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
+    n = alpha.shape[0]
+    q = n if cfg.identity else proj.shape[1]
+    dtype = alpha.dtype
+    total = data.mu.shape[0]
+    n_seg = _n_segments(cfg, data)
+    stride = jnp.maximum(1, -(-n_seg // CHECKPOINTS))
+    ks0 = jnp.arange(cfg.segment)
+
+    def mix(s, log_c, m, acc):
+        ks = s * cfg.segment + ks0
+
+        def one(b, state):
+            m, acc = state
+            w = _log_weights(
+                cfg, ks, *(_slice(x, b, cfg.batch) for x in (data.mu, data.lo, data.hi))
+            )
+            terms = w[:, :, None] + log_c[None]
+            m_b, acc_b = _slice(m, b, cfg.batch), _slice(acc, b, cfg.batch)
+            new_m = jnp.maximum(m_b, jnp.max(terms, axis=1))
+            safe = jnp.where(jnp.isfinite(new_m), new_m, 0.0)
+            acc_b = acc_b * jnp.exp(jnp.where(jnp.isfinite(m_b), m_b - safe, -jnp.inf)) + jnp.sum(
+                jnp.exp(terms - safe[:, None]), axis=1
+            )
+            return _update(m, new_m, b, cfg.batch), _update(acc, acc_b, b, cfg.batch)
+
+        b0, b1 = _batch_range(cfg, s, data.lo_min, data.hi_max)
+        return jax.lax.fori_loop(b0, b1, one, (m, acc))
+
+    def body(state):
+        s, v, carry, m, acc, ckpt = state
+        slot = jnp.minimum(s // stride, CHECKPOINTS - 1)
+        saved = jax.tree.map(lambda c, x: c.at[slot].set(x), ckpt, (v, carry))
+        ckpt = jax.tree.map(lambda new, old: jnp.where(s % stride == 0, new, old), saved, ckpt)
+        _, v_next, log_c, carry, _ = _segment(cfg, ops, proj, lam, offset, s, v, carry)
+        m, acc = mix(s, log_c, m, acc)
+        return s + 1, v_next, carry, m, acc, ckpt
+
+    carry0 = _init_carry(cfg, q, dtype)
+    ckpt = jax.tree.map(lambda x: jnp.zeros((CHECKPOINTS,) + x.shape, x.dtype), (alpha, carry0))
     init = (
-        n_steps // block,
-        jnp.zeros_like(alpha),
-        jnp.zeros_like(rate),
-        jnp.zeros_like(diag),
-        jnp.zeros_like(proj),
+        jnp.asarray(0, n_seg.dtype),
+        alpha,
+        carry0,
+        jnp.full((total, q), -jnp.inf, dtype),
+        jnp.zeros((total, q), dtype),
+        ckpt,
     )
-    _, w0, d_rate, d_diag, d_proj = jax.lax.while_loop(lambda c: c[0] >= 0, one_block, init)
-    return d_rate, d_diag, d_proj, w0
+    _, _, _, m, acc, ckpt = jax.lax.while_loop(lambda st: st[0] < n_seg, body, init)
+    log_f = jnp.where(acc > 0, jnp.where(jnp.isfinite(m), m, 0.0) + safe_log(acc), -jnp.inf)
+    return log_f, ckpt
 
 
-@functools.cache
-def _batchable_backward(max_steps: int):
-    """:func:`_backward` with a vmap rule: on CPU a batch (e.g. of parameter vectors)
-    runs one chain after another (``lax.map``), which there is about twice as fast as
-    vmapping the loop's gathers and scatters; on other platforms (GPU, TPU) it is
-    vmapped."""
+def _sequential_on_cpu(fn):
+    """``fn(*arrays)`` with a vmap rule: on CPU a batch (e.g. of parameter vectors) runs one
+    member after another (``lax.map``), so that each member's loops run their own trip
+    counts and its window offsets stay slices, not gathers (several times faster there
+    than vmapping data-dependent loops); on other platforms (GPU, TPU) it is vmapped."""
 
     @jax.custom_batching.custom_vmap
-    def backward(*args):
-        return _backward(*args, max_steps)
+    def wrapped(*args):
+        return fn(*args)
 
-    @backward.def_vmap
+    @wrapped.def_vmap
     def rule(axis_size, in_batched, *args):
         def merge(batched_values):
             values = iter(batched_values)
@@ -175,253 +320,318 @@ def _batchable_backward(max_steps: int):
         batched_args = [a for a, b in zip(args, in_batched) if b]
 
         def sequential(*xs):
-            return jax.lax.map(lambda x: _backward(*merge(x), max_steps), list(xs))
+            return jax.lax.map(lambda x: fn(*merge(x)), list(xs))
 
         def vectorized(*xs):
-            return jax.vmap(lambda *x: _backward(*merge(x), max_steps))(*xs)
+            return jax.vmap(lambda *x: fn(*merge(x)))(*xs)
 
         out = jax.lax.platform_dependent(*batched_args, cpu=sequential, default=vectorized)
-        return out, (True,) * len(out)
+        return out, jax.tree.map(lambda _: True, out)
 
-    return backward
+    return wrapped
 
 
-def _series_bwd(max_steps, residuals, g):
-    rate, diag, proj, alpha, src, dst, lam, n_steps, ckpt = residuals
-    d_rate, d_diag, d_proj, w0 = _batchable_backward(max_steps)(
-        rate, diag, proj, alpha, src, dst, lam, n_steps, ckpt, g
-    )
+@functools.cache
+def _forward_kernel(cfg: Stream):
+    def forward(rate, diag, proj, alpha, offset, src, dst, lam, mu, lo, hi, lo_min, hi_max):
+        data = _Data(mu, lo, hi, lo_min, hi_max)
+        return _forward(cfg, (rate, diag, src, dst), proj, alpha, offset, lam, data)
+
+    return _sequential_on_cpu(forward)
+
+
+@functools.cache
+def _backward_kernel(cfg: Stream):
+    return _sequential_on_cpu(partial(_backward, cfg))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _stream(cfg, *args):
+    return _forward_kernel(cfg)(*args)[0]
+
+
+def _stream_fwd(cfg, *args):
+    log_f, ckpt = _forward_kernel(cfg)(*args)
+    return log_f, (args, log_f, ckpt)
+
+
+def _stream_bwd(cfg, residuals, g):
+    args, log_f, ckpt = residuals
+    rate, diag, proj, alpha, offset, src, dst, lam, *data = args
+    d_rate, d_diag, d_proj, w0, d_offset, d_mu = _backward_kernel(cfg)(*args, log_f, ckpt, g)
     return (
         d_rate,
         d_diag,
         d_proj,
         w0,
+        d_offset,
         _float0(src),
         _float0(dst),
         jnp.zeros_like(lam),
-        _float0(n_steps),
+        d_mu,
+        *(_float0(x) for x in data[1:]),
     )
 
 
-series.defvjp(_series_fwd, _series_bwd)
-
-
-def truncation_points(mu: Array, tol: float, xnp=jnp) -> tuple[Array, Array]:
-    """Left and right Poisson truncation points with each dropped tail at most ``tol / 2``.
-
-    ``xnp`` is ``jax.numpy`` (traced ``mu``) or ``numpy`` (static sizes).
-    """
-    log_inv = math.log(2.0 / tol)
-    left = xnp.floor(mu - xnp.sqrt(2.0 * log_inv * mu))
-    right = xnp.ceil(mu + log_inv / 3.0 + xnp.sqrt(log_inv**2 / 9.0 + 2.0 * log_inv * mu))
-    return xnp.maximum(left, 0.0).astype(xnp.int32), right.astype(xnp.int32)
-
-
-def steps_needed(mu_max: Array, tol: float, max_steps: int) -> Int[Array, ""]:
-    """Series length for the largest ``mu``; raises if it exceeds ``max_steps``."""
-    _, right = truncation_points(mu_max, tol)
-    return eqx.error_if(
-        right,
-        right > max_steps,
-        "uniformization needs more than max_steps terms for these times: raise max_steps",
-    )
-
-
-def _safe_log(x):
-    positive = x > 0
-    return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf)
-
-
-CHUNK = 32  # Poisson terms handled per loop step
-BATCH = 256  # observations per batch (sorted by mu, so a batch shares one window)
-
-
-def _windows(log_ct, log_factorial, mu, start, stop):
-    """Per-observation windows ``k = start_i .. stop_i`` (inclusive), walked in chunks.
-
-    ``log_ct`` is ``log c`` transposed, shape ``(q, K)`` (gathers along the last axis
-    are several times faster than gathering rows). Returns the number of chunks (enough
-    for the widest window of the batch; 0 when every window is empty) and
-    ``terms(j, shift)``: for the ``j``-th chunk of ``CHUNK`` terms of each observation's
-    own window, the indices ``k`` ``(batch, CHUNK)``, a mask, the log Poisson weights,
-    and ``log Pois(k; mu_i) + log c_{k+shift}`` of shape ``(q, batch, CHUNK)`` (``-inf``
-    outside the window). Each observation walks only its own window, so a batch costs
-    ``BATCH x max_i width_i`` terms, not the union of its windows.
-    """
-    max_steps = log_ct.shape[1] - 1
-    width = jnp.max(stop - start + 1, initial=0)
-    n_chunks = (width + CHUNK - 1) // CHUNK
-    log_mu = _safe_log(mu)[:, None]
-
-    def terms(j, shift=0):
-        ks = start[:, None] + j * CHUNK + jnp.arange(CHUNK)
-        kc = jnp.minimum(ks, max_steps)
-        log_w = jnp.where(mu[:, None] > 0, ks * log_mu, jnp.where(ks == 0, 0.0, -jnp.inf))
-        log_w = log_w - mu[:, None] - log_factorial[kc]
-        inside = (ks <= stop[:, None]) & (ks <= max_steps)
-        log_coeff = jnp.take(log_ct, jnp.minimum(kc + shift, max_steps), axis=1, mode="clip")
-        return kc, inside, log_w, jnp.where(inside, log_w + log_coeff, -jnp.inf)
-
-    return n_chunks, terms
-
-
-def _stream_logsumexp(n_chunks, term_fn, shape, dtype):
-    """``logsumexp`` over the last axis of all chunks, with a running maximum."""
-
-    def body(j, carry):
-        m, acc = carry
-        t = term_fn(j)
-        new_m = jnp.maximum(m, jnp.max(t, axis=-1))
-        safe_m = jnp.where(jnp.isfinite(new_m), new_m, 0.0)
-        acc = acc * jnp.exp(jnp.where(jnp.isfinite(m), m - safe_m, -jnp.inf)) + jnp.sum(
-            jnp.exp(t - safe_m[..., None]), axis=-1
-        )
-        return new_m, acc
-
-    init = (jnp.full(shape, -jnp.inf, dtype), jnp.zeros(shape, dtype))
-    m, acc = jax.lax.fori_loop(0, n_chunks, body, init)
-    return jnp.where(acc > 0, jnp.where(jnp.isfinite(m), m, 0.0) + _safe_log(acc), -jnp.inf)
-
-
-def _to_batches(x, order, fill):
-    """Sort per-observation ``x`` by ``order`` and cut it into batches of ``BATCH``,
-    padding with ``fill`` (an array of x's trailing shape, or a scalar)."""
-    pad = (-x.shape[0]) % BATCH
-    sorted_x = x[order]
-    padding = jnp.broadcast_to(fill, (pad,) + x.shape[1:]).astype(x.dtype)
-    return jnp.concatenate([sorted_x, padding]).reshape((-1, BATCH) + x.shape[1:])
-
-
-def _batched(mu):
-    """Sort ``mu`` and cut it into batches (padding repeats the largest ``mu``)."""
-    order = jnp.argsort(mu)
-    return order, _to_batches(mu, order, jnp.max(mu))
-
-
-def _unbatch(values, order, n):
-    """Undo :func:`_batched` for per-observation ``values`` of shape (batches, BATCH, ...)."""
-    flat = values.reshape((-1,) + values.shape[2:])[:n]
-    return jnp.zeros_like(flat).at[order].set(flat)
-
-
-def _log_factorials(max_steps, dtype):
-    return gammaln(jnp.arange(max_steps + 1, dtype=dtype) + 1.0)
-
-
-def _relative_left(log_ct, log_f, mu, left, tol):
-    """Left truncation points that also bound the dropped terms *relative* to the result.
-
-    The terms left of ``L`` add at most ``P(N < L) max_k c_k`` (Bernstein:
-    ``P(N < mu - x) <= exp(-x^2 / (2 mu))``); where that could exceed ``tol * f`` (far
-    tails, where ``f`` is tiny but the early ``c_k`` are not) the window is widened.
-    ``log_f`` has shape ``(q, batch)``.
-    """
-    log_max = jnp.max(log_ct, axis=1)[:, None]  # (q, 1)
-    gap = jnp.max(jnp.where(jnp.isfinite(log_max), log_max - log_f, -jnp.inf), axis=0)
-    x = jnp.sqrt(2.0 * mu * jnp.maximum(gap + math.log(2.0 / tol), 0.0))
-    wide = jnp.where(jnp.isfinite(x), jnp.maximum(jnp.floor(mu - x), 0.0), 0.0).astype(left.dtype)
-    return jnp.minimum(left, wide)
-
-
-def _log_coeffs(coeffs, dtype):
-    """``log c`` transposed to ``(q, K)``, and ``log k!`` for ``k = 0..K-1``."""
-    return _safe_log(coeffs).T, _log_factorials(coeffs.shape[0] - 1, dtype)
-
-
-def _mix_forward(coeffs, mu, tol):
-    """Results per observation, and what the backward pass reuses: the sort order, the
-    batches of ``mu`` and the windows ``[left, right]`` used (``None`` without data)."""
-    if mu.shape[0] == 0:
-        return jnp.zeros((0, coeffs.shape[1]), coeffs.dtype), None
-    log_ct, log_factorial = _log_coeffs(coeffs, mu.dtype)
-    order, batches = _batched(mu)
-    shape = (coeffs.shape[1], BATCH)
-
-    def mix(mu_b, start, stop):
-        n_chunks, terms = _windows(log_ct, log_factorial, mu_b, start, stop)
-        return _stream_logsumexp(n_chunks, lambda j: terms(j)[3], shape, coeffs.dtype)
-
-    def one_batch(mu_b):
-        left, right = truncation_points(mu_b, tol)
-        first = mix(mu_b, left, right)
-        wide = _relative_left(log_ct, first, mu_b, left, tol)
-        # the widened part [wide, left) only: no chunks at all where nothing widened
-        # (no lax.cond, which vmap would turn into evaluating both branches)
-        out = jnp.logaddexp(first, mix(mu_b, wide, left - 1))
-        return out.T, (wide, right)
-
-    out, windows = jax.lax.map(one_batch, batches)
-    return _unbatch(out, order, mu.shape[0]), (order, batches, windows)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def poisson_mix_log(
-    coeffs: Float[Array, "K q"], mu: Float[Array, " t"], tol: float
-) -> Float[Array, "t q"]:
-    """``log sum_k Pois(k; mu_i) c_k`` for every observation, summing only its Poisson window.
-
-    Observations are sorted by ``mu`` and processed in batches of 256 whose loop walks
-    each observation's own window, so the cost is about ``sum_i width(mu_i)``
-    with ``width(mu) ~ 2 sqrt(2 log(2/tol) mu)`` — never a dense times x steps matrix.
-    Where the default window could drop terms that matter relative to the result (far
-    tails), the window is widened to the left (:func:`_relative_left`), so small values
-    keep their relative accuracy. ``coeffs`` must be non-negative. Reverse mode (a
-    custom VJP over the same windows) is exact in ``coeffs`` and in ``mu``
-    (``d/dmu = sum_k Pois(k; mu)(c_{k+1} - c_k)``).
-    """
-    return _mix_forward(coeffs, mu, tol)[0]
-
-
-def _mix_fwd(coeffs, mu, tol):
-    out, reuse = _mix_forward(coeffs, mu, tol)
-    return out, (coeffs, mu, out, reuse)
-
-
-def _mix_bwd(tol, residuals, g):
-    coeffs, mu, log_f, reuse = residuals
-    if reuse is None:  # no observations
-        return jnp.zeros_like(coeffs), jnp.zeros_like(mu)
-    order, batches, windows = reuse
-    log_ct, log_factorial = _log_coeffs(coeffs, mu.dtype)
+def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
+    """The adjoint pass (module doc): cotangents of the rates, ``proj``, ``alpha`` (``w_0``),
+    ``offset`` and ``mu``, given those ``g`` of ``log f``."""
+    *data, log_f, ckpt, g = rest
+    data = _Data(*data)
+    ops = (rate, diag, src, dst)
     finite = jnp.isfinite(log_f)
-    # cotangent per observation scaled by 1 / f (0 where f = 0)
-    scale = jnp.where(finite, g * jnp.exp(-jnp.where(finite, log_f, 0.0)), 0.0)
-    batched = [_to_batches(x, order, 0.0) for x in (scale, g, log_f)]
+    g = jnp.where(finite, g, 0.0)
+    log_f = jnp.where(finite, log_f, 0.0)
+    n_seg = _n_segments(cfg, data)
+    stride = jnp.maximum(1, -(-n_seg // CHECKPOINTS))
+    inner_stride = jnp.maximum(1, -(-stride // CHECKPOINTS))
+    ks0 = jnp.arange(cfg.segment)
+    step = partial(_step, src=src, dst=dst)
 
-    def one_batch(d_ct, batch):
-        mu_b, scale_i, g_i, log_f_i, (start, stop) = batch
-        n_chunks, terms = _windows(log_ct, log_factorial, mu_b, start, stop)
+    def advance(s, v, carry):
+        return _segment(cfg, ops, proj, lam, offset, s, v, carry)
 
-        def body(j, d_ct):
-            kc, inside, log_w, _ = terms(j)
-            w = jnp.where(inside, jnp.exp(log_w), 0.0)  # (BATCH, CHUNK)
-            return d_ct.at[:, kc].add(w[None] * scale_i.T[:, :, None], mode="promise_in_bounds")
+    def mix_grad(s, log_c, log_scale, d_mu):
+        """``g'_k = sum_i g_i w_ik / f_i`` over the segment (times ``exp(log_scale)``, the
+        scale of the rescaled ``c'``) and the ``mu`` cotangents."""
+        ks = s * cfg.segment + ks0
 
-        d_ct = jax.lax.fori_loop(0, n_chunks, body, d_ct)
-        log_shifted = _stream_logsumexp(
-            n_chunks, lambda j: terms(j, shift=1)[3], log_f_i.T.shape, log_f_i.dtype
-        ).T
-        finite_i = jnp.isfinite(log_f_i)
-        ratio = jnp.exp(log_shifted - jnp.where(finite_i, log_f_i, 0.0))
-        d_mu = jnp.sum(jnp.where(finite_i, g_i * (ratio - 1.0), 0.0), axis=-1)
-        return d_ct, d_mu
+        def one(b, state):
+            g_c, d_mu = state
+            mu_b, lo_b, hi_b = (_slice(x, b, cfg.batch) for x in (data.mu, data.lo, data.hi))
+            g_b, lf_b = _slice(g, b, cfg.batch), _slice(log_f, b, cfg.batch)
+            w = _log_weights(cfg, ks, mu_b, lo_b, hi_b)
+            # Pois(k) / f_i at the scale of the stored vectors. Where it exceeds e^300 the
+            # rescaled c'_k is below e^-300 relative to f_i (every term is <= f_i), i.e. the
+            # series has died out (e.g. a nilpotent chain: exact zeros); capping keeps
+            # inf * 0 out of the adjoint without changing any representable contribution.
+            ratio = jnp.exp(jnp.minimum(w[:, :, None] + log_scale - lf_b[:, None], 300.0))
+            g_c = g_c + jnp.einsum("ikq,iq->kq", ratio, g_b)
+            if cfg.poisson:  # d Pois(k; mu) / d mu = Pois(k - 1; mu) - Pois(k; mu)
+                w1 = _log_weights(cfg, ks, mu_b, lo_b, hi_b, shift=1)
+                ratio = jnp.exp(w1[:, :, None] + log_c[None] - lf_b[:, None])
+                d_b = _slice(d_mu, b, cfg.batch) + jnp.einsum("ikq,iq->i", ratio, g_b)
+                d_mu = _update(d_mu, d_b, b, cfg.batch)
+            return g_c, d_mu
 
-    d_ct, d_mu = jax.lax.scan(one_batch, jnp.zeros_like(coeffs.T), (batches, *batched, windows))
-    return d_ct.T, _unbatch(d_mu, order, mu.shape[0])
+        b0, b1 = _batch_range(cfg, s, data.lo_min, data.hi_max)
+        return jax.lax.fori_loop(b0, b1, one, (jnp.zeros_like(log_c), d_mu))
+
+    def coeff_grad(ks, ell, g_cp, carry_bar):
+        """Cotangents of the rescaled coefficients from those of ``c'``."""
+        if not cfg.cumulative:
+            return g_cp, carry_bar, 0.0
+        prefix_bar, hist_bar = carry_bar
+        scale = lam ** -(cfg.order + 1)
+        g_delayed = jnp.concatenate([g_cp * scale, hist_bar])
+        hist_prev_bar, g_exclusive = g_delayed[: cfg.order], g_delayed[cfg.order :]
+        after = jnp.cumsum(g_exclusive[::-1], axis=0)[::-1] - g_exclusive  # sum over k > n
+        g_d = prefix_bar + after
+        g_c = g_d * _rising(cfg, ks, g_d.dtype)[:, None] * jnp.exp(ell)
+        carry_prev_bar = (prefix_bar + jnp.sum(g_exclusive, axis=0), hist_prev_bar)
+        return g_c, carry_prev_bar, jnp.sum(g_cp)
+
+    def adjoint(vs, g_c, w, d_rate, d_diag, d_proj):
+        """``w_k = proj g_k + P w_{k+1}`` backwards over the segment, with the cotangents
+        of the rates and of ``proj``."""
+
+        def back(state, j):
+            w_next, d_rate, d_diag = state
+            _, vjp = jax.vjp(lambda r, d, x: step(r, d, v=x), rate, diag, vs[j])
+            dr, dd, dv = vjp(w_next)
+            w = (g_c[j] if cfg.identity else proj @ g_c[j]) + dv
+            return (w, d_rate + dr, d_diag + dd), None
+
+        (w, d_rate, d_diag), _ = jax.lax.scan(
+            back, (w, d_rate, d_diag), jnp.arange(cfg.segment), reverse=True, unroll=UNROLL
+        )
+        if not cfg.identity:
+            d_proj = d_proj + vs.T @ g_c
+        return w, d_rate, d_diag, d_proj
+
+    def interval(state):
+        c, w, carry_bar, d_rate, d_diag, d_proj, d_offset, d_mu = state
+        first = c * stride
+        count = jnp.minimum(stride, n_seg - first)
+        v0, carry0 = jax.tree.map(lambda x: x[c], ckpt)
+        inner = jax.tree.map(lambda x: jnp.zeros((CHECKPOINTS,) + x.shape, x.dtype), (v0, carry0))
+
+        def fill(j, st):
+            v, carry, inner = st
+            slot = jnp.minimum(j // inner_stride, CHECKPOINTS - 1)
+            saved = jax.tree.map(lambda buf, x: buf.at[slot].set(x), inner, (v, carry))
+            inner = jax.tree.map(
+                lambda new, old: jnp.where(j % inner_stride == 0, new, old), saved, inner
+            )
+            _, v, _, carry, _ = advance(first + j, v, carry)
+            return v, carry, inner
+
+        _, _, inner = jax.lax.fori_loop(0, count, fill, (v0, carry0, inner))
+
+        def segment(i, st):
+            (w, ell_w), carry_bar, d_rate, d_diag, d_proj, d_offset, d_mu = st
+            j = count - 1 - i
+            s = first + j
+            v, carry = jax.tree.map(lambda x: x[j // inner_stride], inner)
+
+            def skip(r, vc):
+                return advance(first + (j // inner_stride) * inner_stride + r, *vc)[1:4:2]
+
+            v, carry = jax.lax.fori_loop(0, j % inner_stride, skip, (v, carry))
+            vs, _, log_c, (ell, _, _), log_scale = advance(s, v, carry)
+            g_cp, d_mu = mix_grad(s, log_c, log_scale, d_mu)
+            g_c, carry_bar, d_off = coeff_grad(s * cfg.segment + ks0, ell, g_cp, carry_bar)
+            # the adjoint of the next segment's first vector, rescaled to this segment
+            w = w * jnp.where(jnp.isnan(ell_w), 1.0, jnp.exp(ell - ell_w))
+            w, d_rate, d_diag, d_proj = adjoint(vs, g_c, w, d_rate, d_diag, d_proj)
+            return (w, ell), carry_bar, d_rate, d_diag, d_proj, d_offset + d_off, d_mu
+
+        st = (w, carry_bar, d_rate, d_diag, d_proj, d_offset, d_mu)
+        st = jax.lax.fori_loop(0, count, segment, st)
+        return (c - 1, *st)
+
+    q = g.shape[1]
+    d_mu0 = -jnp.sum(g, axis=1) if cfg.poisson else jnp.zeros_like(data.mu)
+    init = (
+        (n_seg + stride - 1) // stride - 1,
+        (jnp.zeros_like(alpha), jnp.full((), jnp.nan, alpha.dtype)),
+        _init_carry(cfg, q, alpha.dtype)[1:],
+        jnp.zeros_like(rate),
+        jnp.zeros_like(diag),
+        jnp.zeros_like(proj),
+        jnp.zeros_like(offset),
+        d_mu0,
+    )
+    _, (w0, ell0), _, d_rate, d_diag, d_proj, d_offset, d_mu = jax.lax.while_loop(
+        lambda st: st[0] >= 0, interval, init
+    )
+    w0 = w0 * jnp.where(jnp.isnan(ell0), 1.0, jnp.exp(-ell0))
+    return d_rate, d_diag, d_proj, w0, jnp.asarray(d_offset, offset.dtype), d_mu
 
 
-poisson_mix_log.defvjp(_mix_fwd, _mix_bwd)
+_stream.defvjp(_stream_fwd, _stream_bwd)
 
 
-def poisson_tail_mix(coeffs: Float[Array, "K q"], mu: Float[Array, " t"]) -> Float[Array, "t q"]:
-    """``sum_k P(N > k; mu) c_k`` (occupancy integrals); dense over all ``k``."""
-    ks = jnp.arange(coeffs.shape[0], dtype=mu.dtype)
-    tails = jax.scipy.special.gammainc(ks[None, :] + 1.0, mu[:, None])
-    return tails @ coeffs
+def mix(
+    cfg: Stream,
+    rate: Float[Array, " e"],
+    diag: Float[Array, " n"],
+    proj: Float[Array, "n q"] | None,
+    alpha: Float[Array, " n"],
+    src: Int[Array, " e"],
+    dst: Int[Array, " e"],
+    lam: Float[Array, ""],
+    mu: Float[Array, " t"],
+    lo: Int[Array, " t"],
+    hi: Int[Array, " t"],
+    offset: Float[Array, ""] | float = 0.0,
+) -> Float[Array, "t q"]:
+    """``log sum_{k=lo_i}^{hi_i} w_ik c'_k`` for every observation ``i`` (module doc).
+
+    ``w_ik = Pois(k; mu_i)`` (``cfg.poisson``) or 1; ``c'`` the projections
+    ``(alpha P^k) @ proj`` (``proj=None``: the vectors themselves) or their cumulative
+    form. Windows must be ordered alike (``lo`` non-decreasing when sorted by ``hi``);
+    an empty window (``hi < lo``) gives ``-inf``. ``P = I - M / lam``.
+    """
+    n = alpha.shape[0]
+    q = n if cfg.identity else proj.shape[1]
+    total = mu.shape[0]
+    if total == 0:
+        return jnp.zeros((0, q), alpha.dtype)
+    order = jnp.argsort(hi, stable=True)
+    pad = (-total) % cfg.batch
+    big = jnp.iinfo(hi.dtype).max
+
+    def prepare(x, fill):
+        return jnp.concatenate([x[order], jnp.full((pad,), fill, x.dtype)])
+
+    mu_s, lo_s, hi_s = prepare(mu, 0.0), prepare(lo, big), prepare(hi, -1)
+    lo_min = lo_s.reshape(-1, cfg.batch).min(1)
+    hi_max = hi_s.reshape(-1, cfg.batch).max(1)
+    log_scale = jnp.zeros((q,), alpha.dtype)
+    if not (cfg.identity or cfg.cumulative):
+        # columns of proj scaled to max 1 (a constant factor of the homogeneous result):
+        # Pois(k) / f and the adjoint then stay at the scale of the rescaled vectors
+        scale = jax.lax.stop_gradient(jnp.max(jnp.abs(proj), axis=0))
+        scale = jnp.where(scale > 0, scale, 1.0)
+        proj, log_scale = proj / scale, jnp.log(scale)
+    proj_arg = jnp.zeros((0,), alpha.dtype) if cfg.identity else proj
+    offset = jnp.asarray(offset, alpha.dtype)
+    # the stream steps with the rates relative to Lambda: its adjoint then stays O(1) even
+    # for tiny rates (the division's own derivative is taken here, by JAX)
+    rate, diag = rate / lam, diag / lam
+    out = _stream(
+        cfg, rate, diag, proj_arg, alpha, offset, src, dst, lam, mu_s, lo_s, hi_s, lo_min, hi_max
+    )
+    return out[jnp.argsort(order)] + log_scale
+
+
+def right_point(mu: Array, tol: float, xnp=jnp) -> Array:
+    """Right Poisson truncation point: ``P(N > right) <= tol / 2`` (``xnp``: jnp or numpy)."""
+    log_inv = math.log(2.0 / tol)
+    right = xnp.ceil(mu + log_inv / 3.0 + xnp.sqrt(log_inv**2 / 9.0 + 2.0 * log_inv * mu))
+    return xnp.minimum(right, 2.0**31 - 2).astype(xnp.int32)
+
+
+def check_tol(tol) -> float:
+    """``tol`` as a float in ``(0, 1)``, else a ValueError (checked in Python, never traced)."""
+    try:
+        value = float(tol)
+    except (TypeError, ValueError):
+        raise TypeError(f"tol must be a number in (0, 1), got {tol!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"tol must lie in (0, 1) (a truncation probability), got {tol!r}")
+    return value
+
+
+def first_bad(values: np.ndarray, bad: np.ndarray):
+    """The first entry where ``bad`` holds, and its index as a tuple of ints (for messages)."""
+    i = np.unravel_index(np.flatnonzero(bad)[0], values.shape)
+    return values[i], tuple(int(x) for x in i)
+
+
+def is_concrete(*xs) -> bool:
+    """Whether every array in ``xs`` is a concrete value (not traced): checks then run in
+    Python before tracing, so compiled executables carry no host callbacks."""
+    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(xs))
 
 
 def check_times(t: Array, name: str = "times") -> Array:
-    """Error (under jit too) for negative or NaN times."""
+    """Error for negative or NaN times: in Python (naming the first bad entry) when ``t``
+    is concrete, else through ``eqx.error_if``."""
+    if is_concrete(t):
+        values = np.asarray(t)
+        bad = np.isnan(values) | (values < 0)
+        if bad.any():
+            value, i = first_bad(values, bad)
+            raise ValueError(f"{name} must be non-negative and not NaN; got {value} at index {i}")
+        return t
     return eqx.error_if(
         t, jnp.any(jnp.isnan(t) | (t < 0)), f"{name} must be non-negative and not NaN"
+    )
+
+
+def check_cap(last: Array, max_steps: int | None, what: Array, label: str) -> Array:
+    """Check the last series index each observation needs (``last``) against a user cap
+    ``max_steps`` (``None``: no cap). Concrete ``last``: a ValueError naming the first
+    offending ``what`` (a time or step count), its index and the count needed; traced:
+    an ``eqx.error_if`` on ``last``. Returns ``last``."""
+    if max_steps is None:
+        return last
+    if is_concrete(last):
+        values = np.asarray(last)
+        bad = values > max_steps
+        if bad.any():
+            last_i, i = first_bad(values, bad)
+            raise ValueError(
+                f"{label} {np.asarray(what)[i]} (index {i}) needs "
+                f"{int(last_i) + 1} series terms, more than max_steps={max_steps}: "
+                "raise max_steps or pass max_steps=None (no cap)"
+            )
+        return last
+    return eqx.error_if(
+        last,
+        jnp.any(last > max_steps),
+        f"more than max_steps={max_steps} series terms are needed: raise max_steps or pass "
+        "max_steps=None (no cap)",
     )

@@ -95,6 +95,8 @@ def _series_fits(dist, data: Array, discrete: bool, kwargs: dict) -> Array:
     overflow it. ``False`` where the library would raise.
     """
     max_steps = kwargs.get("max_steps", DEFAULT_MAX_STEPS)
+    if max_steps is None:  # no cap: every observation fits
+        return jnp.asarray(True)
     if discrete:
         return jnp.max(data) <= max_steps
     log_inv = math.log(2.0 / kwargs.get("tol", DEFAULT_TOL))

@@ -285,7 +285,7 @@ class IsolationWithMigration(eqx.Module):
         split_time,
         *,
         tol: float = DEFAULT_TOL,
-        max_steps: int = DEFAULT_MAX_STEPS,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
     ) -> Float[Array, "*classes"]:
         """``E[int r_c(X_t) dt]`` for every class ``c`` of ``rewards`` (built by
         :meth:`joint_sfs`: the expected JSFS ``E[xi_{a,b}]``, shape ``(n1 + 1, n2 + 1)``,

@@ -1,0 +1,169 @@
+"""The streamed transient engine: no step cap by default, limits at t = inf, long series
+(many segments, two checkpoint levels, rescaled vectors) exact in value and gradient,
+clear errors for bad ``tol``, step counts and user caps (eager, under jit, under vmap)."""
+
+from __future__ import annotations
+
+from math import comb
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+import phasejax as pj
+
+
+@pytest.fixture(scope="module")
+def kingman10():
+    graph = pj.models.kingman(10)
+    return graph, graph.compile()
+
+
+def _hypoexp_logpdf(rates, t):
+    """log density of a sum of exponentials with distinct ``rates`` (exact in log space)."""
+    slow = rates.min()
+    coef = np.array([np.prod([lj / (lj - li) for lj in rates if lj != li]) for li in rates])
+    return -slow * t + np.log((coef * rates * np.exp(-(rates - slow) * t)).sum())
+
+
+def test_kingman10_far_tail_with_defaults(kingman10):
+    """Past the old 4096-term cap (Lambda = 45: t >= 85), against the closed form."""
+    graph, model = kingman10
+    rates = np.array([comb(k, 2) for k in range(2, 11)], float)
+    t = np.array([1.0, 85.0, 120.0, 400.0])
+    want = [_hypoexp_logpdf(rates, x) for x in t]
+    dist = model(jnp.array([1.0]))
+    np.testing.assert_allclose(dist.logpdf(t), want, rtol=1e-11)
+    # survival against expm where it is representable
+    alpha, s, _, _ = graph.as_matrices(np.array([1.0]))
+    sf = [alpha @ scipy.linalg.expm(s * x) @ np.ones(len(alpha)) for x in t[:2]]
+    np.testing.assert_allclose(dist.sf(t[:2]), sf, rtol=1e-10)
+
+
+def test_long_series_value_and_gradient_closed_form():
+    """Erlang(3) at Lambda t = 2e4: ~160 segments (two checkpoint levels in the backward
+    pass), a density of e^-20000 (rescaled vectors); value and d/dtheta, d/dt exact."""
+    model = pj.models.erlang(3).compile()
+    theta, t = 2.0, jnp.array([0.5, 3.0, 1e4])
+
+    def loglik(th, t):
+        return model(th).logpdf(t)
+
+    want = np.log(theta**3 * np.asarray(t) ** 2 / 2) - theta * np.asarray(t)
+    np.testing.assert_allclose(loglik(jnp.array([theta]), t), want, rtol=1e-12)
+    grad = jax.grad(lambda th: loglik(th, t).sum())(jnp.array([theta]))
+    np.testing.assert_allclose(grad[0], 3 * 3 / theta - float(t.sum()), rtol=1e-10)
+    grad_t = jax.grad(lambda t: loglik(jnp.array([theta]), t).sum())(t)
+    np.testing.assert_allclose(grad_t, 2 / np.asarray(t) - theta, rtol=1e-9)
+
+
+def test_infinite_time_limits(kingman10):
+    _, model = kingman10
+    dist = model(jnp.array([1.3]))
+    t = np.array([0.4, np.inf])
+    assert dist.cdf(t)[1] == 1.0 and dist.sf(t)[1] == 0.0 and dist.pdf(t)[1] == 0.0
+    assert dist.logpdf(t)[1] == -np.inf
+    np.testing.assert_array_equal(dist.state_probability(t)[1], 0.0)
+    np.testing.assert_allclose(
+        dist.accumulated_occupancy(t)[1], dist.expected_sojourn(), rtol=1e-12
+    )
+    cdf = jax.jit(lambda th, t: model(th).cdf(t))
+    assert cdf(jnp.array([1.3]), t)[1] == 1.0
+    grad = jax.grad(lambda th: model(th).cdf(t).sum())(jnp.array([1.3]))
+    assert np.all(np.isfinite(grad))
+
+
+def test_state_probability_at_requested_times_only():
+    """All states at a few times (memory O(times x n), not steps x n): against expm."""
+    graph = pj.models.kingman(15)
+    alpha, s, _, _ = graph.as_matrices(np.array([1.0]))
+    dist = graph.compile()(jnp.array([1.0]))
+    probs = dist.transient_probability(jnp.array([0.1, 1.0]))
+    want = np.stack([alpha @ scipy.linalg.expm(s * t) for t in (0.1, 1.0)])
+    np.testing.assert_allclose(probs, want, atol=1e-13, rtol=0)
+
+
+def test_vmap_batch_with_a_far_theta_does_not_abort(kingman10):
+    _, model = kingman10
+    t = jnp.array([0.3, 2.0, 9.0])
+    thetas = jnp.array([[0.5], [1.0], [300.0]])  # Lambda t = 45 * 300 * 9: 1.2e5 terms
+    batched = jax.vmap(lambda th: model(th).logpdf(t))(thetas)
+    looped = jnp.stack([model(th).logpdf(t) for th in thetas])
+    np.testing.assert_allclose(batched, looped, rtol=1e-12)
+    assert np.all(np.isfinite(batched))
+
+
+@pytest.mark.parametrize("tol", [0.0, -1e-3, 1.0, float("nan")])
+def test_bad_tol_is_a_value_error(kingman10, tol):
+    _, model = kingman10
+    dist = model(jnp.array([1.0]))
+    for method in (dist.pdf, dist.logpdf, dist.cdf, dist.sf, dist.state_probability):
+        with pytest.raises(ValueError, match="tol must lie in"):
+            method(np.array([1.0]), tol=tol)
+    with pytest.raises(ValueError, match="tol must lie in"):
+        jax.jit(lambda th: model(th).logpdf(jnp.array([1.0]), tol=tol))(jnp.array([1.0]))
+
+
+def test_user_cap_names_time_index_and_count(kingman10):
+    _, model = kingman10
+    dist = model(jnp.array([1.0]))
+    with pytest.raises(ValueError, match=r"time 30.0 \(index \(2,\)\) needs \d+ series terms"):
+        dist.cdf(np.array([0.1, 1.0, 30.0]), max_steps=500)
+    with pytest.raises(Exception, match="max_steps=500"):
+        jax.block_until_ready(
+            jax.jit(lambda th: model(th).logpdf(jnp.array([30.0]), max_steps=500))(jnp.array([1.0]))
+        )
+
+
+def _geometric():
+    return pj.Graph.from_matrices(np.array([1.0]), np.array([[0.999]]), discrete=True).compile()
+
+
+def test_discrete_large_k_and_integral_float_k():
+    model = _geometric()
+    dist = model()
+    k = np.array([1, 3, 20_000])
+    want = 0.999 ** (k - 1) * 0.001
+    np.testing.assert_allclose(dist.pmf(k), want, rtol=1e-11)
+    np.testing.assert_allclose(dist.sf(k), 0.999**k, rtol=1e-11)
+    np.testing.assert_allclose(dist.cdf(k), 1 - 0.999**k, rtol=1e-11)
+    np.testing.assert_allclose(dist.pmf(np.array([3.0])), dist.pmf(np.array([3])), rtol=0)
+    np.testing.assert_allclose(
+        jax.jit(lambda k: dist.pmf(k))(jnp.array([3.0])), want[1], rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        jax.vmap(lambda k: dist.pmf(k))(jnp.array([3.0, 1.0])), want[[1, 0]], rtol=1e-12
+    )
+    with pytest.raises(ValueError, match=r"non-negative integers; got 3.5 at index \(0,\)"):
+        dist.pmf(np.array([3.5]))
+    with pytest.raises(Exception, match="non-negative integers"):
+        jax.block_until_ready(jax.jit(lambda k: dist.pmf(k))(jnp.array([3.5])))
+    with pytest.raises(ValueError, match=r"step count 60 \(index \(1,\)\) needs 60 series terms"):
+        dist.pmf(np.array([3, 60]), max_steps=50)
+
+
+def test_tiny_theta_gradient_is_finite():
+    """log f = log(theta) + ... stays differentiable for theta far below 1e-45."""
+    model = pj.models.erlang(2).compile()
+    t = jnp.array([0.5, 2.0])
+    for theta in (1e-45, 1e-100, 1e-300):
+        value, grad = jax.value_and_grad(lambda th: model(th).logpdf(t).sum())(jnp.array([theta]))
+        assert np.isfinite(value)
+        np.testing.assert_allclose(grad[0], 4 / theta - float(t.sum()), rtol=1e-10)
+
+
+def test_float32_probabilities_are_sound():
+    """float32: cdf and sf stay in [0, 1] and are accurate to float32 rounding."""
+    graph = pj.models.kingman(10)
+    dist = graph.compile()(jnp.array([1.0], jnp.float32))
+    assert dist.diag.dtype == jnp.float32
+    t = np.linspace(0.0, 12.0, 200).astype(np.float32)
+    cdf, sf = np.asarray(dist.cdf(t)), np.asarray(dist.sf(t))
+    assert cdf.dtype == np.float32
+    assert np.all((cdf >= 0) & (cdf <= 1) & (sf >= 0) & (sf <= 1))
+    alpha, s, _, _ = graph.as_matrices(np.array([1.0]))
+    exact = np.array([1 - alpha @ scipy.linalg.expm(s * x) @ np.ones(len(alpha)) for x in t])
+    assert np.max(np.abs(cdf - exact)) < 1e-5
+    assert np.max(np.abs(cdf + sf - 1.0)) < 1e-5
