@@ -19,7 +19,6 @@ on the concrete data, before anything is compiled.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +32,7 @@ from .._compile import Model
 from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL
 from .._rewards import DiscreteRewardTransform
 from .._structure import is_traced
+from .._uniformization import right_point
 from ._priors import AbstractPrior, as_prior
 from ._transforms import AbstractTransform, as_transform
 
@@ -90,19 +90,17 @@ def _as_regularization(reg) -> MomentRegularization | None:
 def _series_fits(dist, data: Array, discrete: bool, kwargs: dict) -> Array:
     """Whether ``logpdf``/``logpmf`` of ``data`` stays within ``max_steps`` series terms.
 
-    Mirrors the library's check (right Poisson truncation point of ``max(diag) *
-    max(t)``, or the largest step count), in floating point so that huge rates cannot
-    overflow it. ``False`` where the library would raise.
+    The library's own check (its right Poisson truncation point of ``max(diag) *
+    max(t)``, clipped so huge rates cannot overflow, or the largest step count).
+    ``False`` where the library would raise.
     """
     max_steps = kwargs.get("max_steps", DEFAULT_MAX_STEPS)
     if max_steps is None:  # no cap: every observation fits
         return jnp.asarray(True)
     if discrete:
         return jnp.max(data) <= max_steps
-    log_inv = math.log(2.0 / kwargs.get("tol", DEFAULT_TOL))
     mu = jax.lax.stop_gradient(jnp.max(dist.diag) * jnp.max(data)).astype(dist.diag.dtype)
-    right = mu + log_inv / 3.0 + jnp.sqrt(log_inv**2 / 9.0 + 2.0 * log_inv * mu)
-    return right <= max_steps
+    return right_point(mu, kwargs.get("tol", DEFAULT_TOL)) <= max_steps
 
 
 class Likelihood(eqx.Module):
