@@ -185,8 +185,8 @@ def _rising(cfg: Stream, ks, dtype):
 
 def _segment(cfg: Stream, ops, proj, lam, offset, s, v, carry):
     """Segment ``s`` from its first vector ``v``: its (rescaled) vectors, the first vector of
-    the next segment, ``log c'`` of its steps, the carry into the next segment, and the
-    log scale of ``c'`` relative to the rescaled vectors.
+    the next segment, ``c'`` of its steps divided by ``exp(log_scale)``, the carry into the
+    next segment, and ``log_scale``.
 
     ``carry = (ell, prefix, hist)``: the vectors are stored divided by ``exp(ell)`` (each
     segment starts rescaled to max 1, so that long series do not underflow); ``prefix``
@@ -200,16 +200,16 @@ def _segment(cfg: Stream, ops, proj, lam, offset, s, v, carry):
     vs, v_next = _run_segment(cfg, ops, v)
     c = vs if cfg.identity else vs @ proj
     if not cfg.cumulative:
-        return vs, v_next, safe_log(c) + ell, (ell, prefix, hist), ell
+        return vs, v_next, c, (ell, prefix, hist), ell
     ks = s * cfg.segment + jnp.arange(cfg.segment)
     d = c * jnp.exp(ell) * _rising(cfg, ks, c.dtype)[:, None]
     inclusive = jnp.cumsum(d, axis=0)
     exclusive = prefix + jnp.concatenate([jnp.zeros_like(d[:1]), inclusive[:-1]])
     delayed = jnp.concatenate([hist, exclusive])
     scale = lam ** -(cfg.order + 1)
-    log_c = safe_log(offset + delayed[: cfg.segment] * scale)
+    coeff = offset + delayed[: cfg.segment] * scale
     carry = (ell, prefix + inclusive[-1], delayed[cfg.segment :])
-    return vs, v_next, log_c, carry, jnp.zeros_like(ell)
+    return vs, v_next, coeff, carry, jnp.zeros_like(ell)
 
 
 def _batch_range(cfg: Stream, s, lo_min, hi_max):
@@ -248,6 +248,21 @@ def _init_carry(cfg: Stream, q, dtype):
     return (jnp.zeros((), dtype), jnp.zeros((q,), dtype), jnp.zeros((cfg.order, q), dtype))
 
 
+def _rows(coeff):
+    """``coeff`` (``B x q``) as ``log`` of its row maxima and rows scaled to max 1."""
+    row_max = jnp.max(jnp.abs(coeff), axis=1)
+    return safe_log(row_max), coeff / jnp.where(row_max > 0, row_max, 1.0)[:, None]
+
+
+def _lead(w, log_row):
+    """``P_ik = exp(w_ik + log_row_k - M_i)`` with ``M_i`` the largest exponent of row ``i``
+    (every entry <= 1, the leading one 1), and ``M_i`` (0 where a row is empty)."""
+    lead = w + log_row[None]
+    top = jnp.max(lead, axis=1)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    return jnp.exp(lead - top[:, None]), top
+
+
 def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
     n = alpha.shape[0]
     q = n if cfg.identity else proj.shape[1]
@@ -257,20 +272,25 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
     stride = jnp.maximum(1, -(-n_seg // CHECKPOINTS))
     ks0 = jnp.arange(cfg.segment)
 
-    def mix(s, log_c, m, acc):
+    def mix(s, coeff, log_scale, m, acc):
+        """Add segment ``s`` to the running ``log``-sums: per batch one matrix product of
+        the scaled weights with the scaled coefficients (``sum_k w_ik c_k`` =
+        ``exp(M_i + log_scale) (P @ unit)_i``, see :func:`_lead`)."""
         ks = s * cfg.segment + ks0
+        log_row, unit = _rows(coeff)
 
         def one(b, state):
             m, acc = state
             w = _log_weights(
                 cfg, ks, *(_slice(x, b, cfg.batch) for x in (data.mu, data.lo, data.hi))
             )
-            terms = w[:, :, None] + log_c[None]
+            lead, top = _lead(w, log_row)
+            part = safe_log(lead @ unit) + (top + log_scale)[:, None]
             m_b, acc_b = _slice(m, b, cfg.batch), _slice(acc, b, cfg.batch)
-            new_m = jnp.maximum(m_b, jnp.max(terms, axis=1))
+            new_m = jnp.maximum(m_b, part)
             safe = jnp.where(jnp.isfinite(new_m), new_m, 0.0)
-            acc_b = acc_b * jnp.exp(jnp.where(jnp.isfinite(m_b), m_b - safe, -jnp.inf)) + jnp.sum(
-                jnp.exp(terms - safe[:, None]), axis=1
+            acc_b = acc_b * jnp.exp(jnp.where(jnp.isfinite(m_b), m_b - safe, -jnp.inf)) + jnp.exp(
+                jnp.where(jnp.isfinite(part), part - safe, -jnp.inf)
             )
             return _update(m, new_m, b, cfg.batch), _update(acc, acc_b, b, cfg.batch)
 
@@ -282,8 +302,8 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
         slot = jnp.minimum(s // stride, CHECKPOINTS - 1)
         saved = jax.tree.map(lambda c, x: c.at[slot].set(x), ckpt, (v, carry))
         ckpt = jax.tree.map(lambda new, old: jnp.where(s % stride == 0, new, old), saved, ckpt)
-        _, v_next, log_c, carry, _ = _segment(cfg, ops, proj, lam, offset, s, v, carry)
-        m, acc = mix(s, log_c, m, acc)
+        _, v_next, coeff, carry, log_scale = _segment(cfg, ops, proj, lam, offset, s, v, carry)
+        m, acc = mix(s, coeff, log_scale, m, acc)
         return s + 1, v_next, carry, m, acc, ckpt
 
     carry0 = _init_carry(cfg, q, dtype)
@@ -391,10 +411,13 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
     def advance(s, v, carry):
         return _segment(cfg, ops, proj, lam, offset, s, v, carry)
 
-    def mix_grad(s, log_c, log_scale, d_mu):
-        """``g'_k = sum_i g_i w_ik / f_i`` over the segment (times ``exp(log_scale)``, the
-        scale of the rescaled ``c'``) and the ``mu`` cotangents."""
+    def mix_grad(s, coeff, log_scale, d_mu):
+        """``g'_kq = sum_i g_iq w_ik exp(log_scale) / f_iq`` (the cotangent of ``coeff``) over
+        the segment and the ``mu`` cotangents. Term by term (not factorised as in the
+        forward pass): the cotangent of a coefficient does not depend on its value, and
+        a zero coefficient (a dead row) can still carry one."""
         ks = s * cfg.segment + ks0
+        log_c = safe_log(coeff) + log_scale
 
         def one(b, state):
             g_c, d_mu = state
@@ -415,7 +438,7 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
             return g_c, d_mu
 
         b0, b1 = _batch_range(cfg, s, data.lo_min, data.hi_max)
-        return jax.lax.fori_loop(b0, b1, one, (jnp.zeros_like(log_c), d_mu))
+        return jax.lax.fori_loop(b0, b1, one, (jnp.zeros_like(coeff), d_mu))
 
     def coeff_grad(ks, ell, g_cp, carry_bar):
         """Cotangents of the rescaled coefficients from those of ``c'``."""
@@ -478,8 +501,8 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
                 return advance(first + (j // inner_stride) * inner_stride + r, *vc)[1:4:2]
 
             v, carry = jax.lax.fori_loop(0, j % inner_stride, skip, (v, carry))
-            vs, _, log_c, (ell, _, _), log_scale = advance(s, v, carry)
-            g_cp, d_mu = mix_grad(s, log_c, log_scale, d_mu)
+            vs, _, coeff, (ell, _, _), log_scale = advance(s, v, carry)
+            g_cp, d_mu = mix_grad(s, coeff, log_scale, d_mu)
             g_c, carry_bar, d_off = coeff_grad(s * cfg.segment + ks0, ell, g_cp, carry_bar)
             # the adjoint of the next segment's first vector, rescaled to this segment
             w = w * jnp.where(jnp.isnan(ell_w), 1.0, jnp.exp(ell - ell_w))
