@@ -587,3 +587,15 @@ def test_negative_or_nan_times_raise(kingman_dist, bad):
             method(t)
     with pytest.raises(Exception, match="non-negative"):
         jax.jit(lambda t: d.cdf(t))(t)
+
+
+def test_float32_states_its_accuracy_and_stays_in_range():
+    """float32 densities warn about their accuracy; cdf and sf stay in [0, 1]."""
+    dist = pj.models.kingman(5).compile()(jnp.array([1.0], jnp.float32))
+    t = jnp.linspace(0.0, 10.0, 50, dtype=jnp.float32)
+    with pytest.warns(UserWarning, match="float32 transient quantities"):
+        cdf = np.asarray(dist.cdf(t))
+    sf = np.asarray(dist.sf(t))
+    assert cdf.dtype == np.float32 and np.all((cdf >= 0) & (cdf <= 1) & (sf >= 0) & (sf <= 1))
+    exact = np.asarray(pj.models.kingman(5).compile()(jnp.array([1.0])).cdf(np.asarray(t, float)))
+    np.testing.assert_allclose(cdf, exact, rtol=0, atol=1e-5)

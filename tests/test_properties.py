@@ -615,11 +615,6 @@ def test_overflowing_moments_are_inf_not_nan(case, log_c):
         assert not np.any(np.isnan(np.asarray(out[key]))), (key, out[key])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (issue 12): in float32 the cdf exceeds 1 (by ~1e-5 here) and decreases "
-    "between nearby times; want values in [0, 1], a non-decreasing cdf, bounded error",
-)
 @_settings(6, shrink=False)
 @given(case=pattern_cases("cyclic-ph"))
 def test_float32_cdf_is_sound(case):
@@ -634,11 +629,6 @@ def test_float32_cdf_is_sound(case):
     np.testing.assert_allclose(cdf + sf, 1.0, rtol=0, atol=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (issue 12): pmf/cdf/sf of a float step count (even 3.0) fail with a JAX "
-    "indexing TypeError; want the value for integral floats or a ValueError naming integers",
-)
 @_settings(4, shrink=False)
 @given(case=pattern_cases("cyclic-dph"), k=st.integers(0, 20), frac=st.sampled_from([0.0, 0.5]))
 def test_float_step_count_is_right_or_clear(case, k, frac):

@@ -20,6 +20,7 @@ and follows the dtype of the rates.
 from __future__ import annotations
 
 import abc
+import warnings
 from math import comb, factorial
 
 import equinox as eqx
@@ -266,6 +267,14 @@ class PhaseType(AbstractPhaseType):
         callback and is cacheable), then run :meth:`_transient_kernel`."""
         tol = _unif.check_tol(tol)
         t = jnp.asarray(t, self.diag.dtype)
+        if self.diag.dtype == jnp.float32:
+            warnings.warn(
+                "float32 transient quantities: cdf/sf are clipped to [0, 1] with absolute "
+                "error up to about 1e-5 (pdf relative error about 1e-5); a cdf evaluated at "
+                "nearby times may decrease by that much. Use float64 (jax_enable_x64) for "
+                "1e-10 accuracy.",
+                stacklevel=3,
+            )
         checked = _unif.is_concrete(t)
         if checked:
             _unif.check_times(t)

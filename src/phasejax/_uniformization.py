@@ -56,6 +56,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from . import _sparse
+from ._structure import is_traced
 
 UNROLL = 8  # series steps per loop iteration (amortises the per-iteration overhead)
 CHECKPOINTS = 64  # stored vectors per level of checkpointing
@@ -616,7 +617,7 @@ def first_bad(values: np.ndarray, bad: np.ndarray):
 def is_concrete(*xs) -> bool:
     """Whether every array in ``xs`` is a concrete value (not traced): checks then run in
     Python before tracing, so compiled executables carry no host callbacks."""
-    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(xs))
+    return not any(is_traced(x) for x in jax.tree.leaves(xs))
 
 
 def check_times(t: Array, name: str = "times") -> Array:
