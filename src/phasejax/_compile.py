@@ -1,6 +1,6 @@
 """Graph -> Model: the structure compiled once into static arrays.
 
-A :class:`Model` keeps only arrays whose *shapes* depend on the graph: edge sources
+A [`Model`][phasejax.Model] keeps only arrays whose *shapes* depend on the graph: edge sources
 and targets over transient states, base weights and the coefficient matrix, the
 initial edges, and the solver (with its level schedule). Calling ``model(theta)``
 evaluates the rates as traced arrays, so one compilation serves every theta, under
@@ -55,8 +55,8 @@ def linear_rates(
 class Model(eqx.Module):
     """A compiled phase-type model: static structure, parameters supplied per call.
 
-    ``model(theta)`` returns a :class:`PhaseType` (continuous) or
-    :class:`DiscretePhaseType` whose rates are ``base + rate_fn(theta, coefficients)``.
+    ``model(theta)`` returns a [`PhaseType`][phasejax.PhaseType] (continuous) or
+    [`DiscretePhaseType`][phasejax.DiscretePhaseType] whose rates are ``base + rate_fn(theta, coefficients)``.
     Its quantities follow the dtype of ``theta``.
 
     Vertex convention (as ``graph.states()``): index 0 is the starting vertex; rewards
@@ -215,7 +215,7 @@ class Model(eqx.Module):
         over 1), naming the edge or state when ``theta`` is concrete; under ``jit`` the
         same checks raise through ``eqx.error_if``. ``require_exit=False`` allows
         states whose out-rates are all zero (only meaningful for a finite epoch of an
-        :class:`EpochPhaseType`, where the chain may simply stay; solves and moments
+        [`EpochPhaseType`][phasejax.EpochPhaseType], where the chain may simply stay; solves and moments
         need every state to be left).
         """
         rates, rate, diag, alpha, problems = self._evaluate(theta, require_exit)

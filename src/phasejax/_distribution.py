@@ -40,7 +40,7 @@ DEFAULT_MAX_STEPS = None  # no cap: the series runs as long as the data need
 
 
 class AbstractPhaseType(eqx.Module):
-    """Shared machinery of :class:`PhaseType` and :class:`DiscretePhaseType`.
+    """Shared machinery of [`PhaseType`][phasejax.PhaseType] and [`DiscretePhaseType`][phasejax.DiscretePhaseType].
 
     Rewards are given per vertex in ``graph.states()`` order (the starting vertex
     first); the starting and absorbing vertices accumulate nothing, so their entries
@@ -78,7 +78,7 @@ class AbstractPhaseType(eqx.Module):
 
     def _mix(self, proj, lam, mu, lo, hi, *, poisson, cumulative=False, order=0, offset=0.0):
         """``log`` of the windowed series mixture per observation, shape ``(t, q)``
-        (:func:`phasejax._uniformization.mix`; ``proj=None``: every state)."""
+        (`phasejax._uniformization.mix`; ``proj=None``: every state)."""
         m = self.structure
         q = m.n_transient if proj is None else proj.shape[1]
         stream = _unif.make_stream(
@@ -107,7 +107,7 @@ class AbstractPhaseType(eqx.Module):
         """Draw absorption times (``rewards=None``), accumulated rewards (``(V,)``), or
         a multivariate reward vector per draw (``(m, V)`` -> output ``shape + (m,)``).
 
-        Exact simulation of the jump chain (see :func:`phasejax._sample.sample_paths`);
+        Exact simulation of the jump chain (see `phasejax._sample.sample_paths`);
         ``max_jumps`` (optional) raises for a path that has not absorbed after that many
         jumps (every path absorbs with probability 1: the model is checked at compile time).
         """
@@ -133,7 +133,7 @@ class AbstractPhaseType(eqx.Module):
         boolean mask per vertex, is needed when ``rewards`` are traced). Discrete:
         ``Y = sum_k r(X_k)`` for concrete non-negative integer rewards. Zero-reward
         states are eliminated and their transitions folded into their neighbours
-        (see :mod:`phasejax._rewards`).
+        (see `phasejax._rewards`).
         """
         from ._rewards import reward_transform  # upward convenience: _rewards builds on this module
 
@@ -264,7 +264,7 @@ class PhaseType(AbstractPhaseType):
 
     def _transient(self, t, kind: str, tol: float, max_steps: int | None, order: int = 0):
         """Validate concrete inputs in Python (so that the compiled kernel carries no host
-        callback and is cacheable), then run :meth:`_transient_kernel`."""
+        callback and is cacheable), then run `_transient_kernel`."""
         tol = _unif.check_tol(tol)
         t = jnp.asarray(t, self.diag.dtype)
         if self.diag.dtype == jnp.float32:
@@ -347,7 +347,7 @@ class PhaseType(AbstractPhaseType):
     def pdf(
         self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
     ) -> Array:
-        """Density ``f(t) = alpha exp(S t) s`` (see :meth:`logpdf`)."""
+        """Density ``f(t) = alpha exp(S t) s`` (see [`logpdf`][phasejax.PhaseType.logpdf])."""
         return jnp.exp(self.logpdf(t, tol=tol, max_steps=max_steps))
 
     def sf(
@@ -439,7 +439,7 @@ class DiscretePhaseType(AbstractPhaseType):
 
     def _steps(self, k, kind: str, max_steps: int | None):
         """Validate step counts (non-negative integers; integral floats accepted) in Python
-        when concrete, then run :meth:`_steps_kernel`."""
+        when concrete, then run `_steps_kernel`."""
         checked = _unif.is_concrete(k)
         if checked:
             values = np.asarray(k)

@@ -33,7 +33,7 @@ class EpochPhaseType(eqx.Module):
 
     **Arguments:**
 
-    - `dists`: one :class:`PhaseType` per epoch, all of one structure (the initial
+    - `dists`: one [`PhaseType`][phasejax.PhaseType] per epoch, all of one structure (the initial
       vector of the first is used).
     - `breaks`: the ``m`` epoch boundaries ``tau_1 < ... < tau_m`` (traced).
     - `maps`: optional per boundary: ``None`` or a tuple of ints giving, for each
@@ -179,7 +179,7 @@ class EpochPhaseType(eqx.Module):
 def epochs(
     model, thetas: Float[Array, "m+1 p"], breaks: Float[Array, " m"], maps=()
 ) -> EpochPhaseType:
-    """An :class:`EpochPhaseType` from one compiled model, one theta per epoch."""
+    """An [`EpochPhaseType`][phasejax.EpochPhaseType] from one compiled model, one theta per epoch."""
     thetas = jnp.asarray(thetas)
     breaks = jnp.asarray(breaks, thetas.dtype)
     if thetas.ndim != 2 or thetas.shape[0] != breaks.shape[0] + 1:

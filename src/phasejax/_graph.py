@@ -1,6 +1,6 @@
 """Host-side state-space graphs (plain Python and numpy).
 
-A :class:`Graph` holds vertices (integer state vectors, found by a hash map) and
+A [`Graph`][phasejax.Graph] holds vertices (integer state vectors, found by a hash map) and
 weighted edges. Vertex 0 is the *starting vertex*: it is not a state of the process,
 its out-edges give the initial distribution (ptdalgorithms convention), and it is
 not in the hash map (so a user state of all zeros is an ordinary state). Every edge
@@ -156,7 +156,7 @@ def _describe(state: np.ndarray) -> str:
 
 
 class Vertex:
-    """A handle on one vertex of a :class:`Graph` (cheap; compare by index)."""
+    """A handle on one vertex of a [`Graph`][phasejax.Graph] (cheap; compare by index)."""
 
     __slots__ = ("graph", "index")
 

@@ -1,6 +1,6 @@
-"""Mutation counts on reward-weighted branches: one class (:func:`mutation_counts`, a
+"""Mutation counts on reward-weighted branches: one class ([`mutation_counts`][phasejax.mutation_counts], a
 discrete phase-type distribution) or the joint law of several classes
-(:func:`joint_mutation_pmf`, e.g. small SFS configurations).
+([`joint_mutation_pmf`][phasejax.joint_mutation_pmf], e.g. small SFS configurations).
 
 A continuous phase-type chain with transient jump rates ``A`` (``i -> j``), exit rates
 ``s``, total out-rates ``lambda`` (so ``M = diag(lambda) - A = -S``) and initial vector
@@ -64,7 +64,7 @@ def mutation_counts(
     ``Y ~ PH(alpha, S)`` (zero rewards folded away first),
     ``T = (I - S / mutation_rate)^{-1}`` and ``t = 1 - T 1`` give
     ``P(K = k) = alpha T^k t`` (Hobolth, Siri-Jegousse & Bladt 2019): ``K`` is returned
-    as a :class:`DiscretePhaseType` with initial vector ``alpha T`` and defect
+    as a [`DiscretePhaseType`][phasejax.DiscretePhaseType] with initial vector ``alpha T`` and defect
     ``P(K = 0)``. ``T`` is dense: ``O(n^2)`` edges for ``n`` positive-reward states.
     Differentiable in the rates, the rewards and ``mutation_rate``.
     """
@@ -194,19 +194,19 @@ def joint_mutation_pmf(
     max_counts: tuple[int, ...] | None = None,
 ) -> Float[Array, ...]:
     """Joint probabilities ``P(K_1 = k_1, ..., K_C = k_C)`` of mutation counts on ``C``
-    reward classes of branches (e.g. the SFS classes of :func:`phasejax.models.sfs_rewards`).
+    reward classes of branches (e.g. the SFS classes of [`phasejax.models.sfs_rewards`][phasejax.models.sfs_rewards]).
 
     Given the path of the chain, mutations of class ``c`` fall as a Poisson process of
     rate ``mutation_rate * r_c(X_t)``, so ``K_c | Y_c ~ Poisson(mutation_rate * Y_c)``
     with ``Y_c = int r_c(X_t) dt``, the classes conditionally independent;
-    :func:`phasejax.mutation_counts` is the marginal of one class. The counts are
+    [`phasejax.mutation_counts`][phasejax.mutation_counts] is the marginal of one class. The counts are
     computed exactly by the recursion over the count grid described in
-    :mod:`phasejax._mutations` (one batched transposed solve with ``M + diag(R)`` per
+    `phasejax._mutations` (one batched transposed solve with ``M + diag(R)`` per
     level ``|k|``), with no dense inverse.
 
     **Arguments:**
 
-    - `dist`: a continuous :class:`PhaseType` (a defect counts as ``K = 0``).
+    - `dist`: a continuous [`PhaseType`][phasejax.PhaseType] (a defect counts as ``K = 0``).
     - `mutation_rate`: positive scalar, or one rate per class (shape ``(C,)``).
     - `rewards`: shape ``(C, V)``, non-negative, one row per class, one entry per vertex
       (zero rewards allowed: no mutation falls there). May be traced.

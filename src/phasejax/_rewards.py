@@ -8,7 +8,7 @@ accumulates nothing, so a visit to ``Z`` is folded into its neighbours: with
     alpha' = alpha_P + alpha_Z B_P,      defect' = 1 - sum(alpha').
 
 The *pattern* (which states are zero, which new edges appear) is static and fixed when
-the :class:`RewardTransform` is built on the host; rates and reward values stay traced,
+the [`RewardTransform`][phasejax.RewardTransform] is built on the host; rates and reward values stay traced,
 so the transformed distribution is differentiable in theta and in the positive rewards.
 The fold solves a dense ``|Z| x |Z|`` system (O(|Z|^3)): meant for zero sets of up to a
 few thousand states.
@@ -31,10 +31,10 @@ def _dense(rows, cols, values, shape):
 
 
 class RewardTransform(eqx.Module):
-    """The static plan of a reward transformation for one :class:`Structure`.
+    """The static plan of a reward transformation for one [`Structure`][phasejax.Structure].
 
-    Build it once (host side) with :meth:`build`; apply it to any distribution of
-    that structure with :meth:`__call__`.
+    Build it once (host side) with [`build`][phasejax.RewardTransform.build]; apply it to any distribution of
+    that structure with [`__call__`][phasejax.RewardTransform.__call__].
     """
 
     structure: Structure  # of the transformed distribution (states P)
@@ -171,7 +171,7 @@ class RewardTransform(eqx.Module):
         return new_rate, new_diag, alpha_p
 
     def __call__(self, dist: PhaseType, rewards: ArrayLike) -> PhaseType:
-        """The :class:`PhaseType` of ``Y = int r(X_t) dt`` (``rewards`` per vertex, traced)."""
+        """The [`PhaseType`][phasejax.PhaseType] of ``Y = int r(X_t) dt`` (``rewards`` per vertex, traced)."""
         if dist.structure.discrete:
             raise ValueError(
                 "use DiscreteRewardTransform (integer rewards) for a discrete distribution"
@@ -189,7 +189,7 @@ class RewardTransform(eqx.Module):
 class DiscreteRewardTransform(eqx.Module):
     """``Y = sum_k r(X_k)`` of a DPH with non-negative integer rewards, as a DPH.
 
-    Zero-reward states are folded away as in :class:`RewardTransform`; a state with
+    Zero-reward states are folded away as in [`RewardTransform`][phasejax.RewardTransform]; a state with
     reward ``r >= 2`` becomes a chain of ``r`` sub-states (each step of the chain
     counts 1), the last carrying the state's transitions and, as an edge back to the
     first, its probability of staying. The rewards are static (they set the
@@ -265,13 +265,13 @@ def reward_transform(
     positive: Bool[np.ndarray, " V"] | None = None,
     solver="auto",
 ):
-    """``Y = int r(X_t) dt`` as a :class:`PhaseType` (zero rewards allowed); for a
-    discrete distribution ``Y = sum_k r(X_k)`` as a :class:`DiscretePhaseType`
+    """``Y = int r(X_t) dt`` as a [`PhaseType`][phasejax.PhaseType] (zero rewards allowed); for a
+    discrete distribution ``Y = sum_k r(X_k)`` as a [`DiscretePhaseType`][phasejax.DiscretePhaseType]
     (non-negative integer rewards, concrete).
 
     ``positive`` (per vertex, static) says where rewards are positive; by default it is
     read from ``rewards``, which must then be concrete (not traced). Under ``jit``,
-    build a :class:`RewardTransform` once and call it, or pass ``positive``.
+    build a [`RewardTransform`][phasejax.RewardTransform] once and call it, or pass ``positive``.
     """
     if positive is None:
         try:

@@ -4,20 +4,20 @@ Every quantity of the library reduces to ``M x = b`` (expected accumulated rewar
 each state) or ``M^T z = b`` (expected time spent in each state). Four solvers share
 one interface and are chosen at compile time from the static structure:
 
-- :class:`LevelSweep` (acyclic graphs): states are ordered by *height* (the longest
+- [`LevelSweep`][phasejax.LevelSweep] (acyclic graphs): states are ordered by *height* (the longest
   path to absorption), so ``x_i = (b_i + sum_j a_ij x_j) / d_i`` can be evaluated
   height by height. Edges are grouped by the height of their source into blocks of a
   static width; one ``lax.scan`` step handles one block. Exact, O(edges) work.
-- :class:`BlockSweep` (cyclic graphs whose strongly connected components are small):
+- [`BlockSweep`][phasejax.BlockSweep] (cyclic graphs whose strongly connected components are small):
   the same sweep over the condensation, each component's block inverted densely
   (GTH-style, batched by size). Exact, also for near-reducible cycles.
-- :class:`DenseLU`: the dense matrix factorised by lineax's LU (small cyclic graphs).
-- :class:`GMRES`: restarted GMRES (lineax) on the Jacobi-preconditioned sparse operator
+- [`DenseLU`][phasejax.DenseLU]: the dense matrix factorised by lineax's LU (small cyclic graphs).
+- [`GMRES`][phasejax.GMRES]: restarted GMRES (lineax) on the Jacobi-preconditioned sparse operator
   ``I - D^{-1} A`` (graphs with a component too large to invert); never forms a matrix.
 
-Under ``vmap`` both sweeps carry the batch as a trailing axis (:func:`_trailing_batch`).
+Under ``vmap`` both sweeps carry the batch as a trailing axis (`_trailing_batch`).
 
-Gradients never go through the solver's iterations: :func:`solve` wraps every solver
+Gradients never go through the solver's iterations: `solve` wraps every solver
 in ``jax.lax.custom_linear_solve``, which differentiates implicitly
 (``dx = M^{-1}(db - dM x)``), the transpose solve serving reverse mode.
 """
@@ -74,7 +74,7 @@ class AbstractSolver(eqx.Module):
 
     @abc.abstractmethod
     def raw_solve(self, system: System, state: Any, rhs: Array, transpose: bool) -> Array:
-        """Solve without derivative rules (use :func:`solve`)."""
+        """Solve without derivative rules (use `solve`)."""
 
 
 def _expand(w: Array, ndim: int) -> Array:
@@ -194,7 +194,7 @@ def _gth_inverse(offdiag: Float[Array, "k s s"], exits: Float[Array, "k s"]) -> 
 
 
 def _block_kernel(tables, coefs, base, transpose):
-    """Sweep of :class:`BlockSweep`: per step, add the cross-component terms into the rows
+    """Sweep of [`BlockSweep`][phasejax.BlockSweep]: per step, add the cross-component terms into the rows
     of the step's blocks, then replace each block's rows by its inverse times them."""
     (gather, scatter, edge), steps, members = tables
     rate, inverses = coefs
@@ -225,18 +225,18 @@ class BlockSweep(AbstractSolver):
     Ordered by their height in the condensation, the components make ``M`` block
     triangular: for ``M x = b``, ``x_C = M_CC^{-1} (b_C + A_{C,out} x_out)`` with every
     ``x_out`` in lower components, swept sinks first (``M^T z = b``: sources first, with
-    ``M_CC^{-T}``). The diagonal blocks are inverted once per operator (:meth:`prepare`),
-    batched by size: blocks are padded to a few bucket widths (:func:`_bucket_widths`),
+    ``M_CC^{-T}``). The diagonal blocks are inverted once per operator (`prepare`),
+    batched by size: blocks are padded to a few bucket widths (`_bucket_widths`),
     the padding rows being identity. Each step of the sweep handles up to ``K_b`` blocks of
     every bucket ``b`` of one level and the cross-component edges feeding them.
 
-    Inversion uses GTH-style elimination (:func:`_gth_inverse`) with the exit rate of each
+    Inversion uses GTH-style elimination (`_gth_inverse`) with the exit rate of each
     state computed from its edges that leave its component: exact to rounding even for
     near-reducible cycles where the diagonal cannot resolve an exit. The diagonal
     ``d`` enters only through ``d - sum of out-rates`` (an extra term, e.g. ``s r`` of a
     Laplace transform), read as zero when within the rounding of that sum.
 
-    Build with :func:`block_schedule`.
+    Build with `block_schedule`.
     """
 
     members: tuple[Int[Array, "k s"], ...]
@@ -356,9 +356,9 @@ def solve(
 def level_schedule(
     n: int, src: np.ndarray, dst: np.ndarray, step_cost: int = 1024
 ) -> np.ndarray | None:
-    """Block schedule of an acyclic graph for :class:`LevelSweep`, or ``None`` if cyclic.
+    """Block schedule of an acyclic graph for [`LevelSweep`][phasejax.LevelSweep], or ``None`` if cyclic.
 
-    Heights come from :func:`phasejax._topology.heights`. Edges
+    Heights come from `phasejax._topology.heights`. Edges
     are sorted by source height and cut into blocks of width ``W`` chosen to minimise
     ``sum_h ceil(E_h / W) * (W + step_cost)`` (padding against per-step overhead).
     """
@@ -442,11 +442,11 @@ def _slots(step: np.ndarray, n_steps: int, columns: np.ndarray, fill: np.ndarray
 
 
 def block_schedule(n: int, src: np.ndarray, dst: np.ndarray, step_cost: int = 8192) -> BlockSweep:
-    """The :class:`BlockSweep` of a graph (``dst == n``: absorption), from its SCCs.
+    """The [`BlockSweep`][phasejax.BlockSweep] of a graph (``dst == n``: absorption), from its SCCs.
 
-    Components (:func:`phasejax._topology.strong_components`) are grouped by size into
-    buckets (:func:`_bucket_widths`); level by level (condensation heights) their blocks are cut into steps of
-    ``K_b`` blocks per bucket, ``K`` chosen by :func:`_capacities` (``step_cost``: the
+    Components (`phasejax._topology.strong_components`) are grouped by size into
+    buckets (`_bucket_widths`); level by level (condensation heights) their blocks are cut into steps of
+    ``K_b`` blocks per bucket, ``K`` chosen by `_capacities` (``step_cost``: the
     per-step overhead in units of one block entry).
     """
     label, height = _topology.strong_components(n, src, dst)

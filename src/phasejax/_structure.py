@@ -1,9 +1,9 @@
 """The static structure every distribution needs: transient states, edges, solver.
 
-A :class:`Structure` holds only integer arrays whose *shapes* depend on the graph
+A [`Structure`][phasejax.Structure] holds only integer arrays whose *shapes* depend on the graph
 (edge sources and targets over transient states, each state's out-edges, the vertex of
 each state) and the solver chosen from them. It sits below the distributions and
-above the host-side graph algorithms (:mod:`phasejax._topology`) and solvers, so that
+above the host-side graph algorithms (`phasejax._topology`) and solvers, so that
 distributions, reward transforms and models all build on it without import cycles.
 """
 
@@ -135,7 +135,7 @@ def make_structure(
     discrete: bool,
     solver: str | AbstractSolver = "auto",
 ) -> Structure:
-    """Build a :class:`Structure` from numpy edge arrays over transient states.
+    """Build a [`Structure`][phasejax.Structure] from numpy edge arrays over transient states.
 
     ``solver``: ``"auto"`` (level sweep if acyclic, else dense LU up to 500 transient
     states, else the block sweep over strongly connected components when none has more

@@ -3,8 +3,8 @@
 Every structural decision of the library (which states are transient, which can reach
 absorption, the heights that order a level sweep, each state's out-edges) is made here
 on plain ``(src, dst)`` integer arrays, once, before anything is traced. Edges are kept
-in compressed-sparse-row form (:func:`csr`) so that a whole frontier of vertices expands
-in one vectorised gather (:func:`expand`), never one vertex at a time in Python.
+in compressed-sparse-row form (`csr`) so that a whole frontier of vertices expands
+in one vectorised gather (`expand`), never one vertex at a time in Python.
 Strongly connected components come from scipy's compiled Pearce/Tarjan routine.
 """
 
@@ -90,7 +90,7 @@ def strong_components(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndar
     """Strongly connected components of the transient graph (``dst == n``: absorption).
 
     Returns ``(label, height)``: the component of each state, and each component's height
-    in the condensation (longest path of components to absorption, as :func:`heights`),
+    in the condensation (longest path of components to absorption, as `heights`),
     so that an edge between two components always descends in height.
     """
     inner = dst < n

@@ -276,7 +276,7 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
     def mix(s, coeff, log_scale, m, acc):
         """Add segment ``s`` to the running ``log``-sums: per batch one matrix product of
         the scaled weights with the scaled coefficients (``sum_k w_ik c_k`` =
-        ``exp(M_i + log_scale) (P @ unit)_i``, see :func:`_lead`)."""
+        ``exp(M_i + log_scale) (P @ unit)_i``, see `_lead`)."""
         ks = s * cfg.segment + ks0
         log_row, unit = _rows(coeff)
 

@@ -1,19 +1,19 @@
 """Plots for phase-type models (matplotlib, imported on first use; extra ``plot``).
 
-- :func:`graph`: the state-space graph of a small model (graphviz when the ``graphviz``
+- [`graph`][phasejax.plot.graph]: the state-space graph of a small model (graphviz when the ``graphviz``
   package and the ``dot`` program are both there, else a layered matplotlib drawing).
-- :func:`pdf`: density and distribution function of a continuous distribution, with
+- [`pdf`][phasejax.plot.pdf]: density and distribution function of a continuous distribution, with
   an optional data histogram (density-normalised) and empirical cdf.
-- :func:`pmf`: probability mass function of a discrete distribution, with optional
+- [`pmf`][phasejax.plot.pmf]: probability mass function of a discrete distribution, with optional
   data frequencies.
-- :func:`sfs`: an expected site frequency spectrum, optionally beside an observed one.
+- [`sfs`][phasejax.plot.sfs]: an expected site frequency spectrum, optionally beside an observed one.
 
 Diagnostics of inference fits (trace, marginals, pairs) are in
 [`phasejax.infer.plot`][]: the model layer does not depend on inference.
 
 Every function returns ``(fig, axes)`` and draws into ``ax=`` when given.
 
-Example::
+**Example:**
 
     import phasejax as pj
     from phasejax import plot
@@ -180,7 +180,7 @@ def to_dot(
     state_label: Callable | None = None,
 ) -> str:
     """The graph in graphviz DOT: one node per vertex (``v0`` is the start), one edge
-    per graph edge, labelled as in :func:`graph`, laid out left to right."""
+    per graph edge, labelled as in [`graph`][phasejax.plot.graph], laid out left to right."""
     edge_labels = _edge_labels(g, theta, rate_fn, param_names) if labels else None
     kinds = _kinds(g)
     lines = [
@@ -222,7 +222,7 @@ def graph(
     ax=None,
     figsize=None,
 ):
-    """Draw the state-space graph of a small :class:`~phasejax.Graph`.
+    """Draw the state-space graph of a small [`Graph`][phasejax.Graph].
 
     **Arguments:**
 
@@ -239,7 +239,7 @@ def graph(
 
     The matplotlib drawing puts vertices in columns by breadth-first depth from the
     starting vertex: each vertex is a text with ``gid="vertex"``, each edge a
-    :class:`~matplotlib.patches.FancyArrowPatch` with ``gid="edge"`` (parallel and
+    `FancyArrowPatch` with ``gid="edge"`` (parallel and
     opposite edges curve apart) and each edge label a text with ``gid="edge-label"``.
 
     Returns ``(fig, ax)``.
@@ -382,7 +382,7 @@ def pdf(
 
     **Arguments:**
 
-    - `dist`: a :class:`~phasejax.PhaseType` or :class:`~phasejax.EpochPhaseType`
+    - `dist`: a [`PhaseType`][phasejax.PhaseType] or [`EpochPhaseType`][phasejax.EpochPhaseType]
       (anything with ``pdf``, ``cdf`` and ``moments``).
     - `times`: where to evaluate (default ``n_points`` from 0 to ``mean + 4 sd``, or
       to the largest observation if beyond).
@@ -446,7 +446,7 @@ def pmf(
     ax=None,
     figsize=(6.0, 3.2),
 ):
-    """Probability mass function of a :class:`~phasejax.DiscretePhaseType` as bars.
+    """Probability mass function of a [`DiscretePhaseType`][phasejax.DiscretePhaseType] as bars.
 
     `ks`: the counts to show (default ``0..ceil(mean + 4 sd)``, starting at 1 when the
     defect ``P(tau = 0)`` is zero and the data hold no zeros; extended to the largest

@@ -18,7 +18,7 @@ concrete data before anything is compiled. It is what the fits take:
   [`SVGDState`][phasejax.infer.SVGDState].
 - [`phasejax.infer.plot`][]: trace, marginal and pair plots (needs matplotlib).
 
-Example::
+**Example:**
 
     import jax, jax.numpy as jnp
     jax.config.update("jax_enable_x64", True)

@@ -3,12 +3,12 @@
 Multi-process JAX is the engine: every process runs the same program and calls
 ``jax.distributed.initialize(coordinator_address, num_processes, process_id)`` first;
 ``jax.devices()`` then lists the devices of every process (on CPU, one per process,
-with Gloo collectives). :func:`evaluate_batch` lays the batch out over a 1-D mesh of
+with Gloo collectives). [`evaluate_batch`][phasejax.infer.evaluate_batch] lays the batch out over a 1-D mesh of
 all those devices, each process computing its own share under ``jit(vmap(fn))``, and
 gathers the results so that every process returns the whole batch. In a single
 process it is a sharded ``vmap`` over the local devices.
 
-Example (two processes on one machine, ``i`` = 0 and 1)::
+Example (two processes on one machine, ``i`` = 0 and 1):
 
     import jax
     jax.distributed.initialize("localhost:12345", num_processes=2, process_id=i)

@@ -79,7 +79,7 @@ class MomentRegularization(eqx.Module):
 
 
 def _as_regularization(reg) -> MomentRegularization | None:
-    """``None``; a number or schedule (two moments); or a :class:`MomentRegularization`."""
+    """``None``; a number or schedule (two moments); or a [`MomentRegularization`][phasejax.infer.MomentRegularization]."""
     if reg is None or isinstance(reg, MomentRegularization):
         return reg
     if callable(reg) or isinstance(reg, (int, float)) or hasattr(reg, "shape"):

@@ -3,7 +3,7 @@
 Each prior's parameters broadcast against ``theta`` (shape ``(n_params,)``), so one
 prior can cover every parameter (``Gamma(2.0, 1.0)``) or give one value per
 parameter (``Gamma([2.0, 1.0], [1.0, 0.5])``). A sequence of priors applies one per
-parameter (:class:`Independent`); any callable ``theta -> log density`` works too.
+parameter ([`Independent`][phasejax.infer.Independent]); any callable ``theta -> log density`` works too.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class Gamma(AbstractPrior):
 
 
 class Flat(AbstractPrior):
-    """Improper flat prior (log density 0): maximum likelihood with :func:`map_estimate`."""
+    """Improper flat prior (log density 0): maximum likelihood with [`map_estimate`][phasejax.infer.map_estimate]."""
 
     def log_prob(self, theta):
         return jnp.zeros((), theta.dtype)
@@ -151,8 +151,8 @@ class FunctionPrior(AbstractPrior):
 
 
 def as_prior(prior) -> AbstractPrior:
-    """``None`` -> :class:`Flat`; a prior -> itself; a sequence -> :class:`Independent`;
-    a callable -> :class:`FunctionPrior`."""
+    """``None`` -> [`Flat`][phasejax.infer.Flat]; a prior -> itself; a sequence -> [`Independent`][phasejax.infer.Independent];
+    a callable -> [`FunctionPrior`][phasejax.infer.FunctionPrior]."""
     if prior is None:
         return Flat()
     if isinstance(prior, AbstractPrior):

@@ -12,7 +12,7 @@ number of steps); between chunks Python regains control for a progress bar, Ctrl
 checkpoints.
 
 All run-time state (particles, optimizer state, step counter, key) lives in the
-:class:`SVGDState` pytree, together with the log density, optimizer and kernel, so a
+[`SVGDState`][phasejax.infer.SVGDState] pytree, together with the log density, optimizer and kernel, so a
 run can be stopped, serialised (``equinox.tree_serialise_leaves``) and resumed with
 nothing lost: ``svgd_run(svgd_run(s, 300).state, 200)`` gives bitwise the same
 particles as ``svgd_run(s, 500)``.
@@ -60,7 +60,7 @@ class SVGDState(eqx.Module):
 
     Array leaves (``particles``, ``opt_state``, ``step``, ``key``, and any arrays held
     by ``logdensity`` or ``kernel``) are what ``eqx.tree_serialise_leaves`` writes; build
-    the template for ``tree_deserialise_leaves`` with :func:`svgd_init` and the same
+    the template for ``tree_deserialise_leaves`` with [`svgd_init`][phasejax.infer.svgd_init] and the same
     arguments.
     """
 
@@ -97,7 +97,7 @@ class SVGDResult(eqx.Module):
     """``particles`` (final, ``(P, D)``), ``history`` (every ``thin``-th step,
     ``(steps // thin, P, D)``), ``trace`` (mean log density over particles at each
     step, before its update, ``(steps,)``), ``residual`` (the
-    :func:`stein_residual` at each step, before its update, ``(steps,)``), ``state``
+    [`stein_residual`][phasejax.infer.stein_residual] at each step, before its update, ``(steps,)``), ``state``
     (to resume) and ``interrupted``
     (``True`` when Ctrl-C stopped the run early: the arrays cover the steps done)."""
 
@@ -119,7 +119,7 @@ def svgd_init(
     pass_step: bool = False,
     shard: bool | None = None,
 ) -> SVGDState:
-    """Initial :class:`SVGDState`.
+    """Initial [`SVGDState`][phasejax.infer.SVGDState].
 
     **Arguments:**
 
@@ -132,7 +132,7 @@ def svgd_init(
     - `particles`: ``(P, D)`` initial particles.
     - `optimizer`: optax transformation (default: Adam, learning rate 0.1 halving
       every 100 steps down to 1e-3; see ``default_optimizer``).
-    - `kernel`: default :class:`RBF` with the median-heuristic bandwidth.
+    - `kernel`: default [`RBF`][phasejax.infer.RBF] with the median-heuristic bandwidth.
     - `shard`: spread particles over devices (``None``: when more than one device
       exists and ``P`` is a multiple of the device count).
     """
@@ -280,7 +280,7 @@ def svgd_run(
     - `chunk`: steps per compiled call. Between chunks control returns to Python:
       Ctrl-C then stops the run cleanly, returning the state after the last finished
       chunk (``result.interrupted`` is ``True``; pass ``result.state`` on to resume).
-    - `checkpoint`, `checkpoint_every`: write the state (:func:`save_state`, atomically)
+    - `checkpoint`, `checkpoint_every`: write the state ([`save_state`][phasejax.infer.save_state], atomically)
       to ``checkpoint`` whenever the step counter reaches a multiple of
       ``checkpoint_every``, and at the end (or on interruption).
 
@@ -378,9 +378,9 @@ def svgd(
     """Stein variational gradient descent on ``logdensity`` from ``particles``.
 
     Equivalent to ``svgd_run(svgd_init(logdensity, particles, ...), steps, ...)``; see
-    :func:`svgd_init` for the arguments and :func:`svgd_run` for the run options
+    [`svgd_init`][phasejax.infer.svgd_init] for the arguments and [`svgd_run`][phasejax.infer.svgd_run] for the run options
     (``thin``, ``progress``, ``chunk``, ``checkpoint``, ``checkpoint_every``). Returns an
-    :class:`SVGDResult`.
+    [`SVGDResult`][phasejax.infer.SVGDResult].
     """
     state = svgd_init(
         logdensity,
@@ -404,6 +404,6 @@ def save_state(path, state: SVGDState) -> None:
 
 
 def load_state(path, template: SVGDState) -> SVGDState:
-    """Read a state written by :func:`save_state` into ``template`` (from :func:`svgd_init`
+    """Read a state written by [`save_state`][phasejax.infer.save_state] into ``template`` (from [`svgd_init`][phasejax.infer.svgd_init]
     with the same log density, optimizer, kernel and particle shape)."""
     return eqx.tree_deserialise_leaves(path, template)

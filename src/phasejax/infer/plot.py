@@ -4,8 +4,8 @@
 - [`marginals`][phasejax.infer.plot.marginals]: a histogram per parameter.
 - [`pairs`][phasejax.infer.plot.pairs]: a pair plot.
 
-Each function takes a :class:`~phasejax.infer.FitResult`, an
-:class:`~phasejax.infer.SVGDResult`, or plain arrays, draws into a new figure (or the
+Each function takes a [`FitResult`][phasejax.infer.FitResult], an
+[`SVGDResult`][phasejax.infer.SVGDResult], or plain arrays, draws into a new figure (or the
 given ``axes``), and returns ``(fig, axes)``.
 """
 

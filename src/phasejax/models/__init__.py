@@ -1,4 +1,4 @@
-"""Graph builders for common phase-type models (each returns a :class:`phasejax.Graph`)."""
+"""Graph builders for common phase-type models (each returns a [`phasejax.Graph`][phasejax.Graph])."""
 
 from ._coalescent import (
     IsolationWithMigration,

@@ -103,7 +103,7 @@ def _two_deme(n_classes: int, start: tuple[int, ...], **build: Any) -> Graph:
 
     State (length ``2 n_classes``): entry ``d * n_classes + k`` counts lineages of class
     ``k`` in deme ``d``; classes add like block sizes (``k1 + k2 + 1``, see
-    :func:`_coalescences`). Parameters ``(coal_1, coal_2, mig_12, mig_21)``; absorbs
+    `_coalescences`). Parameters ``(coal_1, coal_2, mig_12, mig_21)``; absorbs
     when one lineage is left. Per state, the transitions are deme 1's coalescences and
     migrations, then deme 2's.
     """
@@ -134,7 +134,7 @@ def _joint_classes(n1: int, n2: int) -> int:
 
 
 def _two_island_start(n1: int, n2: int, joint: bool) -> tuple[int, ...]:
-    """Initial state: ``n1`` singletons in deme 1, ``n2`` in deme 2 (see :func:`two_island`)."""
+    """Initial state: ``n1`` singletons in deme 1, ``n2`` in deme 2 (see [`two_island`][phasejax.models.two_island])."""
     k = _joint_classes(n1, n2) if joint else n1 + n2
     start = [0] * (2 * k)
     # joint: class (a, b) sits at a (n2 + 1) + b - 1, so (1, 0) at n2 and (0, 1) at 0
@@ -153,13 +153,13 @@ def two_island(n1: int, n2: int = 0, *, joint: bool = False, **build: Any) -> Gr
     class ``k`` in deme ``d`` (``d = 0`` is deme 1).
 
     - ``joint=False`` (block counting, ``K = n = n1 + n2``): class ``k`` holds the
-      lineages ancestral to ``k + 1`` samples. Rewards: :func:`sfs_rewards` (pooled SFS).
+      lineages ancestral to ``k + 1`` samples. Rewards: [`sfs_rewards`][phasejax.models.sfs_rewards] (pooled SFS).
     - ``joint=True`` (``K = (n1 + 1)(n2 + 1) - 1``): class ``k = a (n2 + 1) + b - 1``
       holds the lineages ancestral to ``a`` samples of deme 1 and ``b`` of deme 2
       (``(a, b) != (0, 0)``). A coalescence of ``(a, b)`` with ``(a', b')`` gives
       ``(a + a', b + b')``, i.e. class ``k + k' + 1`` since ``b + b' <= n2`` never
       carries. Starts with ``n1`` lineages ``(1, 0)`` in deme 1 and ``n2`` lineages
-      ``(0, 1)`` in deme 2. Rewards: :func:`jsfs_rewards` (joint SFS). With ``n2 = 0``
+      ``(0, 1)`` in deme 2. Rewards: [`jsfs_rewards`][phasejax.models.jsfs_rewards] (joint SFS). With ``n2 = 0``
       both layouts coincide.
 
     ``build``: keyword arguments of [`phasejax.Graph.from_batched_callback`][].
@@ -181,7 +181,7 @@ def jsfs_rewards(graph: Graph, n1: int, n2: int) -> Float[np.ndarray, "n1+1 n2+1
     so its mean is the expected JSFS entry ``E[xi_{a,b}]`` in coalescent time (per unit
     ``theta / 2``); with one panmictic population of pair coalescence rate ``c``,
     ``E[xi_{a,b}] = 2 / (c (a + b)) * C(n1, a) C(n2, b) / C(n1 + n2, a + b)``.
-    Summed over ``a + b = i`` it is row ``i - 1`` of :func:`sfs_rewards` of the
+    Summed over ``a + b = i`` it is row ``i - 1`` of [`sfs_rewards`][phasejax.models.sfs_rewards] of the
     block-counting graph.
     """
     k = _joint_classes(n1, n2)
@@ -199,7 +199,7 @@ class PiecewiseKingman(eqx.Module):
 
     Build once (host side) with ``PiecewiseKingman(n)``; calling it with
     ``coalescence_rates`` (``1 / N_j`` in coalescent units, one per epoch) and the
-    increasing epoch ``breaks`` returns an :class:`phasejax.EpochPhaseType` whose rates
+    increasing epoch ``breaks`` returns an [`phasejax.EpochPhaseType`][phasejax.EpochPhaseType] whose rates
     and breaks are traced (jit-, grad- and vmap-able).
     """
 
@@ -214,26 +214,26 @@ class PiecewiseKingman(eqx.Module):
 
 
 class IsolationWithMigration(eqx.Module):
-    """Isolation with migration on a :func:`two_island` graph.
+    """Isolation with migration on a [`two_island`][phasejax.models.two_island] graph.
 
     Two populations exchange migrants (rates ``mig_12``, ``mig_21``; coalescence
     ``coal_1``, ``coal_2``) until ``split_time`` back in time, when every lineage moves
     into one ancestral population (deme 1) with coalescence rate ``coal_ancestral``.
     Build once with ``IsolationWithMigration(graph)``; calling it returns an
-    :class:`phasejax.EpochPhaseType` (traced parameters).
+    [`phasejax.EpochPhaseType`][phasejax.EpochPhaseType] (traced parameters).
 
     Both epochs run on the one graph: at the split the static ``merge`` map sends the
     state ``(x_1, x_2)`` (deme blocks) to ``(x_1 + x_2, 0)``, which keeps every
     lineage's class. Per-vertex rewards that count lineages of a class over both demes
-    (:func:`sfs_rewards`, :func:`jsfs_rewards`) therefore mean the same in both epochs
+    ([`sfs_rewards`][phasejax.models.sfs_rewards], [`jsfs_rewards`][phasejax.models.jsfs_rewards]) therefore mean the same in both epochs
     and apply to the epoch model as they are: ``im(...).mean(rewards)``, with ``rewards``
     of shape ``(V,)`` or ``(k, V)``.
 
     Joint SFS: ``IsolationWithMigration.joint_sfs(n1, n2)`` builds it on
     ``two_island(n1, n2, joint=True)`` (lineages typed by their ``(a, b)`` deme-1 and
-    deme-2 descendants, see :func:`two_island`) and keeps ``rewards =
+    deme-2 descendants, see [`two_island`][phasejax.models.two_island]) and keeps ``rewards =
     jsfs_rewards(graph, n1, n2)``, shape ``(n1 + 1, n2 + 1, V)``;
-    :meth:`expected_jsfs` gives ``E[xi_{a,b}]``, shape ``(n1 + 1, n2 + 1)``.
+    [`expected_jsfs`][phasejax.models.IsolationWithMigration.expected_jsfs] gives ``E[xi_{a,b}]``, shape ``(n1 + 1, n2 + 1)``.
     """
 
     model: Model
@@ -254,7 +254,7 @@ class IsolationWithMigration(eqx.Module):
 
     @classmethod
     def joint_sfs(cls, n1: int, n2: int) -> IsolationWithMigration:
-        """The model on ``two_island(n1, n2, joint=True)`` with its :func:`jsfs_rewards`."""
+        """The model on ``two_island(n1, n2, joint=True)`` with its [`jsfs_rewards`][phasejax.models.jsfs_rewards]."""
         graph = two_island(n1, n2, joint=True)
         return cls(graph, jsfs_rewards(graph, n1, n2))
 
@@ -288,7 +288,7 @@ class IsolationWithMigration(eqx.Module):
         max_steps: int | None = DEFAULT_MAX_STEPS,
     ) -> Float[Array, "*classes"]:
         """``E[int r_c(X_t) dt]`` for every class ``c`` of ``rewards`` (built by
-        :meth:`joint_sfs`: the expected JSFS ``E[xi_{a,b}]``, shape ``(n1 + 1, n2 + 1)``,
+        [`joint_sfs`][phasejax.models.IsolationWithMigration.joint_sfs]: the expected JSFS ``E[xi_{a,b}]``, shape ``(n1 + 1, n2 + 1)``,
         in coalescent time units; multiply by ``theta / 2`` for expected site counts).
         Under ``jit``, close over the module or use ``eqx.filter_jit`` (it is not hashable)."""
         if self.rewards is None:

@@ -33,7 +33,7 @@ def two_locus(n: int, **build: Any) -> Graph:
     process absorbs when both loci have. Parameters ``theta = (coal, rho)``: every pair
     of lineages coalesces at rate ``coal``; each ``ab`` lineage splits into an ``a`` and
     a ``b`` lineage at rate ``rho / 2`` (``rho = 4 N r``). Rewards from
-    :func:`tmrca_rewards` give the TMRCA at each locus: ``E = 2 (1 - 1/n)`` each, and
+    [`tmrca_rewards`][phasejax.models.tmrca_rewards] give the TMRCA at each locus: ``E = 2 (1 - 1/n)`` each, and
     for ``n = 2`` the correlation ``(rho + 18) / (rho^2 + 13 rho + 18)``.
     ``build``: keyword arguments of [`phasejax.Graph.from_batched_callback`][].
     """
@@ -63,7 +63,7 @@ def two_locus(n: int, **build: Any) -> Graph:
 
 
 def tmrca_rewards(graph: Graph) -> np.ndarray:
-    """Rewards (2, vertices) for a :func:`two_locus` graph: 1 while locus A (row 0) or B (row 1)
+    """Rewards (2, vertices) for a [`two_locus`][phasejax.models.two_locus] graph: 1 while locus A (row 0) or B (row 1)
     has more than one ancestral lineage."""
     s = graph.states()
     rewards = np.stack([(s[:, 0] + s[:, 1] >= 2), (s[:, 0] + s[:, 2] >= 2)]).astype(np.float64)

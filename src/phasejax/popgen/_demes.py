@@ -198,7 +198,7 @@ class Demography(eqx.Module):
 
     def sfs_space(self, max_states: int = 2000) -> _statespace.StateSpace:
         """The block-counting state space of the joint SFS (lineages typed by their
-        descendants in each sampled deme); :class:`StateBudgetError` beyond ``max_states``."""
+        descendants in each sampled deme); [`StateBudgetError`][phasejax.popgen.StateBudgetError] beyond ``max_states``."""
         sizes = tuple(n for _, n in self.samples)
         types = _sfs.typed_types(sizes)
         demes = [self.demes.index(name) for name, _ in self.samples]

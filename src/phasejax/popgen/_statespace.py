@@ -8,7 +8,7 @@ admixture). Lineage counting has one type; block counting types a lineage by the
 number of sampled descendants it has in each sampled deme.
 
 Everything here is static (numpy); the traced rates and probabilities enter through
-the index arrays that :class:`StateSpace` holds.
+the index arrays that `StateSpace` holds.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def build(
         migration_pairs: ``(a, b)`` pairs with a (backward) migration rate in some epoch.
         transfer_patterns: per epoch boundary, a sorted tuple of the ``(a, b)`` moves
             possible there (``(a, a)``: the lineages of ``a`` may stay).
-        max_states: raise :class:`StateBudgetError` beyond this many states.
+        max_states: raise [`StateBudgetError`][phasejax.popgen.StateBudgetError] beyond this many states.
     """
     n_types = types.shape[0]
     type_index = {tuple(int(x) for x in t): i for i, t in enumerate(types)}
