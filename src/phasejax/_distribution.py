@@ -76,7 +76,19 @@ class AbstractPhaseType(eqx.Module):
         to_absorption = jnp.where(self.structure.dst == self.structure.n_transient, self.rate, 0.0)
         return _sparse.segment_sum(to_absorption, self.structure.src, self.structure.n_transient)
 
-    def _mix(self, proj, lam, mu, lo, hi, *, poisson, cumulative=False, order=0, offset=0.0):
+    def _mix(
+        self,
+        proj,
+        lam,
+        mu,
+        lo,
+        hi,
+        *,
+        poisson,
+        cumulative=False,
+        order=0,
+        offset: Array | float = 0.0,
+    ):
         """``log`` of the windowed series mixture per observation, shape ``(t, q)``
         (`phasejax._uniformization.mix`; ``proj=None``: every state)."""
         m = self.structure
@@ -224,7 +236,7 @@ class AbstractPhaseType(eqx.Module):
         return self._unscale(second - jnp.outer(means, means), c, 2)
 
     @abc.abstractmethod
-    def _visit_correction(self, z, r):
+    def _visit_correction(self, z, r) -> Array | float:
         """Second-moment term of a visit counted in both sums (discrete only; else 0)."""
 
     @eqx.filter_jit

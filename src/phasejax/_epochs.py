@@ -79,7 +79,7 @@ class EpochPhaseType(eqx.Module):
                 pi = self._map(j, local.transient_probability(h, tol=tol, max_steps=max_steps)[0])
         return out
 
-    def _piecewise(self, t, fn, tol, max_steps):
+    def _piecewise(self, t, fn, tol, max_steps) -> Array:
         breaks = self._breaks()
         t = jnp.asarray(t, breaks.dtype)
         starts = jnp.concatenate([jnp.zeros(1, breaks.dtype), breaks])
@@ -91,6 +91,7 @@ class EpochPhaseType(eqx.Module):
             value = fn(local, u)
             inside = (epoch == j).reshape(t.shape + (1,) * (value.ndim - t.ndim))
             out = value if out is None else jnp.where(inside, value, out)
+        assert out is not None  # there is at least one epoch
         return out
 
     def pdf(

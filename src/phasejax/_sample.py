@@ -60,7 +60,8 @@ def sample_paths(
         init = (key, state, jnp.zeros(rewards.shape[1], rewards.dtype), 0)
         if max_jumps is None:  # paths absorb with probability 1 (checked at compile time)
             return jax.lax.while_loop(lambda c: c[1] < n, body, init)[2]
-        _, _, y, jumps = jax.lax.while_loop(lambda c: (c[1] < n) & (c[3] < max_jumps), body, init)
+        cap: int = max_jumps
+        _, _, y, jumps = jax.lax.while_loop(lambda c: (c[1] < n) & (c[3] < cap), body, init)
         return eqx.error_if(
             y, jumps >= max_jumps, "a sampled path exceeded max_jumps jumps without absorbing"
         )

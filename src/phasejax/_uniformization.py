@@ -53,7 +53,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from . import _sparse
 from ._structure import is_traced
@@ -143,7 +143,7 @@ def _bd0(x, m):
     return jnp.where(near, near_value, far_value)
 
 
-def _log_weights(cfg: Stream, ks, mu, lo, hi, shift=0):
+def _log_weights(cfg: Stream, ks, mu, lo, hi, shift: Array | int = 0):
     """Log weights ``(batch, B)`` of steps ``ks`` for each observation (``-inf`` outside
     its window ``[lo, hi]``): ``log Pois(k - shift; mu)`` or 0 (indicator).
 
@@ -266,6 +266,7 @@ def _lead(w, log_row):
 
 def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
     n = alpha.shape[0]
+    proj = jnp.zeros((n, 0), alpha.dtype) if proj is None else proj  # unused when identity
     q = n if cfg.identity else proj.shape[1]
     dtype = alpha.dtype
     total = data.mu.shape[0]
@@ -558,6 +559,7 @@ def mix(
     an empty window (``hi < lo``) gives ``-inf``. ``P = I - M / lam``.
     """
     n = alpha.shape[0]
+    proj = jnp.zeros((n, 0), alpha.dtype) if proj is None else proj  # unused when identity
     q = n if cfg.identity else proj.shape[1]
     total = mu.shape[0]
     if total == 0:
@@ -584,13 +586,28 @@ def mix(
     # the stream steps with the rates relative to Lambda: its adjoint then stays O(1) even
     # for tiny rates (the division's own derivative is taken here, by JAX)
     rate, diag = rate / lam, diag / lam
-    out = _stream(
-        cfg, rate, diag, proj_arg, alpha, offset, src, dst, lam, mu_s, lo_s, hi_s, lo_min, hi_max
+    out = jnp.asarray(
+        _stream(
+            cfg,
+            rate,
+            diag,
+            proj_arg,
+            alpha,
+            offset,
+            src,
+            dst,
+            lam,
+            mu_s,
+            lo_s,
+            hi_s,
+            lo_min,
+            hi_max,
+        )
     )
     return out[jnp.argsort(order)] + log_scale
 
 
-def right_point(mu: Array, tol: float, xnp=jnp) -> Array:
+def right_point(mu: ArrayLike, tol: float, xnp=jnp) -> Array:
     """Right Poisson truncation point: ``P(N > right) <= tol / 2`` (``xnp``: jnp or numpy)."""
     log_inv = math.log(2.0 / tol)
     right = xnp.ceil(mu + log_inv / 3.0 + xnp.sqrt(log_inv**2 / 9.0 + 2.0 * log_inv * mu))
@@ -635,7 +652,7 @@ def check_times(t: Array, name: str = "times") -> Array:
     )
 
 
-def check_cap(last: Array, max_steps: int | None, what: Array, label: str) -> Array:
+def check_cap(last: ArrayLike, max_steps: int | None, what: ArrayLike, label: str) -> ArrayLike:
     """Check the last series index each observation needs (``last``) against a user cap
     ``max_steps`` (``None``: no cap). Concrete ``last``: a ValueError naming the first
     offending ``what`` (a time or step count), its index and the count needed; traced:
@@ -653,6 +670,7 @@ def check_cap(last: Array, max_steps: int | None, what: Array, label: str) -> Ar
                 "raise max_steps or pass max_steps=None (no cap)"
             )
         return last
+    last = jnp.asarray(last)
     return eqx.error_if(
         last,
         jnp.any(last > max_steps),

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -282,7 +283,9 @@ def _size_at(epoch, t: float) -> float:
     raise ValueError(f"size function {epoch.size_function!r} is not supported ({_KINDS})")
 
 
-def parse(graph, samples: dict, time_units: str, N_ref: float | None, max_states: int):
+def parse(
+    graph, samples: dict, time_units: str, N_ref: float | None, max_states: int
+) -> tuple[dict[str, Any], dict[str, Any], _statespace.StateSpace]:
     """Epoch arrays of a resolved demes graph (in generations) and the lineage space."""
     if time_units not in ("coalescent", "generations"):
         raise ValueError(f"time_units must be 'coalescent' or 'generations', got {time_units!r}")
@@ -333,8 +336,10 @@ def parse(graph, samples: dict, time_units: str, N_ref: float | None, max_states
             row_size.append(young)
             row_kind.append(kind)
             if kind == "exponential":
+                assert old is not None
                 row_growth.append(math.log(old / young) / ((hi - lo) / gen))
             elif kind == "linear":
+                assert old is not None
                 row_growth.append((old - young) / ((hi - lo) / gen))
             else:
                 row_growth.append(0.0)

@@ -14,6 +14,7 @@ the index arrays that `StateSpace` holds.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from math import factorial
 
@@ -67,8 +68,8 @@ def build(
     n_demes: int,
     types: np.ndarray,
     start: np.ndarray,
-    migration_pairs: set,
-    transfer_patterns: list,
+    migration_pairs: Collection,
+    transfer_patterns: Sequence,
     max_states: int,
 ) -> StateSpace:
     """Enumerate the states reachable from ``start`` and index every transition.
@@ -139,8 +140,8 @@ def build(
         for pattern in moves:
             for dst, coefficient, exponents in _transfer_outcomes(groups, pattern):
                 moves[pattern].append((i - 1, find(dst.ravel()), coefficient, exponents))
-    states = np.array(states, dtype=np.int64)
-    absorbing = states.sum(axis=1) == 1
+    state_rows = np.array(states, dtype=np.int64)
+    absorbing = state_rows.sum(axis=1) == 1
     coal = _columns(coal, 4)
     mig = _columns(mig, 5)
     transfers = {}
@@ -152,7 +153,7 @@ def build(
             np.array([r[2] for r in rows], np.float64),
             np.array([r[3] for r in rows], np.int64).reshape(len(rows), n_pairs),
         )
-    return StateSpace(states, np.asarray(types), n_demes, absorbing, coal, mig, transfers)
+    return StateSpace(state_rows, np.asarray(types), n_demes, absorbing, coal, mig, transfers)
 
 
 def _exceeds(t, full) -> bool:
