@@ -335,11 +335,17 @@ def _sequential_on_cpu(fn):
 
     @wrapped.def_vmap
     def rule(axis_size, in_batched, *args):
+        # flags and arguments leaf by leaf: an argument may be a pytree (the checkpoints)
+        # whose flag is a pytree of bools, not one bool
+        flat_args, tree = jax.tree.flatten(list(args))
+        flat_batched = jax.tree.leaves(list(in_batched))
+
         def merge(batched_values):
             values = iter(batched_values)
-            return [next(values) if b else a for a, b in zip(args, in_batched)]
+            leaves = [next(values) if b else a for a, b in zip(flat_args, flat_batched)]
+            return jax.tree.unflatten(tree, leaves)
 
-        batched_args = [a for a, b in zip(args, in_batched) if b]
+        batched_args = [a for a, b in zip(flat_args, flat_batched) if b]
 
         def sequential(*xs):
             return jax.lax.map(lambda x: fn(*merge(x)), list(xs))

@@ -74,13 +74,16 @@ class PhaseTypeDistribution(_dist.Distribution):
         return self.likelihood.distribution(theta)
 
     def _log_prob_flat(self, theta, values):
-        if not self.discrete or jnp.issubdtype(values.dtype, jnp.integer):
-            return self.likelihood.log_prob(theta, values)
-        # float values of a discrete model (numpyro's observations often are): whole
-        # numbers are step counts; anything else has probability zero
-        whole = (values == jnp.round(values)) & (values >= 0)
-        counts = jnp.where(whole, values, 0).astype(jnp.result_type(int))
-        return jnp.where(whole, self.likelihood.log_prob(theta, counts), -jnp.inf)
+        # values outside the support (NaN or negative; discrete: not whole numbers) have
+        # probability zero: evaluated at a stand-in and masked, so no input check raises
+        # on them (numpyro's validate_args warns about them separately)
+        inside = values >= 0
+        if self.discrete and not jnp.issubdtype(values.dtype, jnp.integer):
+            inside = inside & (values == jnp.round(values))
+        safe = jnp.where(inside, values, 1)
+        if self.discrete:
+            safe = safe.astype(jnp.result_type(int))
+        return jnp.where(inside, self.likelihood.log_prob(theta, safe), -jnp.inf)
 
     @_validate_sample
     def log_prob(self, value):
