@@ -129,7 +129,7 @@ class Demography(eqx.Module):
         return 2.0 * self.N_ref if self.time_units == "coalescent" else 1.0
 
     def chains(self, space: _statespace.StateSpace) -> tuple[PiecewiseChain, ...]:
-        """The chain of ``space`` (see [`phasejax.popgen.extrapolate`][]): one chain when
+        """The chain of ``space`` (see `phasejax.popgen._chain.extrapolate`): one chain when
         no size changes within an epoch, else the chains with ``refine`` and twice as
         many sub-epochs, for Richardson extrapolation."""
         if all(k == 1 for k in self.refine):
@@ -450,7 +450,7 @@ def _checked_quantity(demography: Demography) -> Array:
 
 
 def from_demes(
-    model,
+    model: Any,
     samples: dict,
     *,
     time_units: str = "coalescent",

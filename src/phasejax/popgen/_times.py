@@ -20,7 +20,7 @@ class CoalescenceTime(eqx.Module):
 
     Attributes:
         chains: the piecewise chain, or a coarse and a fine one whose results are
-            extrapolated (see [`phasejax.popgen.extrapolate`][]).
+            extrapolated (see `phasejax.popgen._chain.extrapolate`).
         rewards: ``(V,)`` reward per state.
         is_time: whether ``Y`` is the absorption time itself (then pdf/cdf/quantile exist).
     """
