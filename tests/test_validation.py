@@ -304,8 +304,14 @@ def test_negative_rate_under_vmap(chain_model):
     np.testing.assert_allclose(
         np.asarray(f(jnp.array([[1.0], [2.0]]))), [1 + 2, 0.5 + 2], rtol=1e-14
     )
-    with pytest.raises(RUNTIME_ERRORS, match="negative at this theta.*guarded"):
+    with pytest.raises(RUNTIME_ERRORS, match=r"negative at this theta \(batch element 1; 1 of 2"):
         f(jnp.array([[1.0], [-0.5]]))
+    # nested batches name the element by its indices; gradients still raise
+    g = jax.jit(jax.vmap(jax.vmap(lambda t: chain_model(t).mean())))
+    with pytest.raises(RUNTIME_ERRORS, match=r"batch element \(1, 0\)"):
+        g(jnp.array([[[1.0], [2.0]], [[-1.0], [2.0]]]))
+    with pytest.raises(RUNTIME_ERRORS, match="negative at this theta"):
+        jax.jit(jax.vmap(jax.grad(lambda t: chain_model(t).mean())))(jnp.array([[1.0], [-0.5]]))
     # the batch-safe path names the bad element
     _, ok = jax.vmap(chain_model.guarded)(jnp.array([[1.0], [-0.5], [2.0]]))
     np.testing.assert_array_equal(np.asarray(ok), [True, False, True])

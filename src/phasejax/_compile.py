@@ -12,6 +12,7 @@ distributions; nothing below imports it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -43,6 +44,34 @@ _JIT_HINT = (
     " at this theta (under jit/vmap the edge or batch element cannot be named: call "
     "model(theta) eagerly to name it, or use model.guarded(theta), the batch-safe path)"
 )
+
+
+def _raise_for_batch(problems: np.ndarray, dtype) -> np.ndarray:
+    """Host side of `_report_batch`: raise naming the problem and, under ``vmap``, the
+    first bad batch element (the flags arrive with the batch axes in front)."""
+    problems = np.asarray(problems)
+    bad = problems.any(axis=-1)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        message = _PROBLEMS[int(np.argmax(problems[first]))] + " at this theta"
+        if first:
+            where = first[0] if len(first) == 1 else first
+            message += f" (batch element {where}; {int(bad.sum())} of {bad.size} are bad)"
+        raise ValueError(message + _JIT_HINT)
+    return np.zeros(problems.shape[:-1], dtype)
+
+
+def _report_batch(problems: Bool[Array, "*batch k"], dtype) -> Float[Array, "*batch"]:
+    """Zero, or an error (under ``jit``) naming the problem and the bad batch element.
+
+    A host callback that sees the whole batch at once (``vmap_method="expand_dims"``), so
+    the error can say which element failed; the caller adds ``0 *`` its result to the
+    output so the callback is kept. ``stop_gradient``: the flags carry no derivative.
+    """
+    problems = jax.lax.stop_gradient(problems)
+    shape = jax.ShapeDtypeStruct(problems.shape[:-1], dtype)
+    host = functools.partial(_raise_for_batch, dtype=np.dtype(dtype))
+    return jax.pure_callback(host, shape, problems, vmap_method="expand_dims")
 
 
 def linear_rates(
@@ -223,6 +252,8 @@ class Model(eqx.Module):
             bad = jnp.any(problems)
             kind = jnp.argmax(problems)
             messages = tuple(p + _JIT_HINT for p in _PROBLEMS)
+            diag = diag + jnp.zeros_like(diag) * _report_batch(problems, diag.dtype)
+            # the backstop where the value above is unused (reverse mode drops it)
             diag = eqx.branched_error_if(diag, bad, kind, messages)
         elif np.any(problems):
             kind = int(np.argmax(np.asarray(problems)))
