@@ -327,7 +327,9 @@ def parse(
             row_alive.append(live)
             epoch = next((e for e in d.epochs if e.end_time <= lo < e.start_time), None)
             if not live or epoch is None:
-                row_size.append(1.0), row_growth.append(0.0), row_kind.append("constant")
+                row_size.append(1.0)
+                row_growth.append(0.0)
+                row_kind.append("constant")
                 continue
             young, old = _size_at(epoch, lo), _size_at(epoch, hi) if hi < math.inf else None
             kind = epoch.size_function if old is not None and old != young else "constant"
@@ -343,8 +345,10 @@ def parse(
                 row_growth.append((old - young) / ((hi - lo) / gen))
             else:
                 row_growth.append(0.0)
-        sizes.append(row_size), growth.append(row_growth)
-        kinds.append(tuple(row_kind)), alive.append(tuple(row_alive))
+        sizes.append(row_size)
+        growth.append(row_growth)
+        kinds.append(tuple(row_kind))
+        alive.append(tuple(row_alive))
         mig = np.zeros((n_demes, n_demes))
         for m in graph.migrations:
             if m.end_time <= lo and hi <= m.start_time:
