@@ -41,8 +41,8 @@ _PROBLEMS = (
     "a closed class of states: they are left, but never towards absorption (moments infinite)",
 )
 _JIT_HINT = (
-    " at this theta (under jit/vmap the edge or batch element cannot be named: call "
-    "model(theta) eagerly to name it, or use model.guarded(theta), the batch-safe path)"
+    " (under jit the edge cannot be named: call model(theta) eagerly to name it, or use "
+    "model.guarded(theta), the batch-safe path)"
 )
 
 
@@ -74,6 +74,25 @@ def _report_batch(problems: Bool[Array, "*batch k"], dtype) -> Float[Array, "*ba
     return jax.pure_callback(host, shape, problems, vmap_method="expand_dims")
 
 
+class _HostArray:
+    """A numpy array kept out of tracing (a static field), read only eagerly (for error
+    messages). Equal by shape and dtype, so models of one size still share compilations
+    and no per-call transfer carries it."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _HostArray) and (
+            (self.array.shape, self.array.dtype) == (other.array.shape, other.array.dtype)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.array.shape, str(self.array.dtype)))
+
+
 def linear_rates(
     theta: Float[Array, " p"], coefficients: Float[Array, "e p"]
 ) -> Float[Array, " e"]:
@@ -100,8 +119,9 @@ class Model(eqx.Module):
     base: Float[np.ndarray, " E"]
     coefficients: Float[np.ndarray, "E p"]
     initial: Float[np.ndarray, " n"] | None
-    edge_vertices: Int[np.ndarray, "E 2"]  # graph vertices of each edge, for error messages
     rate_fn: Callable = eqx.field(static=True)
+    # graph vertices of each edge (E, 2), for error messages only
+    edge_vertices: _HostArray = eqx.field(static=True)
 
     @property
     def n_transient(self) -> int:
@@ -127,8 +147,9 @@ class Model(eqx.Module):
     def transient_vertices(self) -> Int[Array, " n"]:
         return self.structure.transient_vertices
 
-    def _raw_rates(self, theta: ArrayLike | None) -> Float[Array, " E"]:
-        """``base + rate_fn(theta, coefficients)``, unchecked."""
+    def rates(self, theta: ArrayLike | None = None) -> Float[Array, " E"]:
+        """All edge rates (graph edge order) at ``theta``: ``base + rate_fn(theta,
+        coefficients)``, unchecked."""
         dtype = jnp.result_type(float) if theta is None else jnp.result_type(theta, float)
         theta = jnp.zeros((0,), dtype) if theta is None else jnp.asarray(theta, dtype)
         if theta.shape != (self.n_params,):
@@ -201,7 +222,7 @@ class Model(eqx.Module):
     def _evaluate(self, theta, require_exit: bool):
         """Rates, their parts and the problem flags in one compiled call (no host
         callbacks, so the executable is cacheable)."""
-        rates = self._raw_rates(theta)
+        rates = self.rates(theta)
         rate, diag, alpha = self._parts(rates)
         return rates, rate, diag, alpha, self._problems(rates, diag, alpha, require_exit)
 
@@ -222,7 +243,7 @@ class Model(eqx.Module):
             e = int(np.flatnonzero(bad)[0])
             kind = 0 if np.isnan(rates[e]) else 1 if np.isinf(rates[e]) else kind
             message = _PROBLEMS[kind] + cause
-            src, dst = self.edge_vertices[e]
+            src, dst = self.edge_vertices.array[e]
             message += f": edge {e} (vertex {src} -> vertex {dst}) has rate {rates[e]}"
         elif kind == 6:
             stuck = np.flatnonzero(~np.asarray(self._reaches_absorption(rates[self.edge_index])))
@@ -251,7 +272,7 @@ class Model(eqx.Module):
         if is_traced(problems):
             bad = jnp.any(problems)
             kind = jnp.argmax(problems)
-            messages = tuple(p + _JIT_HINT for p in _PROBLEMS)
+            messages = tuple(p + " at this theta" + _JIT_HINT for p in _PROBLEMS)
             diag = diag + jnp.zeros_like(diag) * _report_batch(problems, diag.dtype)
             # the backstop where the value above is unused (reverse mode drops it)
             diag = eqx.branched_error_if(diag, bad, kind, messages)
@@ -282,10 +303,6 @@ class Model(eqx.Module):
             stand_in = stand_in.at[self.edge_index].set(1.0 / (out_degree[src] + 1.0))
         stand_in = stand_in.at[self.init_index].set(1.0 / max(self.init_index.shape[0], 1))
         return self._build(*self._parts(jnp.where(ok, rates, stand_in))), ok
-
-    def rates(self, theta: ArrayLike | None = None) -> Float[Array, " E"]:
-        """All edge rates (graph edge order) at ``theta``, unchecked."""
-        return self._raw_rates(theta)
 
 
 def compile_graph(
@@ -333,13 +350,13 @@ def compile_graph(
     elif not np.any(from_start):
         raise ValueError("the starting vertex has no edges and no `initial` distribution was given")
     seeds = dst[from_start] if initial is None else np.flatnonzero(initial > 0)
-    transient = transient_vertices(v, src, dst, seeds)
+    is_reachable = reachable(v, src, dst, seeds)
+    transient = transient_vertices(v, src, dst, reach=is_reachable)
     if transient.size == 0:
         raise ValueError(
             "the graph has no transient state: the process is absorbed at once "
             "(no state reachable from the start has out-edges)"
         )
-    is_reachable = reachable(v, src, dst, seeds)
     absorbing = ~has_out
     absorbing[0] = False
     reaches_absorption = reachable(v, dst, src, np.flatnonzero(absorbing))
@@ -380,6 +397,6 @@ def compile_graph(
         base=base,
         coefficients=coef,
         initial=None if initial is None else initial[transient],
-        edge_vertices=np.stack([src, dst], axis=1),
+        edge_vertices=_HostArray(np.stack([src, dst], axis=1)),
         rate_fn=linear_rates if rate_fn is None else rate_fn,
     )

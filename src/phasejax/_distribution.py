@@ -36,6 +36,8 @@ from ._solve import System, solve
 from ._structure import Structure
 
 DEFAULT_TOL = 1e-12
+# discrete quantities whose series window ends at step k - 1 (the rest end at k)
+_ENDS_BEFORE_K = ("pmf", "cdf", "visits")
 DEFAULT_MAX_STEPS = None  # no cap: the series runs as long as the data need
 
 
@@ -314,9 +316,8 @@ class PhaseType(AbstractPhaseType):
         hi = _unif.check_cap(_unif.right_point(mu, tol), max_steps, flat, "time")
         lo = jnp.zeros_like(hi)
         n = self.structure.n_transient
-        proj = {"logpdf": self.exit, "cdf": self.exit, "sf": jnp.ones(n, self.diag.dtype)}.get(
-            kind, jnp.ones(n, self.diag.dtype) if kind == "integral" else None
-        )
+        ones = jnp.ones(n, self.diag.dtype)
+        proj = {"logpdf": self.exit, "cdf": self.exit, "sf": ones, "integral": ones}.get(kind)
         proj = None if proj is None else proj[:, None]
         log_v = self._mix(
             proj,
@@ -467,7 +468,7 @@ class DiscretePhaseType(AbstractPhaseType):
                 )
             k = values.astype(np.int32)
             if max_steps is not None:
-                last = k - 1 if kind in ("pmf", "cdf", "visits") else k
+                last = k - 1 if kind in _ENDS_BEFORE_K else k
                 _unif.check_cap(last, max_steps, k, "step count")
                 max_steps = None
         return self._steps_kernel(jnp.asarray(k), kind, max_steps, checked)
@@ -488,7 +489,7 @@ class DiscretePhaseType(AbstractPhaseType):
                 flat, jnp.any(flat < 0), "step counts must be non-negative integers"
             )
         flat = flat.astype(jnp.int32)
-        shifted = kind in ("pmf", "cdf", "visits")  # these end at step k - 1
+        shifted = kind in _ENDS_BEFORE_K
         hi = flat - 1 if shifted else flat
         hi = _unif.check_cap(hi, max_steps, flat, "step count")
         lo = jnp.zeros_like(hi) if kind in ("cdf", "visits") else hi

@@ -558,13 +558,12 @@ class Graph:
         children = (
             self._as_states(out[1], lambda i: states[parent[i]])
             if k
-            else np.empty((0, states.shape[1]))
+            else np.empty((0, states.shape[1]), np.int64)
         )
         if children.shape[0] != k:
             raise ValueError(
                 f"a batched callback returned {k} parents but {len(children)} children"
             )
-        children = children.astype(np.int64, copy=False)
         dst, new = self._find_or_create(children, max_states)
         self._append_edges(parents[parent], dst, base, coef)
         return new

@@ -441,15 +441,22 @@ def _slots(step: np.ndarray, n_steps: int, columns: np.ndarray, fill: np.ndarray
     return table
 
 
-def block_schedule(n: int, src: np.ndarray, dst: np.ndarray, step_cost: int = 8192) -> BlockSweep:
+def block_schedule(
+    n: int,
+    src: np.ndarray,
+    dst: np.ndarray,
+    step_cost: int = 8192,
+    components: tuple[np.ndarray, np.ndarray] | None = None,
+) -> BlockSweep:
     """The [`BlockSweep`][phasejax.BlockSweep] of a graph (``dst == n``: absorption), from its SCCs.
 
     Components (`phasejax._topology.strong_components`) are grouped by size into
     buckets (`_bucket_widths`); level by level (condensation heights) their blocks are cut into steps of
     ``K_b`` blocks per bucket, ``K`` chosen by `_capacities` (``step_cost``: the
-    per-step overhead in units of one block entry).
+    per-step overhead in units of one block entry). ``components``: the result of
+    `strong_components` when the caller already has it.
     """
-    label, height = _topology.strong_components(n, src, dst)
+    label, height = components or _topology.strong_components(n, src, dst)
     size = np.bincount(label, minlength=height.size)
     widths, bucket = np.unique(_bucket_widths(size), return_inverse=True)
     # position of each state within its component

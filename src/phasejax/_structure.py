@@ -120,10 +120,13 @@ def _choose_solver(n: int, src: np.ndarray, dst: np.ndarray, solver: str) -> Abs
         return LevelSweep(jnp.asarray(blocks))
     if solver == "dense" or (solver == "auto" and n <= DENSE_LIMIT):
         return DenseLU()
+    components = None
     if solver == "auto":
-        largest = np.bincount(strong_components(n, src, dst)[0]).max()
-        solver = "blocks" if largest <= BLOCK_LIMIT else "gmres"
-    return block_schedule(n, src, dst) if solver == "blocks" else GMRES()
+        components = strong_components(n, src, dst)
+        solver = "blocks" if np.bincount(components[0]).max() <= BLOCK_LIMIT else "gmres"
+    if solver == "blocks":
+        return block_schedule(n, src, dst, components=components)
+    return GMRES()
 
 
 @at_trace_time

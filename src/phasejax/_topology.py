@@ -46,18 +46,24 @@ def reachable(n: int, frm: np.ndarray, to: np.ndarray, seeds: np.ndarray) -> np.
 
 
 def transient_vertices(
-    n_vertices: int, src: np.ndarray, dst: np.ndarray, seeds: np.ndarray | None = None
+    n_vertices: int,
+    src: np.ndarray,
+    dst: np.ndarray,
+    seeds: np.ndarray | None = None,
+    reach: np.ndarray | None = None,
 ) -> np.ndarray:
     """The transient vertices of a graph (vertex 0 = the starting vertex).
 
     A vertex is transient when it is reachable from ``seeds`` (default: the starting
     vertex's targets) and has out-edges; vertices without out-edges absorb. This one
-    definition serves both compilation and the matrix form.
+    definition serves both compilation and the matrix form. ``reach``: the reachable
+    mask when the caller already has it (saves a search).
     """
     has_out = np.zeros(n_vertices, dtype=bool)
     has_out[src] = True
-    seeds = dst[src == 0] if seeds is None else seeds
-    transient = np.flatnonzero(reachable(n_vertices, src, dst, seeds) & has_out)
+    if reach is None:
+        reach = reachable(n_vertices, src, dst, dst[src == 0] if seeds is None else seeds)
+    transient = np.flatnonzero(reach & has_out)
     return transient[transient > 0]
 
 

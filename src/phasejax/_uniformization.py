@@ -264,14 +264,27 @@ def _lead(w, log_row):
     return jnp.exp(lead - top[:, None]), top
 
 
+def _stride(n: Array) -> Array:
+    """Steps between two of ``CHECKPOINTS`` checkpoints over ``n`` steps (the forward
+    and backward passes must agree on it)."""
+    return jnp.maximum(1, -(-n // CHECKPOINTS))
+
+
+def _save(buffer, i: Array, stride: Array, value):
+    """``buffer`` (a pytree of ``(CHECKPOINTS, ...)`` arrays) with ``value`` stored at
+    slot ``i // stride`` when ``i`` is a multiple of ``stride``."""
+    slot = jnp.minimum(i // stride, CHECKPOINTS - 1)
+    saved = jax.tree.map(lambda buf, x: buf.at[slot].set(x), buffer, value)
+    return jax.tree.map(lambda new, old: jnp.where(i % stride == 0, new, old), saved, buffer)
+
+
 def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
     n = alpha.shape[0]
-    proj = jnp.zeros((n, 0), alpha.dtype) if proj is None else proj  # unused when identity
     q = n if cfg.identity else proj.shape[1]
     dtype = alpha.dtype
     total = data.mu.shape[0]
     n_seg = _n_segments(cfg, data)
-    stride = jnp.maximum(1, -(-n_seg // CHECKPOINTS))
+    stride = _stride(n_seg)
     ks0 = jnp.arange(cfg.segment)
 
     def mix(s, coeff, log_scale, m, acc):
@@ -301,9 +314,7 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
 
     def body(state):
         s, v, carry, m, acc, ckpt = state
-        slot = jnp.minimum(s // stride, CHECKPOINTS - 1)
-        saved = jax.tree.map(lambda c, x: c.at[slot].set(x), ckpt, (v, carry))
-        ckpt = jax.tree.map(lambda new, old: jnp.where(s % stride == 0, new, old), saved, ckpt)
+        ckpt = _save(ckpt, s, stride, (v, carry))
         _, v_next, coeff, carry, log_scale = _segment(cfg, ops, proj, lam, offset, s, v, carry)
         m, acc = mix(s, coeff, log_scale, m, acc)
         return s + 1, v_next, carry, m, acc, ckpt
@@ -411,8 +422,8 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
     g = jnp.where(finite, g, 0.0)
     log_f = jnp.where(finite, log_f, 0.0)
     n_seg = _n_segments(cfg, data)
-    stride = jnp.maximum(1, -(-n_seg // CHECKPOINTS))
-    inner_stride = jnp.maximum(1, -(-stride // CHECKPOINTS))
+    stride = _stride(n_seg)
+    inner_stride = _stride(stride)
     ks0 = jnp.arange(cfg.segment)
     step = partial(_step, src=src, dst=dst)
 
@@ -489,11 +500,7 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
 
         def fill(j, st):
             v, carry, inner = st
-            slot = jnp.minimum(j // inner_stride, CHECKPOINTS - 1)
-            saved = jax.tree.map(lambda buf, x: buf.at[slot].set(x), inner, (v, carry))
-            inner = jax.tree.map(
-                lambda new, old: jnp.where(j % inner_stride == 0, new, old), saved, inner
-            )
+            inner = _save(inner, j, inner_stride, (v, carry))
             _, v, _, carry, _ = advance(first + j, v, carry)
             return v, carry, inner
 

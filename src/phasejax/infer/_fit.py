@@ -247,14 +247,14 @@ def _theta(target, z):
     )
 
 
-def _drift(history: Array, particles: Array) -> Array:
-    """Per parameter, ``max(|d mean|, |d sd|) / sd`` from three quarters of the run to its end."""
+def _drift(history: Array, mean: Array, sd: Array) -> Array:
+    """Per parameter, ``max(|d mean|, |d sd|) / sd`` from three quarters of the run to its
+    end (``mean``, ``sd``: the particles' at the end)."""
     k = history.shape[0]
     if k < 4:
-        return jnp.full(particles.shape[1:], jnp.nan, particles.dtype)
+        return jnp.full(sd.shape, jnp.nan, sd.dtype)
     mid = history[(3 * k) // 4 - 1]
-    sd = jnp.std(particles, axis=0, ddof=1)
-    d_mean = jnp.abs(jnp.mean(particles, axis=0) - jnp.mean(mid, axis=0))
+    d_mean = jnp.abs(mean - jnp.mean(mid, axis=0))
     d_sd = jnp.abs(sd - jnp.std(mid, axis=0, ddof=1))
     return jnp.maximum(d_mean, d_sd) / sd
 
@@ -272,7 +272,7 @@ def _finish(target: Posterior, out, quantiles) -> FitResult:
         mean=mean,
         sd=sd,
         quantiles=q,
-        drift=_drift(history, theta),
+        drift=_drift(history, mean, sd),
         state=out.state,
         quantile_levels=quantiles,
         interrupted=out.interrupted,

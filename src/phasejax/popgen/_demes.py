@@ -333,8 +333,6 @@ def parse(
                 continue
             young, old = _size_at(epoch, lo), _size_at(epoch, hi) if hi < math.inf else None
             kind = epoch.size_function if old is not None and old != young else "constant"
-            if kind not in _KINDS:
-                raise ValueError(f"size function {kind!r} of deme {d.name!r} is not supported")
             row_size.append(young)
             row_kind.append(kind)
             if kind == "exponential":

@@ -85,7 +85,6 @@ def build(
     """
     n_types = types.shape[0]
     type_index = {tuple(int(x) for x in t): i for i, t in enumerate(types)}
-    full = tuple(int(x) for x in types.sum(axis=0)) if n_types > 1 else None
 
     def combine(t1, t2):
         if n_types == 1:
@@ -124,7 +123,7 @@ def build(
                         if t1 == t2
                         else groups[d, t1] * groups[d, t2]
                     )
-                    if not pairs or (n_types > 1 and _exceeds(types[t1] + types[t2], full)):
+                    if not pairs:
                         continue
                     new = groups.copy()
                     new[d, t1] -= 1
@@ -154,10 +153,6 @@ def build(
             np.array([r[3] for r in rows], np.int64).reshape(len(rows), n_pairs),
         )
     return StateSpace(state_rows, np.asarray(types), n_demes, absorbing, coal, mig, transfers)
-
-
-def _exceeds(t, full) -> bool:
-    return any(int(x) > f for x, f in zip(t, full))
 
 
 def _columns(rows, width):
