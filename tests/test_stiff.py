@@ -154,9 +154,7 @@ def test_gradients_against_finite_differences(stiff):
         return model(th).logpdf(t, method="expm")
 
     times = TIMES[1::2]
-    t = jnp.asarray(times)
-    d_theta = jax.jacobian(logpdf)(theta, t)
-    d_t = jax.jacobian(logpdf, argnums=1)(theta, t)
+    d_theta, d_t = jax.jacobian(logpdf, argnums=(0, 1))(theta, jnp.asarray(times))
     for i, x in enumerate(times):
         for k in range(2):
             h = np.eye(2)[k] * 1e-6
@@ -208,11 +206,11 @@ def test_jit_vmap_and_limits(stiff):
     jitted = jax.jit(lambda th, t: model(th).logpdf(t, method="expm"))
     np.testing.assert_allclose(jitted(thetas[1], t), looped[1], rtol=1e-13)
     dist = model(thetas[0])
-    inf = np.array([1.0, np.inf])
-    assert dist.cdf(inf, method="expm")[1] == 1.0 and dist.sf(inf, method="expm")[1] == 0.0
-    assert dist.logpdf(inf, method="expm")[1] == -np.inf
+    inf = np.array([1e-3, 1.0, 1e2, np.inf])  # the shapes and plans of the tests above
+    assert dist.cdf(inf, method="expm")[3] == 1.0 and dist.sf(inf, method="expm")[3] == 0.0
+    assert dist.logpdf(inf, method="expm")[3] == -np.inf
     np.testing.assert_allclose(
-        dist.accumulated_occupancy(inf, method="expm")[1], dist.expected_sojourn(), rtol=1e-10
+        dist.accumulated_occupancy(inf, method="expm")[3], dist.expected_sojourn(), rtol=1e-10
     )
     with pytest.raises(Exception, match="Lambda t up to 2"):
         jax.block_until_ready(jitted(thetas[0], jnp.array([1e18])))

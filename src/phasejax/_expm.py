@@ -115,17 +115,18 @@ def prefer(n: int, edges: int, mu: np.ndarray, tol: float) -> bool:
     """The ``"auto"`` rule on concrete ``Lambda t`` values ``mu``: the dense method when
     the series would need at least `AUTO_TERMS` terms and its estimated cost is lower.
 
-    Estimates (2-core CPU, float64): uniformization ``~3 ns`` per edge and step over the
-    longest series; the dense method ``~1 ns`` per multiply-add,
-    ``len(mu) (TERMS + s_max) n^3``."""
+    Estimates (measured on a 2-core CPU in float64, `benchmarks/bench_stiff.py`):
+    uniformization ``max(100, 5 (edges + n))`` ns per term of the longest series; the
+    dense method ``20 us`` per time plus ``0.1 ns`` per multiply-add,
+    ``(TERMS + s_max) n^3`` per time."""
     if n > EXPM_LIMIT or mu.size == 0:
         return False
     terms = float(right_point(float(np.max(mu)), tol, np))
     if terms < AUTO_TERMS:
         return False
-    series = 3.0 * terms * (edges + n)
-    dense = 1.0 * mu.size * (TERMS + float(squarings_needed(np.max(mu)))) * n**3
-    return dense < series
+    series = max(100.0, 5.0 * (edges + n)) * terms
+    per_time = 2e4 + 0.1 * (TERMS + float(squarings_needed(np.max(mu)))) * n**3
+    return mu.size * per_time < series
 
 
 def _poisson_weights(x: Float[Array, ""], count: int) -> Float[Array, " count"]:
