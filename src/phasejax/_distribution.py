@@ -399,6 +399,16 @@ class PhaseType(AbstractPhaseType):
         Poisson window is dropped, so far tails keep their relative accuracy. The series
         runs as long as the largest ``Lambda t`` needs; ``max_steps`` (optional) caps it
         with an error naming the time. ``f(inf) = 0``.
+
+        ``method`` (here and in the other transient quantities): ``"uniformization"``
+        (cost ``~ Lambda t`` sparse steps, ``Lambda`` the largest exit rate), ``"expm"``
+        (dense nonnegative scaling and squaring, cost ``~ n^3 (18 + log2(Lambda t))`` per
+        time, for stiff models: rates over many orders of magnitude, long times; up to
+        ``n = 1024``; ``tol`` and ``max_steps`` do not apply), or ``"auto"``: ``"expm"``
+        when ``t`` and ``theta`` are concrete and the series would need over ``2^20``
+        terms at a higher estimated cost, else uniformization. Under ``jit``, ``grad`` or
+        ``vmap`` over ``theta`` or ``t``, ``"auto"`` is uniformization (``Lambda t`` is
+        unknown when tracing): pass ``method="expm"`` there for stiff models.
         """
         return self._transient(t, "logpdf", tol, max_steps, method=method)
 
