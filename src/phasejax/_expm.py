@@ -230,4 +230,7 @@ def transient(
     def one(ti):
         return _one_time(plan, p, exit_, alpha, defect, lam, ti)
 
-    return jax.lax.map(one, t, batch_size=plan.chunk)
+    count = t.shape[0]
+    # whole chunks only: a remainder would be a second copy of the kernel to compile
+    padded = jnp.concatenate([t, jnp.zeros(((-count) % plan.chunk,), t.dtype)])
+    return jax.lax.map(one, padded, batch_size=plan.chunk)[:count]
