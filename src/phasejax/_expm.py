@@ -22,10 +22,14 @@ are carried separately, from nonnegative terms only:
     r(h)   = sum_k P(N_x > k) / Lambda  P^k s,        r(2h) = r(h) + E(h) r(h),
 
 and each row of ``E`` whose ``r_i < 1/2`` (so ``1 - r_i`` is exact to rounding) is
-rescaled to sum to ``1 - r_i``. The slow modes then carry relative error ``O(s eps)``
-instead of ``O(2^s eps)``. The accumulated occupancy ``Q(t) = int_0^t E(u) du`` doubles
-the same way, ``Q(2h) = Q(h) + E(h) Q(h)`` (the Van Loan block of ``[[S, I], [0, 0]]``
-without forming it), from ``Q(h) = sum_k P(N_x > k) / Lambda P^k``.
+rescaled to sum to ``1 - r_i``: the slow modes are then held through their absorption
+probabilities, not through ``1 - E_ii``. Measured against mpmath (40 digits) on random
+stiff cyclic models (rates 1e-4 .. 1e4, ``Lambda t`` up to 1e9): relative error
+``<= 2e-13`` in densities, survival, cdf and state probabilities.
+
+The accumulated occupancy ``Q(t) = int_0^t E(u) du`` doubles the same way,
+``Q(2h) = Q(h) + E(h) Q(h)`` (the Van Loan block of ``[[S, I], [0, 0]]`` without forming
+it), from ``Q(h) = sum_k P(N_x > k) / Lambda P^k``.
 
 Results per time: ``log alpha E s`` (density), ``alpha E 1`` (survival),
 ``defect + alpha r`` (cdf), ``alpha E`` (state probabilities), ``alpha Q`` (occupancy).
@@ -33,7 +37,10 @@ Gradients by automatic differentiation through the fixed number of steps (``Lamb
 under ``stop_gradient``, as for uniformization: the exact result does not depend on it).
 
 **Cost.** Per time ``(K + s) n^3`` multiply-adds (occupancy: twice), memory ``n^2`` per
-time in flight; times are processed in chunks. Dense: meant for ``n <= EXPM_LIMIT``.
+time in flight (times are processed in chunks); reverse mode keeps the ``n^2`` matrix of
+every squaring step. Dense: meant for ``n <= EXPM_LIMIT``; beyond, uniformization (its
+memory is bounded; a Taylor action in the style of Al-Mohy and Higham would also cost
+``~ ||S|| t`` matrix-vector products on a stiff model, so nothing would be gained).
 """
 
 from __future__ import annotations
