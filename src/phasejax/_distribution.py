@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from . import _sparse
+from . import _expm, _sparse
 from . import _uniformization as _unif
 from ._sample import sample_paths
 from ._solve import System, solve
@@ -276,9 +276,20 @@ class PhaseType(AbstractPhaseType):
             self.structure, self.rate / r[self.structure.src], self.diag / r, self.alpha
         )
 
-    def _transient(self, t, kind: str, tol: float, max_steps: int | None, order: int = 0):
+    def _transient(
+        self,
+        t,
+        kind: str,
+        tol: float,
+        max_steps: int | None,
+        order: int = 0,
+        method: str = "auto",
+    ):
         """Validate concrete inputs in Python (so that the compiled kernel carries no host
-        callback and is cacheable), then run `_transient_kernel`."""
+        callback and is cacheable), choose the method, then run `_transient_kernel`.
+
+        ``method``: ``"uniformization"``, ``"expm"`` or ``"auto"``
+        (`phasejax._expm.choose`)."""
         tol = _unif.check_tol(tol)
         t = jnp.asarray(t, self.diag.dtype)
         if self.diag.dtype == jnp.float32:
@@ -290,20 +301,31 @@ class PhaseType(AbstractPhaseType):
                 stacklevel=3,
             )
         checked = _unif.is_concrete(t)
+        mu = None  # Lambda t per time, when concrete
         if checked:
             _unif.check_times(t)
-            if max_steps is not None and _unif.is_concrete(self.diag):
+            if _unif.is_concrete(self.diag):
                 values = np.asarray(t)
-                mu = float(jnp.max(self.diag)) * np.where(np.isinf(values), 0.0, values)
-                _unif.check_cap(_unif.right_point(mu, tol, np), max_steps, values, "time")
-                max_steps = None  # checked: nothing left to check in the kernel
-        return self._transient_kernel(t, kind, tol, max_steps, checked, order)
+                lam = float(np.max(np.asarray(self.diag), initial=0.0))
+                mu = lam * np.where(np.isinf(values), 0.0, values)
+        n = self.structure.n_transient
+        method = _expm.choose(method, kind, n, self.structure.src.shape[0], mu, tol)
+        plan = None
+        if method == "expm":
+            mu_max = None if mu is None else float(np.max(mu, initial=0.0))
+            plan = _expm.make_plan(kind, n, max(1, int(np.size(t))), mu_max)
+        elif mu is not None and max_steps is not None:
+            _unif.check_cap(_unif.right_point(mu, tol, np), max_steps, np.asarray(t), "time")
+            max_steps = None  # checked: nothing left to check in the kernel
+        return self._transient_kernel(t, kind, tol, max_steps, checked, order, plan)
 
     @eqx.filter_jit
-    def _transient_kernel(self, t, kind, tol, max_steps, checked, order):
+    def _transient_kernel(self, t, kind, tol, max_steps, checked, order, plan=None):
         """One kernel per ``kind``: ``"logpdf"``, ``"sf"``, ``"cdf"``, ``"state"``
         (``alpha e^{St}``, transient states), ``"occupancy"`` (``int_0^t alpha e^{Su} du``)
-        and ``"integral"`` (``int_0^t u^order alpha e^{Su} 1 du``), flattened over ``t``.
+        and ``"integral"`` (``int_0^t u^order alpha e^{Su} 1 du``), flattened over ``t``;
+        by uniformization, or by dense scaling and squaring (`phasejax._expm`) given a
+        ``plan``.
 
         ``t = inf`` is evaluated at 0 and replaced by its limit, so its gradient is 0.
         """
@@ -313,23 +335,21 @@ class PhaseType(AbstractPhaseType):
         infinite = jnp.isinf(flat)
         lam = jax.lax.stop_gradient(jnp.max(self.diag))
         mu = lam * jnp.where(infinite, 0.0, flat)
-        hi = _unif.check_cap(_unif.right_point(mu, tol), max_steps, flat, "time")
-        lo = jnp.zeros_like(hi)
         n = self.structure.n_transient
-        ones = jnp.ones(n, self.diag.dtype)
-        proj = {"logpdf": self.exit, "cdf": self.exit, "sf": ones, "integral": ones}.get(kind)
-        proj = None if proj is None else proj[:, None]
-        log_v = self._mix(
-            proj,
-            lam,
-            mu,
-            lo,
-            hi,
-            poisson=True,
-            cumulative=kind in ("cdf", "occupancy", "integral"),
-            order=order,
-            offset=self.defect() if kind == "cdf" else 0.0,
-        )
+        if plan is not None:
+            log_v = _expm.transient(
+                plan,
+                self.rate,
+                self.diag,
+                self.alpha,
+                self.exit,
+                self.structure.src,
+                self.structure.dst,
+                lam,
+                jnp.where(infinite, 0.0, flat),
+            )
+        else:
+            log_v = self._series(kind, tol, max_steps, order, lam, mu, flat)
         if kind == "logpdf":
             return jnp.where(infinite, -jnp.inf, log_v[:, 0]).reshape(t.shape)
         if kind in ("sf", "cdf"):  # probabilities: clipped to [0, 1] against rounding
@@ -345,8 +365,33 @@ class PhaseType(AbstractPhaseType):
             value = jnp.where(infinite[:, None], 0.0, value)
         return value.reshape(t.shape + (n,))
 
+    def _series(self, kind, tol, max_steps, order, lam, mu, flat):
+        """``log`` of ``kind`` per time by uniformization (`_mix`), shape ``(t, q)``."""
+        hi = _unif.check_cap(_unif.right_point(mu, tol), max_steps, flat, "time")
+        lo = jnp.zeros_like(hi)
+        n = self.structure.n_transient
+        ones = jnp.ones(n, self.diag.dtype)
+        proj = {"logpdf": self.exit, "cdf": self.exit, "sf": ones, "integral": ones}.get(kind)
+        proj = None if proj is None else proj[:, None]
+        return self._mix(
+            proj,
+            lam,
+            mu,
+            lo,
+            hi,
+            poisson=True,
+            cumulative=kind in ("cdf", "occupancy", "integral"),
+            order=order,
+            offset=self.defect() if kind == "cdf" else 0.0,
+        )
+
     def logpdf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
+        self,
+        t: ArrayLike,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
+        method: str = "auto",
     ) -> Array:
         """``log f(t)``, ``f(t) = alpha exp(S t) s``, by uniformization (log space throughout).
 
@@ -354,56 +399,100 @@ class PhaseType(AbstractPhaseType):
         Poisson window is dropped, so far tails keep their relative accuracy. The series
         runs as long as the largest ``Lambda t`` needs; ``max_steps`` (optional) caps it
         with an error naming the time. ``f(inf) = 0``.
+
+        ``method`` (here and in the other transient quantities): ``"uniformization"``
+        (cost ``~ Lambda t`` sparse steps, ``Lambda`` the largest exit rate), ``"expm"``
+        (dense nonnegative scaling and squaring, cost ``~ n^3 (18 + log2(Lambda t))`` per
+        time, for stiff models: rates over many orders of magnitude, long times; up to
+        ``n = 1024``; ``tol`` and ``max_steps`` do not apply), or ``"auto"``: ``"expm"``
+        when ``t`` and ``theta`` are concrete and the series would need over ``2^20``
+        terms at a higher estimated cost, else uniformization. Under ``jit``, ``grad`` or
+        ``vmap`` over ``theta`` or ``t``, ``"auto"`` is uniformization (``Lambda t`` is
+        unknown when tracing): pass ``method="expm"`` there for stiff models.
         """
-        return self._transient(t, "logpdf", tol, max_steps)
+        return self._transient(t, "logpdf", tol, max_steps, method=method)
 
     def pdf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
+        self,
+        t: ArrayLike,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
+        method: str = "auto",
     ) -> Array:
         """Density ``f(t) = alpha exp(S t) s`` (see [`logpdf`][phasejax.PhaseType.logpdf])."""
-        return jnp.exp(self.logpdf(t, tol=tol, max_steps=max_steps))
+        return jnp.exp(self.logpdf(t, tol=tol, max_steps=max_steps, method=method))
 
     def sf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
+        self,
+        t: ArrayLike,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
+        method: str = "auto",
     ) -> Array:
         """Survival ``P(T > t) = alpha exp(S t) 1`` (absolute error at most ``tol``)."""
-        return self._transient(t, "sf", tol, max_steps)
+        return self._transient(t, "sf", tol, max_steps, method=method)
 
     def cdf(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
+        self,
+        t: ArrayLike,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
+        method: str = "auto",
     ) -> Array:
         """``P(T <= t)``: defect plus ``sum_k Pois(k; Lambda t) sum_{j<k} (alpha P^j s) / Lambda``.
 
         Computed from the cumulative exit (not ``1 - sf``) so small values keep their
         relative precision.
         """
-        return self._transient(t, "cdf", tol, max_steps)
+        return self._transient(t, "cdf", tol, max_steps, method=method)
 
     def state_probability(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
+        self,
+        t: ArrayLike,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
+        method: str = "auto",
     ) -> Array:
         """``P(X_t = i)`` for each vertex, shape ``t.shape + (V,)``: ``alpha exp(S t)``.
 
         Memory ``O(len(t) x n)`` plus one segment and the checkpoints of the series.
         """
-        probs = self.transient_probability(jnp.ravel(jnp.asarray(t)), tol=tol, max_steps=max_steps)
+        probs = self.transient_probability(
+            jnp.ravel(jnp.asarray(t)), tol=tol, max_steps=max_steps, method=method
+        )
         return jax.vmap(self.structure.to_vertices)(probs).reshape(jnp.shape(t) + (-1,))
 
     def transient_probability(
-        self, t: Array, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
+        self,
+        t: Array,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
+        method: str = "auto",
     ) -> Array:
         """``alpha exp(S t)`` over transient states (not vertices), shape ``t.shape + (n,)``."""
-        return self._transient(t, "state", tol, max_steps)
+        return self._transient(t, "state", tol, max_steps, method=method)
 
     def accumulated_occupancy(
-        self, t: ArrayLike, *, tol: float = DEFAULT_TOL, max_steps: int | None = DEFAULT_MAX_STEPS
+        self,
+        t: ArrayLike,
+        *,
+        tol: float = DEFAULT_TOL,
+        max_steps: int | None = DEFAULT_MAX_STEPS,
+        method: str = "auto",
     ) -> Array:
         """Expected time spent in each vertex up to ``t``: ``int_0^t alpha exp(S u) du``.
 
         Uses ``int_0^t Pois(k; Lambda u) du = P(N_{Lambda t} > k) / Lambda``, i.e. a
         Poisson mixture of ``sum_{j<k} alpha P^j / Lambda``.
         """
-        occupancy = self._transient(jnp.ravel(jnp.asarray(t)), "occupancy", tol, max_steps)
+        occupancy = self._transient(
+            jnp.ravel(jnp.asarray(t)), "occupancy", tol, max_steps, method=method
+        )
         return jax.vmap(self.structure.to_vertices)(occupancy).reshape(jnp.shape(t) + (-1,))
 
     @eqx.filter_jit
