@@ -177,20 +177,23 @@ def _gth_inverse(offdiag: Float[Array, "k s s"], exits: Float[Array, "k s"]) -> 
     _, s, _ = offdiag.shape
     index = jnp.arange(s)
 
+    # In place (one (k, s, s) array): after pivot p, column m holds the eliminated
+    # magnitudes |M_jm| for m > p and column m of the inverse for m <= p (the columns
+    # of the inverse beyond p are still unit vectors, those of the eliminated matrix up
+    # to p unit vectors, so neither is stored). Diagonal entries past the pivot are
+    # never read: each pivot comes from the exit and the remaining row.
     def eliminate(p, carry):
-        a, exit_, inverse = carry
-        row = jnp.where(index > p, a[:, p, :], 0.0)  # the pivot row's remaining |M_pm|
-        pivot = (exit_[:, p] + row.sum(-1))[:, None]
-        column = jnp.where(index != p, a[:, :, p], 0.0)  # |M_jp| of every other row
-        row = row / pivot  # the pivot row, normalised
-        a = a + column[:, :, None] * row[:, None, :]  # diagonal entries are never read
-        exit_ = exit_ + jnp.where(index > p, column, 0.0) * (exit_[:, p][:, None] / pivot)
-        pivot_row = inverse[:, p, :] / pivot
-        inverse = inverse + column[:, :, None] * pivot_row[:, None, :]
-        return a.at[:, p, :].set(row), exit_, inverse.at[:, p, :].set(pivot_row)
+        w, exit_ = carry
+        row = w[:, p, :]
+        pivot = exit_[:, p] + jnp.where(index > p, row, 0.0).sum(-1)
+        # the pivot row of [eliminated | inverse] (inverse entry p was 1), normalised
+        row = jnp.where(index == p, 1.0, row) / pivot[:, None]
+        column = jnp.where(index != p, w[:, :, p], 0.0)  # |M_jp| of every other row
+        exit_ = exit_ + jnp.where(index > p, column, 0.0) * (exit_[:, p] / pivot)[:, None]
+        w = w.at[:, :, p].set(0.0) + column[:, :, None] * row[:, None, :]
+        return w.at[:, p, :].set(row), exit_
 
-    eye = jnp.broadcast_to(jnp.eye(s, dtype=offdiag.dtype), offdiag.shape)
-    return jax.lax.fori_loop(0, s, eliminate, (offdiag, exits, eye))[2]
+    return jax.lax.fori_loop(0, s, eliminate, (offdiag, exits))[0]
 
 
 def _block_kernel(tables, coefs, base, transpose):
