@@ -370,8 +370,8 @@ def level_schedule(
         return None
     h = int(height.max(initial=-1)) + 1
     edge_height = height[src]
-    order = np.argsort(edge_height, kind="stable")
-    counts = np.bincount(edge_height, minlength=h)
+    order, level_ptr = _topology.group(edge_height, h)
+    counts = np.diff(level_ptr)
     counts = counts[counts > 0]
     widths = sorted({int(min(2**k, counts.max())) for k in range(int(np.log2(counts.max())) + 2)})
     width = min(widths, key=lambda w: int(np.sum(-(-counts // w))) * (w + step_cost))
@@ -433,17 +433,6 @@ def _capacities(counts: np.ndarray, cost: np.ndarray, step_cost: float) -> np.nd
     return capacity
 
 
-def _slots(step: np.ndarray, n_steps: int, columns: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """Pack items into a (len(columns), n_steps, W) table by ``step`` (padding: ``fill``)."""
-    order = np.argsort(step, kind="stable")
-    count = np.bincount(step, minlength=n_steps)
-    width = max(int(count.max(initial=0)), 1)
-    rank = np.arange(step.size) - np.repeat(np.cumsum(count) - count, count)
-    table = np.broadcast_to(fill[:, None, None], (fill.size, n_steps, width)).copy()
-    table[:, step[order], rank] = columns[:, order]
-    return table
-
-
 def block_schedule(
     n: int,
     src: np.ndarray,
@@ -501,8 +490,8 @@ def block_schedule(
     across = np.flatnonzero(inner & ~same)
     edge_columns = np.stack([src[across], dst[across], across])
     fill = np.array([n, n, src.size])
-    down = _slots(step[label[src[across]]], n_steps, edge_columns[[1, 0, 2]], fill)
-    up = _slots(step[label[dst[across]]], n_steps, edge_columns, fill)
+    down = _topology.pack(step[label[src[across]]], n_steps, edge_columns[[1, 0, 2]], fill)
+    up = _topology.pack(step[label[dst[across]]], n_steps, edge_columns, fill)
 
     def i32(x):
         return jnp.asarray(x, jnp.int32)
