@@ -115,11 +115,12 @@ def test_every_quantity_against_dense_oracle(discrete):
     assert_bundle_close(library_bundle(model)(None, jnp.asarray(R)), ref, 1e-12)
 
 
-def test_near_reducible_cycle_is_exact():
-    """Two states swapping at rate 1e8 with exits of order 1e-8: the exit is below the
-    rounding of the diagonal, so LU on ``-S`` loses every digit; the block inverse takes the
-    exits from the edges and is exact to rounding, and so is the derivative in an exit."""
-    swap, exit_a, exit_b = 1e8, 1.5e-8, 0.7e-8
+NEAR_REDUCIBLE = (1e8, 1.5e-8, 0.7e-8)  # swap rate, exit of a, exit of b
+
+
+def near_reducible_graph():
+    """Two states swapping at rate ``swap``; the exit of ``a`` is the parameter."""
+    swap, _, exit_b = NEAR_REDUCIBLE
     graph = pj.Graph(1)
     a, b, end = (graph.find_or_create_vertex([k]) for k in (1, 2, 3))
     graph.starting_vertex().add_edge_parameterized(a, 1.0, [0.0])
@@ -127,6 +128,15 @@ def test_near_reducible_cycle_is_exact():
     b.add_edge(a, swap)
     a.add_edge_parameterized(end, 0.0, [1.0])  # exit_a = theta
     b.add_edge(end, exit_b)
+    return graph
+
+
+def test_near_reducible_cycle_is_exact():
+    """Two states swapping at rate 1e8 with exits of order 1e-8: the exit is below the
+    rounding of the diagonal, so LU on ``-S`` loses every digit; the block inverse takes the
+    exits from the edges and is exact to rounding, and so is the derivative in an exit."""
+    swap, exit_a, exit_b = NEAR_REDUCIBLE
+    graph = near_reducible_graph()
     det = swap * (exit_a + exit_b) + exit_a * exit_b  # no cancellation
     x = np.array([2 * swap + exit_b, 2 * swap + exit_a]) / det  # (-S)^{-1} 1
     second = 2 * np.array(
@@ -264,18 +274,11 @@ def test_gmres_block_preconditioner():
     grads = [jax.jit(jax.jacfwd(lambda s, m=m: f(m, s)))(1.3) for m in (model, dense)]
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-9)
 
-    swap, exit_a, exit_b = 1e8, 1.5e-8, 0.7e-8
-    graph = pj.Graph(1)
-    a, b, end = (graph.find_or_create_vertex([k]) for k in (1, 2, 3))
-    graph.starting_vertex().add_edge_parameterized(a, 1.0, [0.0])
-    a.add_edge(b, swap)
-    b.add_edge(a, swap)
-    a.add_edge(end, exit_a)
-    b.add_edge(end, exit_b)
+    swap, exit_a, exit_b = NEAR_REDUCIBLE
     want = (2 * swap + exit_b) / (swap * (exit_a + exit_b) + exit_a * exit_b)
-    model = graph.compile(solver="gmres")
+    model = near_reducible_graph().compile(solver="gmres")
     assert model.solver.preconditioner is not None
-    np.testing.assert_allclose(model(jnp.zeros(1)).mean(), want, rtol=1e-14)
+    np.testing.assert_allclose(model(jnp.array([exit_a])).mean(), want, rtol=1e-14)
     jacobi = eqx.tree_at(lambda m: m.structure.solver, model, pj.GMRES())
     with pytest.raises(Exception, match="breakdown|stagnation"):  # the case has power
-        jacobi(jnp.zeros(1)).mean()
+        jacobi(jnp.array([exit_a])).mean()
