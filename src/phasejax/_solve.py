@@ -119,20 +119,24 @@ def _trailing_batch(kernel):
 
 
 def _level_kernel(tables, coefs, base, reverse):
-    """``acc[s] += (base[g] + acc[g]) inv[g] rate[e]`` block by block; returns ``(base + acc) inv``.
+    """``y[s] += y[g] inv[g] rate[e]`` block by block from ``y = base``; returns ``y inv``.
 
     ``tables`` = (gather, scatter, edge) slots, ``coefs`` = (inv (n+1, ...), rate (E+1, ...)).
+    The weight of every slot is formed once, in slot order, before the sweep, so each step
+    streams its weights and makes one gather and one scatter (under ``vmap`` each moves
+    one contiguous row of thetas per slot).
     """
     gather, scatter, edge = tables
     inv, rate = (_expand(c, base.ndim) for c in coefs)
+    weight = inv[gather] * rate[edge]
 
-    def body(acc, block):
-        g, s, e = block
-        return acc.at[s].add((base[g] + acc[g]) * (inv[g] * rate[e])), None
+    def body(y, block):
+        g, s, w = block
+        return y.at[s].add(y[g] * w), None
 
-    init = jnp.zeros(jnp.broadcast_shapes(base.shape, inv.shape), base.dtype)
-    acc, _ = jax.lax.scan(body, init, (gather, scatter, edge), reverse=reverse)
-    return (base + acc) * inv
+    y = jnp.broadcast_to(base, jnp.broadcast_shapes(base.shape, inv.shape, rate.shape[1:]))
+    y, _ = jax.lax.scan(body, y, (gather, scatter, weight), reverse=reverse)
+    return y * inv
 
 
 _SWEEPS = {r: _trailing_batch(functools.partial(_level_kernel, reverse=r)) for r in (False, True)}
