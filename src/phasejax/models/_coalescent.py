@@ -238,6 +238,8 @@ class IsolationWithMigration(eqx.Module):
     deme-2 descendants, see [`two_island`][phasejax.models.two_island]) and keeps ``rewards =
     jsfs_rewards(graph, n1, n2)``, shape ``(n1 + 1, n2 + 1, V)``;
     [`expected_jsfs`][phasejax.models.IsolationWithMigration.expected_jsfs] gives ``E[xi_{a,b}]``, shape ``(n1 + 1, n2 + 1)``.
+    ``transient_rewards`` holds the rewards checked and restricted to the transient states,
+    one column per class (built once, on the host).
     """
 
     model: Model
