@@ -210,3 +210,59 @@ def test_gradients_against_finite_differences(im22):
         fd = (f(*hi) - f(*lo)) / (2 * h)
         assert np.abs(fd).max() > 1e-3
         np.testing.assert_allclose(jac[arg], fd, rtol=1e-6, atol=1e-9)
+
+
+def dense_jsfs(im, params):
+    """The expected JSFS from dense matrices: ``int_0^tau pi e^{S_1 u} du`` as the top-right
+    block of ``expm([[S_1, I], [0, 0]] tau)`` (valid for a singular ``S_1``), then
+    ``pi_tau P (-S_2)^{-1} R`` with numpy's solve."""
+    from scipy.linalg import expm
+
+    thetas = np.asarray(im._thetas(*params[:5]))
+    tau = params[5]
+    src, dst = np.asarray(im.model.structure.src), np.asarray(im.model.structure.dst)
+    ms = []
+    for j, theta in enumerate(thetas):
+        d = im.model(jnp.asarray(theta), require_exit=j == 1)
+        rate, diag = np.asarray(d.rate), np.asarray(d.diag)
+        n = diag.size
+        m = np.diag(diag)
+        inner = dst < n
+        np.add.at(m, (src[inner], dst[inner]), -rate[inner])
+        ms.append(m)
+    alpha = np.asarray(im.model(jnp.asarray(thetas[0]), require_exit=False).alpha)
+    n = alpha.size
+    block = np.zeros((2 * n, 2 * n))
+    block[:n, :n], block[:n, n:] = -ms[0] * tau, np.eye(n) * tau
+    e = expm(block)
+    occupancy, pi_tau = alpha @ e[:n, n:], alpha @ e[:n, :n]
+    entry = np.bincount(np.asarray(im.merge), weights=pi_tau, minlength=n)
+    sojourn = occupancy + np.linalg.solve(ms[1].T, entry)
+    return (sojourn @ im.transient_rewards).reshape(im.rewards.shape[:-1])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [PARAMS, (0.7, 2.5, 0.05, 3.0, 0.3, 2.5), (1.2, 0.9, 0.0, 0.0, 1.5, 0.7)],
+    ids=["asymmetric", "weak-migration", "no-migration"],
+)
+def test_expected_jsfs_against_dense_expm(im32, params):
+    """The closed form (pi - pi_tau)(-S_1)^{-1} (and the series where S_1 is singular: no
+    migration) against dense matrix exponentials."""
+    got = im32[1](*params)[0]
+    np.testing.assert_allclose(got, dense_jsfs(im32[0], params), rtol=1e-12, atol=1e-13)
+
+
+def test_no_migration_gradient_is_finite_under_vmap(im22):
+    """Under vmap both branches of the closed form / series choice run: the singular S_1
+    (no migration) must not leak a NaN into the gradient."""
+    im = im22[0]
+
+    def f(mig):
+        return im.expected_jsfs(1.0, 0.4, mig, mig, 2.0, 0.8).sum()
+
+    grads = jax.jit(jax.vmap(jax.grad(f)))(jnp.array([0.0, 0.5]))
+    assert np.all(np.isfinite(grads))
+    h = 1e-6
+    fd = (f(0.5 + h) - f(0.5 - h)) / (2 * h)
+    np.testing.assert_allclose(grads[1], fd, rtol=1e-6)

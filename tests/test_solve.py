@@ -17,7 +17,8 @@ from helpers.oracle import (
     oracle_bundle_from,
     random_rewards,
 )
-from phasejax._solve import System, block_schedule
+from phasejax._solve import System, block_schedule, gmres_preconditioner
+from phasejax._topology import strong_components
 
 # component sizes of the random graphs (shuffled over the states)
 SHAPES = {
@@ -114,11 +115,12 @@ def test_every_quantity_against_dense_oracle(discrete):
     assert_bundle_close(library_bundle(model)(None, jnp.asarray(R)), ref, 1e-12)
 
 
-def test_near_reducible_cycle_is_exact():
-    """Two states swapping at rate 1e8 with exits of order 1e-8: the exit is below the
-    rounding of the diagonal, so LU on ``-S`` loses every digit; the block inverse takes the
-    exits from the edges and is exact to rounding, and so is the derivative in an exit."""
-    swap, exit_a, exit_b = 1e8, 1.5e-8, 0.7e-8
+NEAR_REDUCIBLE = (1e8, 1.5e-8, 0.7e-8)  # swap rate, exit of a, exit of b
+
+
+def near_reducible_graph():
+    """Two states swapping at rate ``swap``; the exit of ``a`` is the parameter."""
+    swap, _, exit_b = NEAR_REDUCIBLE
     graph = pj.Graph(1)
     a, b, end = (graph.find_or_create_vertex([k]) for k in (1, 2, 3))
     graph.starting_vertex().add_edge_parameterized(a, 1.0, [0.0])
@@ -126,6 +128,15 @@ def test_near_reducible_cycle_is_exact():
     b.add_edge(a, swap)
     a.add_edge_parameterized(end, 0.0, [1.0])  # exit_a = theta
     b.add_edge(end, exit_b)
+    return graph
+
+
+def test_near_reducible_cycle_is_exact():
+    """Two states swapping at rate 1e8 with exits of order 1e-8: the exit is below the
+    rounding of the diagonal, so LU on ``-S`` loses every digit; the block inverse takes the
+    exits from the edges and is exact to rounding, and so is the derivative in an exit."""
+    swap, exit_a, exit_b = NEAR_REDUCIBLE
+    graph = near_reducible_graph()
     det = swap * (exit_a + exit_b) + exit_a * exit_b  # no cancellation
     x = np.array([2 * swap + exit_b, 2 * swap + exit_a]) / det  # (-S)^{-1} 1
     second = 2 * np.array(
@@ -233,3 +244,41 @@ def test_auto_choice():
     assert isinstance(pj.models.mm1_capacity(2100).compile().solver, pj.GMRES)
     with pytest.raises(ValueError, match="unknown solver"):
         pj.models.mm1_capacity(8).compile(solver="block")
+
+
+def test_gmres_block_preconditioner():
+    """GMRES keeps the block sweep as its preconditioner: exact across small components,
+    block Jacobi over chunks of a large one. Against dense solves (values and gradients)
+    on a graph whose large component is cut into chunks of 8, and exact on the
+    near-reducible cycle where Jacobi-preconditioned GMRES breaks down."""
+    rng = np.random.default_rng(11)
+    alpha, S = blocky(rng, [45, 3, 1, 7, 2], discrete=False)
+    graph = pj.Graph.from_matrices(alpha, S)
+    dense = graph.compile(solver="dense")
+    structure = graph.compile(solver="blocks").structure
+    src, dst = np.asarray(structure.src), np.asarray(structure.dst)
+    n = structure.n_transient
+    label = strong_components(n, src, dst)[0]
+    solver = gmres_preconditioner(n, src, dst, label, chunk=8)
+    assert int(solver.coupling.shape[0]) > 0  # the large component is really cut
+    model = eqx.tree_at(lambda m: m.structure.solver, dense, solver)
+    R = jnp.asarray(random_rewards(graph.vertices_length(), 5))
+
+    def f(m, scale):
+        d = m(None)
+        d = eqx.tree_at(lambda d: (d.rate, d.diag), d, (d.rate * scale, d.diag * scale))
+        return jnp.concatenate([d.moments(2, R[0]), d.expected_sojourn()])
+
+    got, want = (jax.jit(lambda s, m=m: f(m, s))(1.3) for m in (model, dense))
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    grads = [jax.jit(jax.jacfwd(lambda s, m=m: f(m, s)))(1.3) for m in (model, dense)]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-9)
+
+    swap, exit_a, exit_b = NEAR_REDUCIBLE
+    want = (2 * swap + exit_b) / (swap * (exit_a + exit_b) + exit_a * exit_b)
+    model = near_reducible_graph().compile(solver="gmres")
+    assert model.solver.preconditioner is not None
+    np.testing.assert_allclose(model(jnp.array([exit_a])).mean(), want, rtol=1e-14)
+    jacobi = eqx.tree_at(lambda m: m.structure.solver, model, pj.GMRES())
+    with pytest.raises(Exception, match="breakdown|stagnation"):  # the case has power
+        jacobi(jnp.array([exit_a])).mean()

@@ -359,7 +359,13 @@ class PhaseType(AbstractPhaseType):
             return jnp.exp(log_v[:, 0]).reshape(t.shape)
         value = jnp.exp(log_v)
         if kind == "occupancy":
-            total = self._solver()(self.alpha, transpose=True)  # the limit t -> inf
+            # the limit t -> inf, solved only when asked for: with a singular S (an
+            # epoch that need not be left) an unused solve would put NaN in gradients
+            total = jax.lax.cond(
+                jnp.any(infinite),
+                lambda: self._solver()(self.alpha, transpose=True),
+                lambda: jnp.zeros_like(self.alpha),
+            )
             value = jnp.where(infinite[:, None], total, value)
         else:
             value = jnp.where(infinite[:, None], 0.0, value)

@@ -119,20 +119,24 @@ def _trailing_batch(kernel):
 
 
 def _level_kernel(tables, coefs, base, reverse):
-    """``acc[s] += (base[g] + acc[g]) inv[g] rate[e]`` block by block; returns ``(base + acc) inv``.
+    """``y[s] += y[g] inv[g] rate[e]`` block by block from ``y = base``; returns ``y inv``.
 
     ``tables`` = (gather, scatter, edge) slots, ``coefs`` = (inv (n+1, ...), rate (E+1, ...)).
+    The weight of every slot is formed once, in slot order, before the sweep, so each step
+    streams its weights and makes one gather and one scatter (under ``vmap`` each moves
+    one contiguous row of thetas per slot).
     """
     gather, scatter, edge = tables
     inv, rate = (_expand(c, base.ndim) for c in coefs)
+    weight = inv[gather] * rate[edge]
 
-    def body(acc, block):
-        g, s, e = block
-        return acc.at[s].add((base[g] + acc[g]) * (inv[g] * rate[e])), None
+    def body(y, block):
+        g, s, w = block
+        return y.at[s].add(y[g] * w), None
 
-    init = jnp.zeros(jnp.broadcast_shapes(base.shape, inv.shape), base.dtype)
-    acc, _ = jax.lax.scan(body, init, (gather, scatter, edge), reverse=reverse)
-    return (base + acc) * inv
+    y = jnp.broadcast_to(base, jnp.broadcast_shapes(base.shape, inv.shape, rate.shape[1:]))
+    y, _ = jax.lax.scan(body, y, (gather, scatter, weight), reverse=reverse)
+    return y * inv
 
 
 _SWEEPS = {r: _trailing_batch(functools.partial(_level_kernel, reverse=r)) for r in (False, True)}
@@ -177,20 +181,23 @@ def _gth_inverse(offdiag: Float[Array, "k s s"], exits: Float[Array, "k s"]) -> 
     _, s, _ = offdiag.shape
     index = jnp.arange(s)
 
+    # In place (one (k, s, s) array): after pivot p, column m holds the eliminated
+    # magnitudes |M_jm| for m > p and column m of the inverse for m <= p (the columns
+    # of the inverse beyond p are still unit vectors, those of the eliminated matrix up
+    # to p unit vectors, so neither is stored). Diagonal entries past the pivot are
+    # never read: each pivot comes from the exit and the remaining row.
     def eliminate(p, carry):
-        a, exit_, inverse = carry
-        row = jnp.where(index > p, a[:, p, :], 0.0)  # the pivot row's remaining |M_pm|
-        pivot = (exit_[:, p] + row.sum(-1))[:, None]
-        column = jnp.where(index != p, a[:, :, p], 0.0)  # |M_jp| of every other row
-        row = row / pivot  # the pivot row, normalised
-        a = a + column[:, :, None] * row[:, None, :]  # diagonal entries are never read
-        exit_ = exit_ + jnp.where(index > p, column, 0.0) * (exit_[:, p][:, None] / pivot)
-        pivot_row = inverse[:, p, :] / pivot
-        inverse = inverse + column[:, :, None] * pivot_row[:, None, :]
-        return a.at[:, p, :].set(row), exit_, inverse.at[:, p, :].set(pivot_row)
+        w, exit_ = carry
+        row = w[:, p, :]
+        pivot = exit_[:, p] + jnp.where(index > p, row, 0.0).sum(-1)
+        # the pivot row of [eliminated | inverse] (inverse entry p was 1), normalised
+        row = jnp.where(index == p, 1.0, row) / pivot[:, None]
+        column = jnp.where(index != p, w[:, :, p], 0.0)  # |M_jp| of every other row
+        exit_ = exit_ + jnp.where(index > p, column, 0.0) * (exit_[:, p] / pivot)[:, None]
+        w = w.at[:, :, p].set(0.0) + column[:, :, None] * row[:, None, :]
+        return w.at[:, p, :].set(row), exit_
 
-    eye = jnp.broadcast_to(jnp.eye(s, dtype=offdiag.dtype), offdiag.shape)
-    return jax.lax.fori_loop(0, s, eliminate, (offdiag, exits, eye))[2]
+    return jax.lax.fori_loop(0, s, eliminate, (offdiag, exits))[0]
 
 
 def _block_kernel(tables, coefs, base, transpose):
@@ -288,35 +295,48 @@ class DenseLU(AbstractSolver):
 
 
 class GMRES(AbstractSolver):
-    """Restarted GMRES on the Jacobi-preconditioned operator, matrix-free.
+    """Restarted GMRES (lineax), matrix-free, with a block preconditioner ``P``.
 
     (GMRES rather than BiCGStab: on acyclic graphs the operator ``D^{-1} A`` is
-    nilpotent and BiCGStab breaks down; GMRES converges in at most height steps.)
+    nilpotent and BiCGStab breaks down.)
 
-    ``M x = b`` is solved as ``(I - D^{-1} A) x = D^{-1} b``; ``M^T y = b`` as
-    ``(I - A^T D^{-1}) u = b`` with ``y = D^{-1} u``. The residual is controlled
-    relative to ``max |b|`` (``rtol``); a solve that does not get there within
+    ``M x = b`` is solved as ``(I - P^{-1} N) x = P^{-1} b`` (``M = P - N``); ``M^T y = b`` as
+    ``(I - N^T P^{-T}) u = b`` with ``y = P^{-T} u``. ``preconditioner`` (built by
+    `gmres_preconditioner`) is a [`BlockSweep`][phasejax.BlockSweep] of ``M`` without the edges
+    between the chunks of each large strongly connected component: the exact
+    block-triangular solve across components, block Jacobi (GTH-inverted chunks) within
+    the large ones, so near-reducible cycles inside a chunk cost nothing; ``coupling``
+    lists the edges of ``N``. ``None``: Jacobi (``P = diag(d)``, ``N = A``). The residual is controlled relative to ``max |b|`` of the
+    preconditioned system (``rtol``); a solve that does not get there within
     ``max_steps`` raises an error.
     """
 
     rtol: float = 1e-12
     max_steps: int = 20_000
     restart: int = 50
+    preconditioner: BlockSweep | None = None
+    coupling: Int[Array, " c"] | None = None
 
     def prepare(self, system):
-        return None
+        return None if self.preconditioner is None else self.preconditioner.prepare(system)
 
     def raw_solve(self, system, state, rhs, transpose):
-        src, dst, rate, diag = system.src, system.dst, system.rate, system.diag
+        def precondition(v):
+            if self.preconditioner is None:
+                return v / system.diag
+            return self.preconditioner.raw_solve(system, state, v, transpose)
 
-        def operator_t(u):
-            return u - _sparse.offdiag_rmatvec(src, dst, rate, u / diag)
-
-        def operator_n(x):
-            return x - _sparse.offdiag_matvec(src, dst, rate, x) / diag
-
+        # M = P - N with N the edges P leaves out (Jacobi: every edge); the operators
+        # I - P^{-1} N and I - N^T P^{-T} never form d x - A x, whose cancellation would
+        # hide the residual of a near-reducible cycle
+        edges = slice(None) if self.coupling is None else self.coupling
+        src, dst, rate = system.src[edges], system.dst[edges], system.rate[edges]
+        if transpose:
+            operator = lambda u: u - _sparse.offdiag_rmatvec(src, dst, rate, precondition(u))
+        else:
+            operator = lambda x: x - precondition(_sparse.offdiag_matvec(src, dst, rate, x))
         structure = jax.ShapeDtypeStruct((system.n,), rhs.dtype)
-        op = lx.FunctionLinearOperator(operator_t if transpose else operator_n, structure)
+        op = lx.FunctionLinearOperator(operator, structure)
         # lineax's test is elementwise (|r_i| <= atol + rtol |b_i|): scale b to unit
         # max-norm and use atol = rtol, a normwise relative tolerance.
         method = lx.GMRES(
@@ -324,11 +344,11 @@ class GMRES(AbstractSolver):
         )
 
         def one(b):
-            b = b if transpose else b / diag
+            b = b if transpose else precondition(b)
             scale = jnp.max(jnp.abs(b))
             safe = jnp.where(scale > 0, scale, 1.0)
             u = lx.linear_solve(op, b / safe, method, throw=True).value * safe
-            return u / diag if transpose else u
+            return precondition(u) if transpose else u
 
         return _columnwise(one, rhs)
 
@@ -367,8 +387,8 @@ def level_schedule(
         return None
     h = int(height.max(initial=-1)) + 1
     edge_height = height[src]
-    order = np.argsort(edge_height, kind="stable")
-    counts = np.bincount(edge_height, minlength=h)
+    order, level_ptr = _topology.group(edge_height, h)
+    counts = np.diff(level_ptr)
     counts = counts[counts > 0]
     widths = sorted({int(min(2**k, counts.max())) for k in range(int(np.log2(counts.max())) + 2)})
     width = min(widths, key=lambda w: int(np.sum(-(-counts // w))) * (w + step_cost))
@@ -430,17 +450,6 @@ def _capacities(counts: np.ndarray, cost: np.ndarray, step_cost: float) -> np.nd
     return capacity
 
 
-def _slots(step: np.ndarray, n_steps: int, columns: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """Pack items into a (len(columns), n_steps, W) table by ``step`` (padding: ``fill``)."""
-    order = np.argsort(step, kind="stable")
-    count = np.bincount(step, minlength=n_steps)
-    width = max(int(count.max(initial=0)), 1)
-    rank = np.arange(step.size) - np.repeat(np.cumsum(count) - count, count)
-    table = np.broadcast_to(fill[:, None, None], (fill.size, n_steps, width)).copy()
-    table[:, step[order], rank] = columns[:, order]
-    return table
-
-
 def block_schedule(
     n: int,
     src: np.ndarray,
@@ -498,8 +507,8 @@ def block_schedule(
     across = np.flatnonzero(inner & ~same)
     edge_columns = np.stack([src[across], dst[across], across])
     fill = np.array([n, n, src.size])
-    down = _slots(step[label[src[across]]], n_steps, edge_columns[[1, 0, 2]], fill)
-    up = _slots(step[label[dst[across]]], n_steps, edge_columns, fill)
+    down = _topology.pack(step[label[src[across]]], n_steps, edge_columns[[1, 0, 2]], fill)
+    up = _topology.pack(step[label[dst[across]]], n_steps, edge_columns, fill)
 
     def i32(x):
         return jnp.asarray(x, jnp.int32)
@@ -512,4 +521,29 @@ def block_schedule(
         up=i32(up),
         leaving=i32(np.flatnonzero(~same)),
         degree=i32(np.bincount(src, minlength=n)),
+    )
+
+
+def gmres_preconditioner(
+    n: int, src: np.ndarray, dst: np.ndarray, label: np.ndarray, chunk: int = 256
+) -> GMRES:
+    """The [`BlockSweep`][phasejax.BlockSweep] preconditioner of [`GMRES`][phasejax.GMRES].
+
+    ``label``: the strongly connected component of each state. Each component is cut
+    into chunks of at most ``chunk`` states (consecutive in state order, which follows
+    the builder's exploration); edges between two chunks of one component are sent to
+    absorption, so they still count in each state's exit (the chunk blocks of ``M`` keep
+    their diagonal) but are left out of the sweep. What remains is block triangular.
+    Returns the [`GMRES`][phasejax.GMRES] solver with that preconditioner and the cut edges.
+    """
+    order, ptr = _topology.group(label, int(label.max(initial=-1)) + 1)
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - np.repeat(ptr[:-1], np.diff(ptr))
+    piece = label * (n // chunk + 1) + rank // chunk
+    inner = dst < n
+    to = np.minimum(dst, n - 1)
+    cut = inner & (label[src] == label[to]) & (piece[src] != piece[to])
+    preconditioner = block_schedule(n, src, np.where(cut, n, dst))
+    return GMRES(
+        preconditioner=preconditioner, coupling=jnp.asarray(np.flatnonzero(cut), jnp.int32)
     )

@@ -18,7 +18,14 @@ import numpy as np
 from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._solve import GMRES, AbstractSolver, DenseLU, LevelSweep, block_schedule, level_schedule
+from ._solve import (
+    AbstractSolver,
+    DenseLU,
+    LevelSweep,
+    block_schedule,
+    gmres_preconditioner,
+    level_schedule,
+)
 from ._topology import out_edge_table, strong_components
 
 DENSE_LIMIT = 500
@@ -120,13 +127,12 @@ def _choose_solver(n: int, src: np.ndarray, dst: np.ndarray, solver: str) -> Abs
         return LevelSweep(jnp.asarray(blocks))
     if solver == "dense" or (solver == "auto" and n <= DENSE_LIMIT):
         return DenseLU()
-    components = None
+    components = strong_components(n, src, dst)
     if solver == "auto":
-        components = strong_components(n, src, dst)
         solver = "blocks" if np.bincount(components[0]).max() <= BLOCK_LIMIT else "gmres"
     if solver == "blocks":
         return block_schedule(n, src, dst, components=components)
-    return GMRES()
+    return gmres_preconditioner(n, src, dst, components[0])
 
 
 @at_trace_time
@@ -142,7 +148,7 @@ def make_structure(
 
     ``solver``: ``"auto"`` (level sweep if acyclic, else dense LU up to 500 transient
     states, else the block sweep over strongly connected components when none has more
-    than 2,000 states, else GMRES), ``"sweep"``, ``"blocks"``, ``"dense"``, ``"gmres"``,
+    than 2,000 states, else GMRES preconditioned by block sweeps), ``"sweep"``, ``"blocks"``, ``"dense"``, ``"gmres"``,
     or an instance.
     The arrays are concrete even when this runs while tracing (e.g. a reward
     transformation built inside ``jit``): structure is data known at trace time.

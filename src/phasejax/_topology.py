@@ -15,13 +15,25 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 
+def group(key: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable counting sort of integer keys in ``0..n_keys-1``.
+
+    Returns ``(order, ptr)``: the items of key ``k`` are ``order[ptr[k]:ptr[k+1]]``, in
+    input order. (scipy's compiled COO -> CSR conversion: O(items + keys), about ten
+    times faster than a stable ``argsort`` at millions of items.)
+    """
+    items = np.arange(key.size)
+    grouped = coo_matrix((np.ones(key.size, np.int8), (key, items)), (n_keys, key.size)).tocsr()
+    return grouped.indices, grouped.indptr
+
+
 def csr(n: int, frm: np.ndarray, to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Compressed rows of the edges ``frm -> to`` over vertices ``0..n-1``.
 
     Returns ``(targets, ptr)``: the targets of vertex ``v`` are ``targets[ptr[v]:ptr[v+1]]``.
     """
-    order = np.argsort(frm, kind="stable")
-    return to[order], np.searchsorted(frm[order], np.arange(n + 1))
+    order, ptr = group(frm, n)
+    return to[order], ptr
 
 
 def expand(targets: np.ndarray, ptr: np.ndarray, frontier: np.ndarray) -> np.ndarray:
@@ -85,8 +97,8 @@ def heights(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
     while frontier.size:
         height[frontier] = h
         preds = expand(preds_by_target, ptr, frontier)
-        np.subtract.at(remaining, preds, 1)
-        candidates = np.unique(preds)
+        candidates, times = np.unique(preds, return_counts=True)
+        remaining[candidates] -= times  # (np.subtract.at is many times slower)
         frontier = candidates[remaining[candidates] == 0]
         h += 1
     return None if np.any(height < 0) else height
@@ -109,11 +121,23 @@ def strong_components(n: int, src: np.ndarray, dst: np.ndarray) -> tuple[np.ndar
     return label.astype(np.int64), height
 
 
+def pack(key: np.ndarray, n_keys: int, columns: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Rows of ``columns`` (shape (C, m)) grouped by ``key`` into a (C, n_keys, W) table.
+
+    Slot ``[:, k, j]`` holds the ``j``-th item (in input order) whose key is ``k``; ``W``
+    is the largest group (at least 1) and unused slots hold ``fill`` (one value per row).
+    """
+    order, ptr = group(key, n_keys)
+    count = np.diff(ptr)
+    width = max(int(count.max(initial=0)), 1)
+    rank = np.arange(key.size) - np.repeat(ptr[:-1], count)
+    table = np.empty((fill.size, n_keys, width), columns.dtype)
+    table[...] = fill[:, None, None]
+    table[:, key[order], rank] = columns[:, order]
+    return table
+
+
 def out_edge_table(n: int, src: np.ndarray) -> np.ndarray:
     """(n, max out-degree) table of each state's out-edges, padded with ``len(src)``."""
-    order = np.argsort(src, kind="stable")
-    degree = np.bincount(src, minlength=n)
-    table = np.full((n, max(int(degree.max(initial=0)), 1)), src.size, dtype=np.int32)
-    slot = np.arange(src.size) - np.repeat(np.cumsum(degree) - degree, degree)
-    table[src[order], slot] = order
-    return table
+    edges = np.arange(src.size, dtype=np.int32)[None]
+    return pack(src, n, edges, np.array([src.size], np.int32))[0]

@@ -5,14 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .. import _sparse
 from .._compile import Model
 from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL
 from .._epochs import EpochPhaseType, epochs
 from .._graph import Graph, merge_transitions
+from .._solve import System
+from .._structure import check_rewards
 
 
 def _coalescences(
@@ -234,11 +238,14 @@ class IsolationWithMigration(eqx.Module):
     deme-2 descendants, see [`two_island`][phasejax.models.two_island]) and keeps ``rewards =
     jsfs_rewards(graph, n1, n2)``, shape ``(n1 + 1, n2 + 1, V)``;
     [`expected_jsfs`][phasejax.models.IsolationWithMigration.expected_jsfs] gives ``E[xi_{a,b}]``, shape ``(n1 + 1, n2 + 1)``.
+    ``transient_rewards`` holds the rewards checked and restricted to the transient states,
+    one column per class (built once, on the host).
     """
 
     model: Model
     merge: tuple = eqx.field(static=True)
     rewards: Float[np.ndarray, "*classes V"] | None = None
+    transient_rewards: Float[np.ndarray, "n k"] | None = None
 
     def __init__(self, graph: Graph, rewards: Float[np.ndarray, "*classes V"] | None = None):
         self.model = graph.compile()
@@ -250,7 +257,15 @@ class IsolationWithMigration(eqx.Module):
             [states[:, :n] + states[:, n:], np.zeros_like(states[:, n:])], axis=1
         )
         self.merge = tuple(position[v] for v in graph.find_vertices(merged[transient]).tolist())
-        self.rewards = None if rewards is None else np.asarray(rewards, np.float64)
+        if rewards is None:
+            self.rewards = self.transient_rewards = None
+        else:
+            # checked and restricted to transient states here, on the host: inside a jit that
+            # closes over the module, XLA would otherwise constant-fold the check and the
+            # gather over every (state, class) pair at each compilation
+            self.rewards = np.asarray(check_rewards(np.asarray(rewards, np.float64)))
+            by_class = self.rewards.reshape(-1, self.rewards.shape[-1])
+            self.transient_rewards = np.ascontiguousarray(by_class[:, transient].T)
 
     @classmethod
     def joint_sfs(cls, n1: int, n2: int) -> IsolationWithMigration:
@@ -258,13 +273,13 @@ class IsolationWithMigration(eqx.Module):
         graph = two_island(n1, n2, joint=True)
         return cls(graph, jsfs_rewards(graph, n1, n2))
 
-    def __call__(
-        self, coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time
-    ) -> EpochPhaseType:
+    @staticmethod
+    def _thetas(coal_1, coal_2, mig_12, mig_21, coal_ancestral) -> Float[Array, "2 4"]:
+        """The graph's parameters before and after the split."""
         coal_1, coal_2, mig_12, mig_21, coal_ancestral = (
             jnp.asarray(x, float) for x in (coal_1, coal_2, mig_12, mig_21, coal_ancestral)
         )
-        thetas = jnp.stack(
+        return jnp.stack(
             [
                 jnp.stack([coal_1, coal_2, mig_12, mig_21]),
                 # after the split no mass is left in deme 2; its states still need a way out
@@ -273,6 +288,11 @@ class IsolationWithMigration(eqx.Module):
                 ),
             ]
         )
+
+    def __call__(
+        self, coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time
+    ) -> EpochPhaseType:
+        thetas = self._thetas(coal_1, coal_2, mig_12, mig_21, coal_ancestral)
         return epochs(self.model, thetas, jnp.reshape(split_time, (1,)), maps=(self.merge,))
 
     def expected_jsfs(
@@ -290,13 +310,47 @@ class IsolationWithMigration(eqx.Module):
         """``E[int r_c(X_t) dt]`` for every class ``c`` of ``rewards`` (built by
         [`joint_sfs`][phasejax.models.IsolationWithMigration.joint_sfs]: the expected JSFS ``E[xi_{a,b}]``, shape ``(n1 + 1, n2 + 1)``,
         in coalescent time units; multiply by ``theta / 2`` for expected site counts).
-        Under ``jit``, close over the module or use ``eqx.filter_jit`` (it is not hashable)."""
-        if self.rewards is None:
+
+        With ``pi`` the initial vector, ``S_1``, ``S_2`` the sub-intensities before and
+        after the split ``tau`` and ``P`` the merge map,
+
+            E[Y] = int_0^tau pi e^{S_1 u} du r + pi_tau P (-S_2)^{-1} r
+                 = (pi - pi_tau) (-S_1)^{-1} r + pi_tau P (-S_2)^{-1} r,
+
+        ``pi_tau = pi e^{S_1 tau}``: one uniformization vector and two transposed solves
+        (exact block sweeps) for all classes at once. The first form is used when
+        ``S_1`` is singular (no way to coalescence before the split: no migration into
+        a deme with coalescence), the second otherwise; its truncation error is at most
+        ``tol`` times the longest expected epoch-1 absorption time.
+        Under ``jit``, close over the module or use ``eqx.filter_jit`` (it is not hashable).
+        """
+        if self.transient_rewards is None:
             raise ValueError(
                 "no rewards: build with IsolationWithMigration.joint_sfs(n1, n2) or pass rewards="
             )
-        dist = self(coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time)
-        r = self.rewards
-        return dist.mean(r.reshape(-1, r.shape[-1]), tol=tol, max_steps=max_steps).reshape(
-            r.shape[:-1]
-        )
+        thetas = self._thetas(coal_1, coal_2, mig_12, mig_21, coal_ancestral)
+        split = jnp.asarray(split_time, thetas.dtype)
+        split = eqx.error_if(split, ~(split > 0), "split_time must be positive")
+        before = self.model(thetas[0], require_exit=False)
+        after = self.model(thetas[1])
+        pi_tau = before.transient_probability(split[None], tol=tol, max_steps=max_steps)[0]
+        c1, c2, m12, m21 = thetas[0]
+        invertible = ((m12 > 0) & (c2 > 0)) | ((m21 > 0) & (c1 > 0))
+
+        def closed(_):
+            # under vmap both branches run: a singular S_1 is swapped for S_2 (finite,
+            # unused) so that neither the value nor the gradient meets its inverse
+            rate = jnp.where(invertible, before.rate, after.rate)
+            diag = jnp.where(invertible, before.diag, after.diag)
+            system = System(before.structure.src, before.structure.dst, rate, diag)
+            return before._solver(system)(before.alpha - pi_tau, transpose=True)
+
+        def series(_):
+            occupancy = before.accumulated_occupancy(split[None], tol=tol, max_steps=max_steps)
+            return occupancy[0][before.structure.transient_vertices]
+
+        entry = _sparse.segment_sum(pi_tau, jnp.asarray(np.asarray(self.merge)), pi_tau.shape[0])
+        sojourn = jax.lax.cond(invertible, closed, series, None)
+        sojourn = sojourn + after._solver()(entry, transpose=True)
+        r = self.transient_rewards
+        return (sojourn @ r.astype(sojourn.dtype)).reshape(self.rewards.shape[:-1])
