@@ -3,21 +3,37 @@ frequency spectra out, exact and differentiable in the demographic parameters.""
 
 from ._chain import PiecewiseChain
 from ._demes import Demography, from_demes
-from ._likelihood import multinomial_loglik, poisson_loglik, sfs_mask, standard_errors
+from ._likelihood import (
+    BlockBootstrap,
+    block_bootstrap,
+    godambe_covariance,
+    multinomial_loglik,
+    poisson_loglik,
+    profiled_mutation_rate,
+    sfs_mask,
+    standard_errors,
+)
 from ._sfs import fold, polanski_kimmel
 from ._statespace import StateBudgetError
+from ._target import DemographyParameters, SFSPosterior
 from ._times import CoalescenceTime
 
 __all__ = [
+    "BlockBootstrap",
     "CoalescenceTime",
     "Demography",
+    "DemographyParameters",
     "PiecewiseChain",
+    "SFSPosterior",
     "StateBudgetError",
+    "block_bootstrap",
     "fold",
     "from_demes",
+    "godambe_covariance",
     "multinomial_loglik",
     "poisson_loglik",
     "polanski_kimmel",
+    "profiled_mutation_rate",
     "sfs_mask",
     "standard_errors",
 ]
