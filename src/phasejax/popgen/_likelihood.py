@@ -147,9 +147,10 @@ class BlockBootstrap(eqx.Module):
         return jnp.std(self.estimates, axis=0, ddof=1)
 
 
-# Newton step lengths tried per iteration (the best one is taken; 0 keeps the point, so
-# the objective never decreases)
-_STEP_LENGTHS = (1.0, 0.5, 0.25, 0.125, 0.0)
+# Newton step lengths tried per iteration: the longest that does not lower the objective
+# (beyond rounding) is taken, else none. Not the best of them: near the optimum their
+# values differ only by rounding, and picking by value would stall there.
+_STEP_LENGTHS = (1.0, 0.5, 0.25, 0.125)
 
 
 def _newton(f, x0: Array, steps: int) -> tuple[Array, Array]:
@@ -163,9 +164,12 @@ def _newton(f, x0: Array, steps: int) -> tuple[Array, Array]:
 
     def body(x, _):
         d, _ = direction(x)
+        now = f(x)
         values = jax.vmap(lambda a: f(x + a * d))(lengths)
-        best = jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))
-        return x + lengths[best] * d, None
+        ok = jnp.isfinite(values) & (values >= now - 1e-12 * jnp.abs(now))
+        # where no step is acceptable (or the direction is not finite) x stays put
+        step = jnp.where(jnp.any(ok), lengths[jnp.argmax(ok)] * d, 0.0)
+        return x + step, None
 
     x, _ = jax.lax.scan(body, x0, None, length=steps)
     return x, direction(x)[1]

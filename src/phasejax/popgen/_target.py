@@ -61,8 +61,6 @@ class DemographyParameters(eqx.Module):
     def __init__(self, template: Demography, params: Mapping[str, tuple]):
         if not isinstance(template, Demography):
             raise TypeError(f"template must be a popgen.Demography, got {type(template).__name__}")
-        if not params:
-            raise ValueError("no free parameters")
         by_field: dict[str, tuple[list[int], list[tuple[int, ...]]]] = {}
         for i, (name, spec) in enumerate(params.items()):
             if not (isinstance(spec, tuple) and len(spec) == 2 and spec[0] in _FIELDS):
@@ -122,6 +120,8 @@ class DemographyParameters(eqx.Module):
         return jnp.asarray(theta)
 
     def __call__(self, theta: Float[Array, " p"]) -> Demography:
+        if not self.entries:  # nothing free (e.g. only the mutation rate is fitted)
+            return self.template
         fields = [field for field, _, _ in self.entries]
         new = []
         for field, ids, idx in self.entries:
@@ -242,6 +242,8 @@ class SFSPosterior(AbstractTarget):
                     f"mutation_rate must be a positive number, 'free' or None, got {mutation_rate!r}"
                 )
             self.mutation_rate = jnp.asarray(float(mutation_rate))
+        if not names:
+            raise ValueError("no free parameters (give params, or mutation_rate='free')")
         self.model = model
         self.names = names
         self.likelihood = likelihood
