@@ -135,8 +135,8 @@ def godambe_covariance(loglik, params: ArrayLike) -> Float[Array, "p p"]:
 class BlockBootstrap(eqx.Module):
     """Refits of block-resampled data: ``estimates`` ``(R, p)``, ``counts`` ``(R, B)`` (how
     often each block was drawn), ``decrement`` ``(R,)`` (the final Newton decrement
-    ``g^T (-H)^-1 g`` of each refit: about 0 when it converged); ``se`` the sd of the
-    refits (``ddof=1``)."""
+    ``g^T (-H)^-1 g`` of each refit: about 0 when it converged, with ``-H`` shifted to be
+    positive definite where it is not); ``se`` the sd of the refits (``ddof=1``)."""
 
     estimates: Float[Array, "R p"]
     counts: Float[Array, "R B"]
@@ -159,7 +159,11 @@ def _newton(f, x0: Array, steps: int) -> tuple[Array, Array]:
 
     def direction(x):
         g, h = jax.grad(f)(x), jax.hessian(f)(x)
-        d = jnp.linalg.solve(-h, g)
+        # where -H is not positive definite (away from a maximum) shift its spectrum
+        # (Levenberg-Marquardt), so that d is still an ascent direction
+        eig = jnp.linalg.eigvalsh(-h)
+        shift = jnp.where(eig[0] > 0, 0.0, 1e-3 * jnp.max(jnp.abs(eig)) - eig[0])
+        d = jnp.linalg.solve(-h + shift * jnp.eye(x.shape[0], dtype=x.dtype), g)
         return d, g @ d
 
     def body(x, _):
