@@ -17,6 +17,8 @@ Standard errors at an estimate ``theta_hat`` (a maximum of ``l = sum_b l_b``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -120,7 +122,7 @@ def _blocks(loglik, params) -> int:
     return shape[0]
 
 
-def godambe_covariance(loglik, params: ArrayLike) -> Float[Array, "p p"]:
+def godambe_covariance(loglik: Callable[[Array], Array], params: ArrayLike) -> Float[Array, "p p"]:
     """The sandwich ``H^-1 J H^-1``: ``H = -hessian(sum_b l_b)``, ``J = sum_b s_b s_b^T``
     with the per-block scores ``s_b = grad l_b`` at ``params`` (``loglik`` returns the
     ``(B,)`` per-block log-likelihoods ``l_b``)."""
@@ -180,7 +182,12 @@ def _newton(f, x0: Array, steps: int) -> tuple[Array, Array]:
 
 
 def block_bootstrap(
-    loglik, params: ArrayLike, key: Array, n_resamples: int = 200, *, steps: int = 10
+    loglik: Callable[[Array], Array],
+    params: ArrayLike,
+    key: Array,
+    n_resamples: int = 200,
+    *,
+    steps: int = 10,
 ) -> BlockBootstrap:
     """Block bootstrap of an estimate: draw ``B`` blocks with replacement ``n_resamples``
     times (``jax.random.randint`` from ``key``: the same key gives the same resamples) and
@@ -209,7 +216,7 @@ def block_bootstrap(
 
 
 def standard_errors(
-    loglik,
+    loglik: Callable[[Array], Array],
     params: ArrayLike,
     *,
     method: str = "hessian",
