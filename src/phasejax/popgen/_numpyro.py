@@ -58,6 +58,8 @@ class SFSDistribution(_dist.Distribution):
         return poisson_loglik(value, self.expected, self.mutation_rate, folded=self.folded)
 
     def sample(self, key, sample_shape=()):
+        if key is None:
+            raise ValueError("sample needs a PRNG key")
         mask = jnp.asarray(sfs_mask(self.expected.shape, self.folded))
         rate = jnp.where(mask, self.mutation_rate * self.expected, 0.0)
         return jax.random.poisson(key, rate, tuple(sample_shape) + rate.shape).astype(rate.dtype)
