@@ -271,7 +271,10 @@ class SFSPosterior(AbstractTarget):
 
     def expected(self, theta: Float[Array, " p"]) -> Array:
         """The expected branch-length SFS (folded if the data are) at ``theta``."""
-        return self.demography(theta).expected_sfs(self.folded, **dict(self.sfs_options))
+        return self._expected(self.demography(theta))
+
+    def _expected(self, demography: Demography) -> Array:
+        return demography.expected_sfs(self.folded, **dict(self.sfs_options))
 
     def _rate(self, theta: Float[Array, " p"], demography: Demography):
         """Mutation rate per time unit of the expected SFS (``None``: profiled)."""
@@ -283,10 +286,11 @@ class SFSPosterior(AbstractTarget):
 
     def block_log_likelihoods(self, theta: Float[Array, " p"]) -> Float[Array, " B"]:
         """Per-block log-likelihoods ``(B,)`` at ``theta``; their sum is the
-        log-likelihood of the whole spectrum up to a constant (Poisson:
-        ``sum x_b log w_b``). A profiled mutation rate is fitted to the whole spectrum."""
+        log-likelihood of the summed spectrum up to a constant free of ``theta`` (Poisson:
+        ``sum_b S_b log w_b`` and the factorials). A profiled mutation rate is fitted to
+        the whole spectrum."""
         demography = self.demography(theta)
-        expected = demography.expected_sfs(self.folded, **dict(self.sfs_options))
+        expected = self._expected(demography)
         if self.likelihood == "multinomial":
             return jax.vmap(lambda x: multinomial_loglik(x, expected, folded=self.folded))(
                 self.observed
