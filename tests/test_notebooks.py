@@ -15,7 +15,7 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 # notebooks that take more than about 30 s on a 2-core machine
-SLOW = {"02_population_genetics", "03_inference", "05_performance"}
+SLOW = {"02_population_genetics", "03_inference", "05_performance", "06_demes_inference"}
 CELL_TIMEOUT = 300  # seconds per cell
 
 
@@ -37,6 +37,7 @@ def test_notebooks_exist_and_are_clean():
         "03_inference",
         "04_custom_models",
         "05_performance",
+        "06_demes_inference",
     ]
     for path in PATHS:
         nb = json.loads(path.read_text())

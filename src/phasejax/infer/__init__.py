@@ -1,6 +1,8 @@
 """Bayesian inference for phase-type models: SVGD, MAP, and a numpyro distribution.
 
-One target, built once: a [`Posterior`][phasejax.infer.Posterior] holds the model's
+One target, built once (an [`AbstractTarget`][phasejax.infer.AbstractTarget]; for an
+observed site frequency spectrum, [`phasejax.popgen.SFSPosterior`][]): a
+[`Posterior`][phasejax.infer.Posterior] holds the model's
 [`Likelihood`][phasejax.infer.Likelihood] (model, rewards, series options), the data,
 the prior, the positivity transform and an optional moment penalty, all checked on the
 concrete data before anything is compiled. It is what the fits take:
@@ -61,6 +63,7 @@ from ._svgd import (
     svgd_init,
     svgd_run,
 )
+from ._target import AbstractTarget
 from ._transforms import AbstractTransform, Exp, Identity, Softplus, as_transform
 
 
@@ -76,6 +79,7 @@ __all__ = [
     "RBF",
     "AbstractKernel",
     "AbstractPrior",
+    "AbstractTarget",
     "AbstractTransform",
     "Exp",
     "FitResult",

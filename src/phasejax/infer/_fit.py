@@ -1,4 +1,5 @@
-"""Fitting a [`Posterior`][phasejax.infer.Posterior]: SVGD particles and MAP estimates."""
+"""Fitting a target ([`Posterior`][phasejax.infer.Posterior] or any
+[`AbstractTarget`][phasejax.infer.AbstractTarget]): SVGD particles and MAP estimates."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import optax
 from jaxtyping import Array, ArrayLike, Float
 
 from ._kernels import AbstractKernel
-from ._posterior import Posterior
 from ._svgd import DEFAULT_CHUNK, SVGDState, load_state, svgd_init, svgd_run
+from ._target import AbstractTarget
 
 _QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
 DEFAULT_STEPS = 1000
@@ -88,7 +89,7 @@ def summarize(particles: Float[Array, "P p"], quantiles: Sequence[float] = _QUAN
     return jnp.mean(particles, axis=0), jnp.std(particles, axis=0, ddof=1), q
 
 
-def _initial_particles(target: Posterior, init, n_particles: int, key, init_scale: float):
+def _initial_particles(target: AbstractTarget, init, n_particles: int, key, init_scale: float):
     p = target.n_params
     dtype = jnp.result_type(float)
     tf = target.transform
@@ -127,17 +128,18 @@ def _initial_particles(target: Posterior, init, n_particles: int, key, init_scal
     return z
 
 
-def _check_target(target) -> Posterior:
-    if not isinstance(target, Posterior):
+def _check_target(target) -> AbstractTarget:
+    """The one gate of the fits: any [`AbstractTarget`][phasejax.infer.AbstractTarget]."""
+    if not isinstance(target, AbstractTarget):
         raise TypeError(
-            f"expected an infer.Posterior (build it once: Posterior(model, data, prior=...)), "
-            f"got {type(target).__name__}"
+            "expected an infer.Posterior (build it once: Posterior(model, data, prior=...)) or "
+            f"another infer.AbstractTarget (popgen.SFSPosterior), got {type(target).__name__}"
         )
     return target
 
 
 def fit_svgd(
-    target: Posterior,
+    target: AbstractTarget,
     *,
     n_particles: int = 64,
     steps: int = DEFAULT_STEPS,
@@ -163,7 +165,9 @@ def fit_svgd(
     **Arguments:**
 
     - `target`: a [`Posterior`][phasejax.infer.Posterior] (model, data, prior,
-      transform, rewards, regularization: built and checked once).
+      transform, rewards, regularization: built and checked once), or any other
+      [`AbstractTarget`][phasejax.infer.AbstractTarget] (e.g.
+      [`phasejax.popgen.SFSPosterior`][]).
     - `n_particles`, `steps`: the default 1000 steps of the default optimizer (Adam,
       learning rate 0.1 halving every 100 steps to a floor of 1e-3) converge on small
       problems; check ``fit.converged`` (a warning says when the particles were still
@@ -259,7 +263,7 @@ def _drift(history: Array, mean: Array, sd: Array) -> Array:
     return jnp.maximum(d_mean, d_sd) / sd
 
 
-def _finish(target: Posterior, out, quantiles) -> FitResult:
+def _finish(target: AbstractTarget, out, quantiles) -> FitResult:
     theta = _theta(target, out.particles)
     history = _theta(target, out.history) if out.history.shape[0] else out.history
     mean, sd, q = summarize(theta, quantiles)
@@ -316,7 +320,7 @@ def _optimize(fn: Callable, x0: Array, optimizer, steps: int) -> tuple[Array, Ar
 
 
 def map_estimate(
-    target: Posterior | Callable,
+    target: AbstractTarget | Callable,
     init: ArrayLike,
     *,
     optimizer: optax.GradientTransformation | None = None,
@@ -325,8 +329,9 @@ def map_estimate(
 ) -> MAPResult:
     """Maximise a log density with optax (one jitted ``lax.scan``).
 
-    ``target`` is a [`Posterior`][phasejax.infer.Posterior] (``init`` is theta; a
-    posterior built with ``prior=None`` gives the maximum-likelihood estimate) or any
+    ``target`` is a [`Posterior`][phasejax.infer.Posterior] or another
+    [`AbstractTarget`][phasejax.infer.AbstractTarget] (``init`` is theta; a
+    target built with ``prior=None`` gives the maximum-likelihood estimate) or any
     log density ``x -> scalar`` (``init`` is its argument). For a posterior the
     optimisation runs in ``z`` with ``theta = transform(z)`` and, by default, *no*
     Jacobian term, so the result is the mode in theta (``jacobian=True``: the mode in z).
@@ -339,7 +344,7 @@ def map_estimate(
     steps = int(steps)
     if optimizer is None:
         optimizer = optax.adam(optax.cosine_decay_schedule(5e-2, max(steps, 1), alpha=1e-3))
-    if isinstance(target, Posterior):
+    if isinstance(target, AbstractTarget):
         theta0 = jnp.asarray(init, jnp.result_type(float))
         if theta0.shape != (target.n_params,):
             raise ValueError(
@@ -356,7 +361,10 @@ def map_estimate(
             params=target.transform.forward(z), unconstrained=z, log_density=value, trace=trace
         )
     if not callable(target):
-        raise TypeError("target must be an infer.Posterior or a log density function")
+        raise TypeError(
+            "target must be an inference target (infer.Posterior, popgen.SFSPosterior) or a "
+            "log density function"
+        )
     x0 = jnp.asarray(init)
     if not jnp.issubdtype(x0.dtype, jnp.floating):
         x0 = x0.astype(jnp.result_type(float))
@@ -367,7 +375,7 @@ def map_estimate(
 class _Unconstrained(eqx.Module):
     """A posterior's log density in ``z``, with or without the Jacobian term."""
 
-    target: Posterior
+    target: AbstractTarget
     jacobian: bool = eqx.field(static=True)
 
     def __call__(self, z, step):

@@ -34,6 +34,7 @@ from .._rewards import DiscreteRewardTransform
 from .._structure import is_traced
 from .._uniformization import right_point
 from ._priors import AbstractPrior, as_prior
+from ._target import AbstractTarget
 from ._transforms import AbstractTransform, as_transform
 
 _OUT_OF_RANGE = ("raise", "-inf")
@@ -254,7 +255,7 @@ def as_likelihood(target) -> Likelihood:
     return Likelihood(target)
 
 
-class Posterior(eqx.Module):
+class Posterior(AbstractTarget):
     """The posterior of a model's parameters given i.i.d. data: the one inference target.
 
     Built once, validated here (data finite, non-negative, whole numbers for a discrete
@@ -338,10 +339,6 @@ class Posterior(eqx.Module):
         log_lik = jnp.sum(self.likelihood._log_prob(dist, admissible, self.data))
         return log_lik + self.prior.log_prob(theta) - self.penalty(theta, step, dist)
 
-    def __call__(self, z: Float[Array, " p"], step=0) -> Float[Array, ""]:
-        theta = self.transform.forward(z)
-        return self.log_density_theta(theta, step) + self.transform.log_det(z)
-
     def explain(self, z: Float[Array, " p"]) -> str:
         """Why the log density at ``z`` is not finite (run eagerly on the failure path)."""
         z = jnp.asarray(z)
@@ -369,13 +366,6 @@ class Posterior(eqx.Module):
                 f"{where} observation {i} (data[{i}] = {np.asarray(self.data)[i].item()!r}) has log "
                 f"probability {per_obs[i]} ({bad.sum()} of {bad.size} observations); {why}"
             )
-        parts = {
-            "log prior": self.prior.log_prob(theta),
-            "log |Jacobian|": self.transform.log_det(z),
-        }
-        for name, value in parts.items():
-            if not np.isfinite(float(value)):
-                return f"{where} the {name} is {float(value)}"
-        if self.regularization is not None:
+        if self.regularization is not None and not np.isfinite(float(self.penalty(theta))):
             return f"{where} the moment penalty is {float(self.penalty(theta))}"
-        return f"{where} the log density is not finite"
+        return super().explain(z)
