@@ -259,15 +259,15 @@ class EpochPhaseType(eqx.Module):
     ) -> Array:
         """The ``q``-quantile ``inf {t : P(T <= t) >= q}`` of the absorption time, for each
         ``q`` in ``[0, 1]`` (see `phasejax._epochs.invert_cdf`)."""
-        frozen = jax.lax.stop_gradient(self)
-        m1, m2 = frozen.moments(2, tol=tol, max_steps=max_steps)
-        return invert_cdf(
-            lambda d, t: d.cdf(t, tol=tol, max_steps=max_steps),
-            lambda d, t: d.pdf(t, tol=tol, max_steps=max_steps),
-            self,
-            q,
-            m1 + 10.0 * jnp.sqrt(jnp.maximum(m2 - m1**2, 0.0)),
-        )
+        if self.is_dense:  # one chain for the whole search
+            dist, cdf, pdf = self.chain(), PiecewiseChain.cdf, PiecewiseChain.pdf
+            m1, m2 = dist.reward_moments(self._chain_rewards(None), 2)
+        else:
+            dist = self
+            cdf = lambda d, t: d.cdf(t, tol=tol, max_steps=max_steps)
+            pdf = lambda d, t: d.pdf(t, tol=tol, max_steps=max_steps)
+            m1, m2 = self.moments(2, tol=tol, max_steps=max_steps)
+        return invert_cdf(cdf, pdf, dist, q, _bracket(m1, m2))
 
     @eqx.filter_jit
     def mean(
@@ -413,30 +413,10 @@ class EpochReward(eqx.Module):
         """``E[exp(-s Y)]`` for ``s >= 0``."""
         return self.epochs.laplace(s, self.rewards)
 
-    def _invert(self, y: ArrayLike, density: bool) -> Array:
-        """The cdf (or the density) of ``Y`` at ``y``: the inverted transform at ``y > 0``,
-        ``P(Y = 0)`` (density: 0) at ``y = 0`` and the limit at ``y = inf``."""
-        chain, r = self._chain()
-        y = _unif.check_times(jnp.asarray(y, r.dtype), "reward levels y")
-        flat = jnp.ravel(y)
-        finite = (flat > 0) & jnp.isfinite(flat)
-        at = jnp.where(finite, flat, 1.0)
-        atom = chain.zero_reward_probability(r)
-        s = _EULER_NODES[None, :] / (2.0 * at[:, None])  # (points, terms), complex
-        # the nodes in blocks: one vmapped block of exponentials at a time bounds memory
-        blocks = jnp.pad(s.ravel(), (0, -s.size % _EULER_BLOCK), constant_values=1.0)
-        values = jax.lax.map(lambda b: chain.laplace(b, r), blocks.reshape(-1, _EULER_BLOCK))
-        values = values.ravel()[: s.size].reshape(s.shape)
-        values = values - atom if density else values / s
-        inverted = jnp.exp(_EULER_SHIFT) / at * (jnp.real(values) @ _EULER_WEIGHTS)
-        at_zero, at_inf = (0.0, 0.0) if density else (atom, 1.0)
-        value = jnp.where(finite, inverted, jnp.where(flat == 0, at_zero, at_inf))
-        return value.reshape(y.shape)
-
     @eqx.filter_jit
     def cdf(self, y: ArrayLike) -> Array:
         """``P(Y <= y)``; ``y = 0`` gives the atom ``P(Y = 0)`` exactly."""
-        return self._invert(y, density=False)
+        return _inverted(*self._chain(), y, density=False)
 
     @eqx.filter_jit
     def sf(self, y: ArrayLike) -> Array:
@@ -446,14 +426,20 @@ class EpochReward(eqx.Module):
     @eqx.filter_jit
     def pdf(self, y: ArrayLike) -> Array:
         """Density of ``Y`` at ``y > 0`` (the transform of ``Y`` less its atom, inverted)."""
-        return self._invert(y, density=True)
+        return _inverted(*self._chain(), y, density=True)
 
     @eqx.filter_jit
     def quantile(self, q: ArrayLike) -> Array:
         """The ``q``-quantile of ``Y`` for each ``q`` in ``[0, 1]`` (see `invert_cdf`)."""
-        m1, m2 = jax.lax.stop_gradient(self.moments(2))
-        scale = m1 + 10.0 * jnp.sqrt(jnp.maximum(m2 - m1**2, 0.0))
-        return invert_cdf(EpochReward.cdf, EpochReward.pdf, self, q, scale)
+        chain, r = self._chain()  # one chain for the whole search
+        m1, m2 = chain.reward_moments(r, 2)
+        return invert_cdf(
+            lambda d, y: _inverted(*d, y, density=False),
+            lambda d, y: _inverted(*d, y, density=True),
+            (chain, r),
+            q,
+            _bracket(m1, m2),
+        )
 
 
 def _euler_weights(a: float, n: int, m: int):
@@ -473,6 +459,31 @@ def _euler_weights(a: float, n: int, m: int):
 # (measured on two-epoch Kingman n = 3 total lengths; a few hundred terms leave 1e-8 there)
 _EULER_NODES, _EULER_WEIGHTS, _EULER_SHIFT = _euler_weights(25.0, 1000, 20)
 _EULER_BLOCK = 64
+
+
+def _inverted(chain: PiecewiseChain, r: Array, y: ArrayLike, density: bool) -> Array:
+    """The cdf (or the density) of ``Y = int r(X_t) dt`` at ``y``: the inverted transform
+    at ``y > 0``, ``P(Y = 0)`` (density: 0) at ``y = 0`` and the limit at ``y = inf``."""
+    y = _unif.check_times(jnp.asarray(y, r.dtype), "reward levels y")
+    flat = jnp.ravel(y)
+    finite = (flat > 0) & jnp.isfinite(flat)
+    at = jnp.where(finite, flat, 1.0)
+    atom = chain.zero_reward_probability(r)
+    s = _EULER_NODES[None, :] / (2.0 * at[:, None])  # (points, terms), complex
+    # the nodes in blocks: one vmapped block of exponentials at a time bounds memory
+    blocks = jnp.pad(s.ravel(), (0, -s.size % _EULER_BLOCK), constant_values=1.0)
+    values = jax.lax.map(lambda b: chain.laplace(b, r), blocks.reshape(-1, _EULER_BLOCK))
+    values = values.ravel()[: s.size].reshape(s.shape)
+    values = values - atom if density else values / s
+    inverted = jnp.exp(_EULER_SHIFT) / at * (jnp.real(values) @ _EULER_WEIGHTS)
+    at_zero, at_inf = (0.0, 0.0) if density else (atom, 1.0)
+    value = jnp.where(finite, inverted, jnp.where(flat == 0, at_zero, at_inf))
+    return value.reshape(y.shape)
+
+
+def _bracket(m1: Array, m2: Array) -> Array:
+    """A first upper bracket for a quantile search: mean plus ten standard deviations."""
+    return m1 + 10.0 * jnp.sqrt(jnp.maximum(m2 - m1**2, 0.0))
 
 
 def invert_cdf(cdf, pdf, dist, q: ArrayLike, scale: Array, bisections: int = 48) -> Array:
