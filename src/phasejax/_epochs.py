@@ -434,8 +434,8 @@ class EpochReward(eqx.Module):
         chain, r = self._chain()  # one chain for the whole search
         m1, m2 = chain.reward_moments(r, 2)
         return invert_cdf(
-            lambda d, y: _inverted(*d, y, density=False),
-            lambda d, y: _inverted(*d, y, density=True),
+            lambda d, y: _inverted(d[0], d[1], y, density=False),
+            lambda d, y: _inverted(d[0], d[1], y, density=True),
             (chain, r),
             q,
             _bracket(m1, m2),
@@ -523,7 +523,7 @@ def invert_cdf(cdf, pdf, dist, q: ArrayLike, scale: Array, bisections: int = 48)
         x = jnp.where(ok, x - (cdf(dist, x) - flat_q) / jnp.where(ok, density, 1.0), x)
     atom = cdf(frozen, zeros) >= target  # an atom at 0 holds these levels
     x = jnp.where(atom, 0.0, x)
-    return jnp.where(flat < 1, x, jnp.inf).reshape(q.shape)
+    return jnp.where(flat < 1, x, jnp.inf).reshape(jnp.shape(q))
 
 
 def epochs(

@@ -54,7 +54,7 @@ _PADE13 = (
     1.0,
 )
 _THETA13 = 5.371920351148152  # the 1-norm up to which [13/13] is exact to double rounding
-_MAX_SQUARINGS = 40  # 1-norms up to 5.9e12
+_MAX_SQUARINGS = 24  # 1-norms up to 9e7 (beyond: NaN, as in jax.scipy.linalg.expm)
 
 
 def expm(a: Array) -> Array:
@@ -62,14 +62,15 @@ def expm(a: Array) -> Array:
 
     ``a / 2^s`` with ``s`` the least power that brings the 1-norm under ``theta_13``
     (held constant under differentiation: the result is smooth in ``a``), the [13/13]
-    Pade approximant, then ``s`` squarings. One branch only (unlike
-    `jax.scipy.linalg.expm`, which picks among five Pade orders): under ``vmap`` and
-    nested derivatives nothing is computed five times (a Hessian of a 6 x 6 exponential
-    compiled in half the time).
+    Pade approximant, then ``s`` squarings (NaN where more than 24 would be needed). One
+    branch only (unlike `jax.scipy.linalg.expm`, which picks among five Pade orders):
+    under ``vmap`` and nested derivatives nothing is computed five times (a Hessian of a
+    6 x 6 exponential compiled in half the time). Under ``vmap`` every squaring runs.
     """
     norm = jnp.max(jnp.sum(jnp.abs(a), axis=0))
-    s = jnp.clip(jnp.ceil(jnp.log2(norm / _THETA13)), 0, _MAX_SQUARINGS)
+    s = jnp.maximum(jnp.ceil(jnp.log2(norm / _THETA13)), 0)
     s = jax.lax.stop_gradient(jnp.where(norm > 0, s, 0.0))
+    a = jnp.where(s > _MAX_SQUARINGS, jnp.nan, a)
     a = a / 2.0**s
     b = _PADE13
     eye = jnp.eye(a.shape[0], dtype=a.dtype)
@@ -208,7 +209,8 @@ class PiecewiseChain(eqx.Module):
     def reward_covariance(self, rewards: Float[Array, "m V"]) -> Float[Array, "m m"]:
         """Covariance matrix of ``Y_a = int_0^inf r_a(X_t) dt`` for the rows ``r_a``."""
         r = jax.vmap(self._reward)(rewards)
-        phi = jax.vmap(self.reward_integral)(r)
+        # one reward at a time: under vmap the squarings' conditionals would all run
+        phi = jax.lax.map(self.reward_integral, r)
         second = r @ phi.T
         means = r @ self.occupancy()
         return second + second.T - jnp.outer(means, means)
