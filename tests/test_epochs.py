@@ -117,3 +117,224 @@ def test_isolation_with_migration():
         - im(1.0, 0.5, 0.3, 0.6, 2.0, 0.7 - 1e-6).mean()
     ) / 2e-6
     np.testing.assert_allclose(g, fd, rtol=1e-6)
+
+
+# --- the dense engine: rewards, Laplace, quantiles, reward distributions, Hessians ---
+
+
+def ode_oracle(graph, thetas, breaks, rewards, k=2, s=None, maps=(), tail=400.0):
+    """``E[Y], ..., E[Y^k]`` (or, given ``s``, ``E[exp(-s Y)]``) by integrating the forward
+    equations ``m_c' = m_c Q + c m_{c-1} R`` (resp. ``w' = w (Q - s R)``) with DOP853:
+    independent of matrix exponentials."""
+    from scipy.integrate import solve_ivp
+
+    transient = np.asarray(graph.compile().transient_vertices)
+    alpha = graph.as_matrices(np.asarray(thetas[0], float)).alpha
+    n = alpha.size
+    r = np.append(np.asarray(rewards, float)[transient], 0.0)
+    gens = []
+    for th in thetas:
+        sub = graph.as_matrices(np.asarray(th, float)).matrix
+        q = np.zeros((n + 1, n + 1))
+        q[:n, :n], q[:n, n] = sub, -sub.sum(1)
+        gens.append(q)
+    order = 0 if s is not None else k
+    y = np.zeros((order + 1, n + 1))
+    y[0, :n], y[0, n] = alpha, 1 - alpha.sum()
+    edges = [0.0, *breaks, breaks[-1] + tail if len(breaks) else tail]
+    for j, q in enumerate(gens):
+
+        def rhs(_, flat, q=q):
+            m = flat.reshape(order + 1, n + 1)
+            if s is not None:
+                return (m @ (q - s * np.diag(r))).ravel()
+            out = m @ q
+            out[1:] += np.arange(1, order + 1)[:, None] * (m[:-1] * r)
+            return out.ravel()
+
+        sol = solve_ivp(rhs, (edges[j], edges[j + 1]), y.ravel(), "DOP853", rtol=1e-13, atol=1e-15)
+        y = sol.y[:, -1].reshape(order + 1, n + 1)
+        if j < len(maps) and maps[j] is not None:
+            merge = np.zeros((n + 1, n + 1))
+            merge[np.arange(n), maps[j]], merge[n, n] = 1.0, 1.0
+            y = y @ merge
+    return y[0, n] if s is not None else y[1:].sum(1)
+
+
+def test_epoch_rewards_against_ode_oracle():
+    graph = pj.models.kingman(5)
+    thetas, breaks = [[1.0], [0.2], [2.0]], [0.3, 1.1]
+    e = pj.epochs(graph.compile(), jnp.asarray(thetas), jnp.asarray(breaks))
+    assert e.is_dense
+    sfs = np.asarray(pj.models.sfs_rewards(graph))
+    moments = ode_oracle(graph, thetas, breaks, sfs[1], k=3)
+    np.testing.assert_allclose(e.moments(3, sfs[1]), moments, rtol=1e-9)
+    np.testing.assert_allclose(e.var(sfs[1]), moments[1] - moments[0] ** 2, rtol=1e-9)
+    # covariances by polarisation of the oracle's second moments
+    second = np.array([[ode_oracle(graph, thetas, breaks, a + b)[1] for b in sfs] for a in sfs])
+    diag = np.diag(second) / 4
+    means = np.array([ode_oracle(graph, thetas, breaks, a, k=1)[0] for a in sfs])
+    cov = (second - diag[:, None] - diag[None, :]) / 2 - np.outer(means, means)
+    np.testing.assert_allclose(e.covariance_matrix(sfs), cov, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(e.cov(sfs[0], sfs[2]), cov[0, 2], rtol=1e-9)
+    s = np.array([0.0, 0.4, 3.0])
+    laplace = [ode_oracle(graph, thetas, breaks, sfs[0], s=si) for si in s]
+    np.testing.assert_allclose(e.laplace(s, sfs[0]), laplace, rtol=1e-10)
+    with pytest.raises(Exception, match="s >= 0"):
+        e.laplace(-1.0)
+
+
+def test_epoch_maps_against_ode_oracle():
+    graph = pj.models.two_island(2, 1)
+    im = pj.models.IsolationWithMigration(graph)
+    e = im(1.0, 0.5, 0.3, 0.6, 2.0, 0.7)
+    thetas = [[1.0, 0.5, 0.3, 0.6], [2.0, 2.0, 0.0, 1.0]]
+    r = np.asarray(pj.models.sfs_rewards(graph))[0]
+    moments = ode_oracle(graph, thetas, [0.7], r, k=2, maps=(np.asarray(im.merge),))
+    np.testing.assert_allclose(e.moments(2, r), moments, rtol=1e-9)
+    np.testing.assert_allclose(e.var(r), moments[1] - moments[0] ** 2, rtol=1e-9)
+
+
+def test_one_epoch_equals_phase_type():
+    graph = pj.models.kingman(4)
+    model = graph.compile()
+    d = model(jnp.array([1.3]))
+    e = pj.epochs(model, jnp.array([[1.3]]), jnp.zeros(0))
+    sfs = pj.models.sfs_rewards(graph)
+    t = jnp.array([0.0, 0.3, 1.0, 4.0, jnp.inf])
+    for name in ("pdf", "cdf", "sf", "state_probability"):
+        np.testing.assert_allclose(getattr(e, name)(t), getattr(d, name)(t), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(e.moments(3, sfs[0]), d.moments(3, sfs[0]), rtol=1e-10)
+    np.testing.assert_allclose(e.var(sfs[1]), d.var(sfs[1]), rtol=1e-10)
+    np.testing.assert_allclose(e.covariance_matrix(sfs), d.covariance_matrix(sfs), rtol=1e-10)
+    np.testing.assert_allclose(e.cov(sfs[0], sfs[1]), d.cov(sfs[0], sfs[1]), rtol=1e-10)
+    s = jnp.array([0.0, 0.5, 7.0])
+    np.testing.assert_allclose(e.laplace(s, sfs[0]), d.laplace(s, sfs[0]), rtol=1e-10)
+    q = jnp.array([0.0, 0.05, 0.5, 0.99, 1.0])
+    x = e.quantile(q)
+    np.testing.assert_allclose(d.cdf(x[1:-1]), q[1:-1], rtol=1e-12)
+    assert x[0] == 0 and np.isinf(x[-1])
+    # total branch length: the distribution of Y against the one-epoch reward transform
+    length = np.asarray(sfs).sum(0)
+    y, yd = e.reward_transform(length), d.reward_transform(length)
+    np.testing.assert_allclose(y.moments(3), yd.moments(3), rtol=1e-10)
+    ys = jnp.array([0.0, 0.2, 1.0, 3.0, 8.0])
+    np.testing.assert_allclose(y.cdf(ys), yd.cdf(ys), atol=1e-10)
+    np.testing.assert_allclose(y.pdf(ys[1:]), yd.pdf(ys[1:]), atol=1e-10)
+    np.testing.assert_allclose(yd.cdf(y.quantile(jnp.array([0.3, 0.8]))), [0.3, 0.8], atol=1e-10)
+
+
+def test_two_epoch_total_length_distribution():
+    """Kingman n = 3, coalescence rate lam1 before tau and lam2 after: L = 3 T3 + 2 T2, with
+    the cdf and pdf of L as one-dimensional integrals over T3 (closed-form hazards)."""
+    lam1, lam2, tau = 1.0, 0.25, 0.4
+    graph = pj.models.kingman(3)
+    e = pj.epochs(graph.compile(), jnp.array([[lam1], [lam2]]), jnp.array([tau]))
+    length = e.reward_transform(np.asarray(pj.models.sfs_rewards(graph)).sum(0))
+
+    def hazard(a, b):  # int_a^b lambda(u) du
+        return lam1 * (min(b, tau) - min(a, tau)) + lam2 * (max(b, tau) - max(a, tau))
+
+    def rate(u):
+        return lam1 if u < tau else lam2
+
+    def f3(t):
+        return 3 * rate(t) * np.exp(-3 * hazard(0, t))
+
+    def cdf(y):
+        inner = lambda t: f3(t) * (1 - np.exp(-hazard(t, t + (y - 3 * t) / 2)))
+        return si.quad(inner, 0, y / 3, points=[tau], epsabs=1e-14, epsrel=1e-13, limit=200)[0]
+
+    def pdf(y):
+        inner = lambda t: (
+            f3(t) * rate(t + (y - 3 * t) / 2) * np.exp(-hazard(t, t + (y - 3 * t) / 2)) / 2
+        )
+        kink = y - 2 * tau  # where t + (y - 3 t) / 2 = tau
+        pts = [p for p in (tau, kink) if 0 < p < y / 3]
+        return si.quad(inner, 0, y / 3, points=pts or None, epsabs=1e-14, epsrel=1e-13, limit=200)[
+            0
+        ]
+
+    ys = np.array([0.3, 1.0, 2.5, 6.0, 15.0])
+    np.testing.assert_allclose(length.cdf(ys), [cdf(y) for y in ys], atol=1e-9)
+    # the density converges more slowly near its kinks (y = 2 tau, 3 tau): 2e-7 at y = 1
+    np.testing.assert_allclose(length.pdf(ys), [pdf(y) for y in ys], atol=5e-7)
+    mean = si.quad(lambda y: 1 - cdf(y), 0, 400, limit=400, epsabs=1e-12)[0]
+    np.testing.assert_allclose(length.mean(), mean, rtol=1e-8)
+
+
+def test_two_epoch_kingman_quantile_closed_form():
+    lam1, lam2, tau = 1.0, 0.3, 0.8
+    pk = pj.models.PiecewiseKingman(2)
+    q = jnp.array([0.1, 0.5, 0.9])
+
+    def exact(q, lam1, lam2, tau):
+        h = -np.log1p(-np.asarray(q))
+        return np.where(h <= lam1 * tau, h / lam1, tau + (h - lam1 * tau) / lam2)
+
+    quantile = jax.jit(lambda x, q: pk(x[:2], x[2:]).quantile(q))
+    x = jnp.array([lam1, lam2, tau])
+    np.testing.assert_allclose(quantile(x, q), exact(q, lam1, lam2, tau), rtol=1e-12)
+    # derivatives of the quantile (implicit, through the Newton steps) in the rates and
+    # the break, against the closed form's: q = 0.9 lies in the second epoch
+    g = jax.grad(lambda x: quantile(x, q[2]))(x)
+    h = -np.log1p(-0.9)
+    np.testing.assert_allclose(g, [-tau / lam2, -(h - lam1 * tau) / lam2**2, 1 - lam1 / lam2])
+
+
+def test_sparse_engine_limits():
+    model = pj.models.kingman(4).compile()
+    e = pj.epochs(model, jnp.array([[1.0], [0.5]]), jnp.array([0.7]), dense=False)
+    assert not e.is_dense
+    with pytest.raises(NotImplementedError, match="dense engine"):
+        e.var()
+    dense = pj.epochs(model, jnp.array([[1.0], [0.5]]), jnp.array([0.7]))
+    with pytest.raises(Exception, match=r"q in \[0, 1\]"):
+        dense.quantile(1.5)
+
+
+@pytest.mark.slow
+def test_epoch_hessians_against_finite_differences():
+    """Second derivatives of the epoch quantities in (rate 1, rate 2, break), one per
+    engine piece (occupancy, Phi, Van Loan moments, Laplace, state distribution at t,
+    quantile, inverted reward cdf): jax.hessian against central differences of
+    jax.jacrev, at two points; jacfwd(grad) and grad(grad) of the mean agree with it."""
+    graph = pj.models.kingman(4)
+    model = graph.compile()
+    sfs = jnp.asarray(pj.models.sfs_rewards(graph))
+    length = sfs.sum(0)
+
+    def quantities(x):
+        e = pj.epochs(model, x[:2, None], x[2:])
+        return jnp.stack(
+            [
+                e.mean(sfs[1]),
+                e.cov(sfs[0], sfs[1]),
+                e.moments(3, sfs[1])[2],
+                e.laplace(0.7, sfs[0]),
+                e.cdf(1.3),
+                e.quantile(0.6),
+                e.reward_transform(length).cdf(2.0),
+            ]
+        )
+
+    hessian = jax.jit(jax.hessian(quantities))
+    jacobian = jax.jit(jax.jacrev(quantities))
+    eps = 1e-5
+    for x in (jnp.array([1.0, 0.3, 0.8]), jnp.array([0.5, 2.0, 0.3])):
+        h = hessian(x)
+        np.testing.assert_allclose(h, jnp.swapaxes(h, 1, 2), rtol=1e-9, atol=1e-12)
+        fd = jnp.stack(
+            [
+                (jacobian(x.at[i].add(eps)) - jacobian(x.at[i].add(-eps))) / (2 * eps)
+                for i in range(3)
+            ],
+            axis=-1,
+        )
+        np.testing.assert_allclose(h, fd, rtol=1e-6, atol=1e-8)
+    # the forms that failed on the uniformization engine: jacfwd(grad) and grad(grad)
+    mean = lambda x: pj.epochs(model, x[:2, None], x[2:]).mean()
+    reference = jax.jit(jax.hessian(mean))(x)
+    np.testing.assert_allclose(jax.jit(jax.jacfwd(jax.grad(mean)))(x), reference, rtol=1e-10)
+    along_break = jax.jit(jax.grad(jax.grad(lambda b: mean(x.at[2].set(b)))))
+    np.testing.assert_allclose(along_break(x[2]), reference[2, 2], rtol=1e-10)

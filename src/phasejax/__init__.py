@@ -5,7 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import internal, models, popgen
 from ._compile import Model
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
-from ._epochs import EpochPhaseType, epochs
+from ._epochs import EpochPhaseType, EpochReward, epochs
 from ._graph import Graph, Matrices, Vertex
 from ._mutations import joint_mutation_pmf, mutation_counts
 from ._rewards import DiscreteRewardTransform, RewardTransform
@@ -26,6 +26,7 @@ __all__ = [
     "DiscretePhaseType",
     "DiscreteRewardTransform",
     "EpochPhaseType",
+    "EpochReward",
     "Graph",
     "LevelSweep",
     "Matrices",
