@@ -338,3 +338,19 @@ def test_epoch_hessians_against_finite_differences():
     np.testing.assert_allclose(jax.jit(jax.jacfwd(jax.grad(mean)))(x), reference, rtol=1e-10)
     along_break = jax.jit(jax.grad(jax.grad(lambda b: mean(x.at[2].set(b)))))
     np.testing.assert_allclose(along_break(x[2]), reference[2, 2], rtol=1e-10)
+
+
+def test_dense_expm_accuracy_and_range():
+    """The dense engine's exponential against scipy, and a clear error (not NaN) where it
+    would need more than its 24 squarings."""
+    import equinox as eqx
+
+    from phasejax._piecewise import expm
+
+    rng = np.random.default_rng(3)
+    q = rng.uniform(0, 1, (5, 5))
+    q -= np.diag(q.sum(1) + 0.5)
+    for scale in (0.1, 30.0, 1e4):
+        np.testing.assert_allclose(expm(jnp.asarray(q * scale)), sl.expm(q * scale), atol=1e-12)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="more than 24 squarings"):
+        expm(jnp.asarray(q * 1e9)).block_until_ready()

@@ -62,7 +62,7 @@ def expm(a: Array) -> Array:
 
     ``a / 2^s`` with ``s`` the least power that brings the 1-norm under ``theta_13``
     (held constant under differentiation: the result is smooth in ``a``), the [13/13]
-    Pade approximant, then ``s`` squarings (NaN where more than 24 would be needed). One
+    Pade approximant, then ``s`` squarings (an error where more than 24 would be needed). One
     branch only (unlike `jax.scipy.linalg.expm`, which picks among five Pade orders):
     under ``vmap`` and nested derivatives nothing is computed five times (a Hessian of a
     6 x 6 exponential compiled in half the time). Under ``vmap`` every squaring runs.
@@ -70,7 +70,12 @@ def expm(a: Array) -> Array:
     norm = jnp.max(jnp.sum(jnp.abs(a), axis=0))
     s = jnp.maximum(jnp.ceil(jnp.log2(norm / _THETA13)), 0)
     s = jax.lax.stop_gradient(jnp.where(norm > 0, s, 0.0))
-    a = jnp.where(s > _MAX_SQUARINGS, jnp.nan, a)
+    a = eqx.error_if(
+        a,
+        s > _MAX_SQUARINGS,
+        "dense matrix exponential: rate x time exceeds ~9e7 (more than 24 squarings); "
+        "rescale time or use the sparse (uniformization) path",
+    )
     a = a / 2.0**s
     b = _PADE13
     eye = jnp.eye(a.shape[0], dtype=a.dtype)
