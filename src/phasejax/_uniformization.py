@@ -16,8 +16,18 @@ point of the observations (of each parameter vector in a batch), in segments of 
 fixed number ``B`` of steps inside a ``while_loop``. Each segment's coefficients are
 mixed into per-observation running log-sum-exp accumulators at once and dropped, so
 memory is ``O(B n + observations x q + checkpoints x n)`` whatever ``Lambda t`` is,
-and one executable serves every ``t``. Observations are sorted by their window and
-cut into batches; a segment visits only the batches whose windows it meets.
+and one executable serves every ``t``. Observations are sorted by their window (by
+``t``, shared by every parameter vector) and cut into batches of at most 64; a segment
+visits only the batches whose windows it meets. Within a (batch, segment) block the
+Poisson weights factorise by sub-blocks of 16 steps ``k = k_m + r``:
+``Pois(k; mu_i) = Pois(k_m; mu_i) (mu_i / rho)^r rho^r k_m! / k!``, so a block is one
+Horner evaluation in ``mu_i / rho`` per (observation, sub-block) of coefficients
+scaled per sub-block, and a log-sum-exp over the sub-blocks: about one multiply-add
+and a quarter of a transcendental per term (windows rounded out to whole sub-blocks).
+
+**Batches.** Under ``vmap`` (e.g. over parameter vectors) the members share the loop
+control (the union of their windows' bounds), so loops stay loops and offsets stay
+slices; the members run in lockstep, vectorised, each selecting its own terms.
 
 **Truncation.** For ``mu = Lambda t`` the Poisson right tail obeys (Bernstein)
 ``P(N >= mu + x) <= exp(-x^2 / (2 (mu + x / 3)))``; with ``L = log(2 / tol)`` each
@@ -37,9 +47,12 @@ segments in reverse, recomputing each segment's vectors from checkpoints (two le
 ``CHECKPOINTS`` vectors stored by the forward pass at a stride that grows with the
 number of segments, and as many again per interval in the backward pass), and runs
 the adjoint recursion ``w_k = proj g_k + P w_{k+1}``. Memory does not grow with the
-number of steps; recomputation costs at most a few forward passes. Exact for the
-truncated sums, in the rates, ``proj``, ``alpha``, ``offset`` and ``mu`` (hence ``t``);
-``Lambda`` is held under ``stop_gradient``: the exact sum does not depend on it.
+number of steps; recomputation costs at most a few forward passes. The coefficients'
+cotangents are the transposed block products; those of ``mu`` (hence ``t``) come from
+the forward pass, which then also mixes ``k c'_k`` (``d Pois(k; mu) / d mu =
+Pois(k; mu) (k / mu - 1)``). Exact for the truncated sums, in the rates, ``proj``,
+``alpha``, ``offset`` and ``mu``; ``Lambda`` is held under ``stop_gradient``: the exact
+sum does not depend on it.
 """
 
 from __future__ import annotations
@@ -59,9 +72,9 @@ from . import _sparse
 from ._structure import is_traced
 
 UNROLL = 8  # series steps per loop iteration (amortises the per-iteration overhead)
-# steps per sub-block of the Poisson mixture: (mu_i / rho)^r, r < SUB, stays in float range
-# for observations whose mu differ by up to e^100 (float64) or e^12 (float32) in a batch
-SUB = 8
+# steps per sub-block of the Poisson mixture (float64, float32): (mu_i / rho)^r, r < SUB,
+# stays in range for observations whose mu differ by up to e^90 (e^40) in a batch
+SUB = {8: 16, 4: 4}
 CHECKPOINTS = 64  # stored vectors per level of checkpointing
 
 
@@ -101,12 +114,14 @@ def make_stream(
     n: int, q: int, t: int, *, poisson: bool, cumulative=False, order=0, identity=False
 ):
     """Segment and batch sizes for ``n`` states, ``q`` projections and ``t`` observations:
-    a segment's vectors (``B x n``) stay under 8 MB, a (batch x segment x q) block under
-    2 MB, and a batch is no larger than the observations need (a power of two)."""
+    a segment's vectors (``B x n``) stay under 8 MB (a segment holds whole sub-blocks of
+    the Poisson mixture, at least 16 steps), a (batch x segment x q) block under 2 MB, and
+    a batch is no larger than the observations need (a power of two, at most 64: the
+    windows of a small batch are close, so its blocks hold few steps outside them)."""
     segment = 128
-    while segment > 8 and segment * max(n, q) > 2**20:
+    while segment > max(SUB.values()) and segment * max(n, q) > 2**20:
         segment //= 2
-    batch = min(256, 1 << max(0, t - 1).bit_length())
+    batch = min(64, 1 << max(0, t - 1).bit_length())
     while batch > 1 and batch * segment * q > 2**18:
         batch //= 2
     return Stream(segment, batch, poisson, cumulative, order, identity)
@@ -176,14 +191,15 @@ class _Blocks(NamedTuple):
     """
 
     log_w: Array  # (batch, M): log Pois(k_m; mu_i), -inf where sub-block m misses the window
-    powers: Array  # (batch, SUB)
+    powers: Array  # (batch, SUB): powers[:, 1] is x_i
     log_ratio: Array  # (M, SUB): r log rho - sum_{j=1..r} log(k_m + j)
 
 
 def _poisson_blocks(ks, mu, lo, hi) -> _Blocks:
     dtype = mu.dtype
-    starts = ks[::SUB]
-    inside = (starts[None] <= hi[:, None]) & (starts[None] + SUB - 1 >= lo[:, None])
+    sub = SUB[dtype.itemsize]
+    starts = ks[::sub]
+    inside = (starts[None] <= hi[:, None]) & (starts[None] + sub - 1 >= lo[:, None])
     log_w = jnp.where(inside, _log_pois(starts.astype(dtype)[None], mu[:, None]), -jnp.inf)
     log_mu = safe_log(mu)
     finite = jnp.isfinite(log_mu)
@@ -192,9 +208,9 @@ def _poisson_blocks(ks, mu, lo, hi) -> _Blocks:
     log_rho = jnp.where(jnp.any(finite), (low + high) / 2, 0.0)
     x = jnp.exp(log_mu - log_rho)  # 0 where mu = 0
     powers = [jnp.ones_like(x)]
-    for _ in range(SUB - 1):
+    for _ in range(sub - 1):
         powers.append(powers[-1] * x)
-    r = jnp.arange(SUB)
+    r = jnp.arange(sub)
     steps = (starts[:, None] + r[None]).astype(dtype)
     falling = jnp.cumsum(jnp.where(r > 0, jnp.log(jnp.maximum(steps, 1.0)), 0.0), axis=1)
     return _Blocks(log_w, jnp.stack(powers, axis=1), r * log_rho - falling)
@@ -204,13 +220,18 @@ def _poisson_mix(blocks: _Blocks, coeff):
     """``log sum_k Pois(k; mu_i) coeff_kq`` over the segment (``(batch, q)``): one matrix
     product of the powers with the coefficients, each sub-block scaled to max 1, and a
     log-sum-exp over the sub-blocks (a few transcendentals per ``SUB`` terms)."""
-    n_sub = blocks.log_ratio.shape[0]
-    log_c = safe_log(coeff).reshape(n_sub, SUB, -1) + blocks.log_ratio[:, :, None]
+    n_sub, sub = blocks.log_ratio.shape
+    log_c = safe_log(coeff).reshape(n_sub, sub, -1) + blocks.log_ratio[:, :, None]
     top = jnp.max(log_c, axis=1)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     unit = jnp.exp(log_c - top[:, None])
-    # sub-blocks on the minor axis: XLA CPU reduces over it several times faster
-    sums = jnp.einsum("ir,mrq->iqm", blocks.powers, unit)
+    # Horner in x_i = powers_i1 (one fused chain of multiply-adds, no small matrix
+    # products), sub-blocks on the minor axis (XLA CPU reduces over it fastest)
+    x = blocks.powers[:, 1, None, None]
+    unit = jnp.transpose(unit, (1, 2, 0))  # (SUB, q, M)
+    sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
+    for r in range(sub - 2, -1, -1):
+        sums = sums * x + unit[r]
     return _logsumexp(blocks.log_w[:, None] + top.T[None] + safe_log(sums), axis=-1)
 
 
@@ -425,11 +446,16 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: boo
     return log_f, ckpt
 
 
-def _sequential_on_cpu(fn):
-    """``fn(*arrays)`` with a vmap rule: on CPU a batch (e.g. of parameter vectors) runs one
-    member after another (``lax.map``), so that each member's loops run their own trip
-    counts and its window offsets stay slices, not gathers (several times faster there
-    than vmapping data-dependent loops); on other platforms (GPU, TPU) it is vmapped."""
+_LO_MIN, _HI_MAX = 11, 12  # the per-batch window bounds among the kernels' arguments
+
+
+def _shared_control(fn):
+    """``fn(*arrays)`` (a forward or backward kernel) with a vmap rule that keeps its loops
+    unbatched: the members of a batch (e.g. parameter vectors) share the per-batch window
+    bounds (their union), so every trip count and window offset is one scalar for the
+    whole batch, the loops stay loops and the offsets slices; each member's own windows
+    still select its terms. The members then run in lockstep, vectorised (the series of
+    a member whose windows end early runs on, unread)."""
 
     @jax.custom_batching.custom_vmap
     def wrapped(*args):
@@ -437,25 +463,16 @@ def _sequential_on_cpu(fn):
 
     @wrapped.def_vmap
     def rule(axis_size, in_batched, *args):
+        args, in_batched = list(args), list(in_batched)
+        for i, reduce in ((_LO_MIN, jnp.min), (_HI_MAX, jnp.max)):
+            if in_batched[i]:
+                args[i], in_batched[i] = reduce(args[i], axis=0), False
         # flags and arguments leaf by leaf: an argument may be a pytree (the checkpoints)
         # whose flag is a pytree of bools, not one bool
-        flat_args, tree = jax.tree.flatten(list(args))
-        flat_batched = jax.tree.leaves(list(in_batched))
-
-        def merge(batched_values):
-            values = iter(batched_values)
-            leaves = [next(values) if b else a for a, b in zip(flat_args, flat_batched)]
-            return jax.tree.unflatten(tree, leaves)
-
-        batched_args = [a for a, b in zip(flat_args, flat_batched) if b]
-
-        def sequential(*xs):
-            return jax.lax.map(lambda x: fn(*merge(x)), list(xs))
-
-        def vectorized(*xs):
-            return jax.vmap(lambda *x: fn(*merge(x)))(*xs)
-
-        out = jax.lax.platform_dependent(*batched_args, cpu=sequential, default=vectorized)
+        flat_args, tree = jax.tree.flatten(args)
+        flat_batched = jax.tree.leaves(in_batched)
+        axes = jax.tree.unflatten(tree, [0 if b else None for b in flat_batched])
+        out = jax.vmap(fn, in_axes=tuple(axes))(*args)
         return out, jax.tree.map(lambda _: True, out)
 
     return wrapped
@@ -467,12 +484,12 @@ def _forward_kernel(cfg: Stream, shift: bool = False):
         data = _Data(mu, lo, hi, lo_min, hi_max)
         return _forward(cfg, (rate, diag, src, dst), proj, alpha, offset, lam, data, shift)
 
-    return _sequential_on_cpu(forward)
+    return _shared_control(forward)
 
 
 @functools.cache
 def _backward_kernel(cfg: Stream):
-    return _sequential_on_cpu(partial(_backward, cfg))
+    return _shared_control(partial(_backward, cfg))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -655,13 +672,18 @@ def mix(
     lo: Int[Array, " t"],
     hi: Int[Array, " t"],
     offset: Float[Array, ""] | float = 0.0,
+    key: Array | None = None,
 ) -> Float[Array, "t q"]:
     """``log sum_{k=lo_i}^{hi_i} w_ik c'_k`` for every observation ``i`` (module doc).
 
     ``w_ik = Pois(k; mu_i)`` (``cfg.poisson``) or 1; ``c'`` the projections
     ``(alpha P^k) @ proj`` (``proj=None``: the vectors themselves) or their cumulative
-    form. Windows must be ordered alike (``lo`` non-decreasing when sorted by ``hi``);
-    an empty window (``hi < lo``) gives ``-inf``. ``P = I - M / lam``.
+    form; an empty window (``hi < lo``) gives ``-inf``. ``P = I - M / lam``.
+
+    Observations are batched in the order of ``key`` (default ``hi``). Any order is
+    correct; one that sorts the windows (``lo`` and ``hi`` non-decreasing) does the
+    least work, and a key that does not depend on a vmapped parameter (e.g. the times,
+    when ``mu = lam t``) is sorted once for the whole batch.
     """
     n = alpha.shape[0]
     proj = jnp.zeros((n, 0), alpha.dtype) if proj is None else proj  # unused when identity
@@ -669,7 +691,8 @@ def mix(
     total = mu.shape[0]
     if total == 0:
         return jnp.zeros((0, q), alpha.dtype)
-    order = jnp.argsort(hi, stable=True)
+    # the barrier keeps XLA from constant-folding the sort of constant data (slowly)
+    order = jnp.argsort(jax.lax.optimization_barrier(hi if key is None else key), stable=True)
     pad = (-total) % cfg.batch
     big = jnp.iinfo(hi.dtype).max
 
