@@ -1,13 +1,12 @@
 """Kingman coalescent log-likelihood of 1,000 observed TMRCAs: phasejax vs phasic's C library.
 
 Data: 1,000 absorption times drawn from the model itself (``dist.sample``, theta = 1).
-phasejax: ``sum(model(theta).logpdf(times, max_steps=...))`` by uniformization, its
-exact gradient by ``jax.grad``, for one theta and for 100 thetas under ``jax.vmap``;
-``max_steps`` is the smallest power of two that does not raise (the Poisson window
-width grows as sqrt(max_steps)). phasic: ``ReferenceGraph.parameterized`` +
-``update_weights(theta)`` + ``pdf(times)`` at its default granularity (forward Euler,
-step 1/g), looped over thetas; its gradient is a central finite difference
-(2 extra evaluations per parameter).
+phasejax: ``sum(model(theta).logpdf(times))`` with default arguments (no step cap: the
+series runs as far as the data need) by uniformization, its exact gradient by
+``jax.grad``, for one theta and for 100 thetas under ``jax.vmap``. phasic:
+``ReferenceGraph.parameterized`` + ``update_weights(theta)`` + ``pdf(times)`` at its
+default granularity (forward Euler, step 1/g), looped over thetas; its gradient is a
+central finite difference (2 extra evaluations per parameter).
 
 Both are compared with the exact log-likelihood from ``scipy.linalg.expm`` (dense
 oracle): the TMRCA of Kingman's block-counting chain is the absorption time of its
@@ -15,7 +14,12 @@ lineage-count chain (n-1 states, rates theta k(k-1)/2), so the oracle exponentia
 that lumped generator (fast) and cross-checks a few times against ``expm`` of the full
 block-counting generator. The oracle gradient is a central difference of the oracle.
 
+Where the time goes: the work table gives, per theta, the series length (steps of the
+uniformized chain up to the largest right Poisson point), the Poisson terms the
+observations' windows hold (``sum_i (hi_i + 1)``), and the steady time per term.
+
     python benchmarks/bench_likelihood.py          # n = 10, 20  (< 3 min)
+    python benchmarks/bench_likelihood.py --sizes 40 --no-c --one  # n = 40, phasejax, 1 theta
 
 To stay under 3 minutes, for n=20 the 100-theta rows (phasejax's vmap and C's loop)
 are timed on 10 of the 100 thetas and scaled by 10 (marked *); ``--full`` times all 100
@@ -25,7 +29,6 @@ are timed on 10 of the 100 thetas and scaled by 10 (marked *); ``--full`` times 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 
@@ -91,74 +94,53 @@ def check_lumping(graph, n: int, theta: float, times: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- phasejax
-def _right_end(mu: float, tol: float) -> int:
-    """Right Poisson truncation point of phasejax's uniformization (see _uniformization.py)."""
-    log_inv = np.log(2.0 / tol)
-    return int(np.ceil(mu + log_inv / 3.0 + np.sqrt(log_inv**2 / 9.0 + 2.0 * log_inv * mu)))
+def work(model, times, theta: float, tol: float = 1e-12) -> tuple[int, int]:
+    """Series steps and Poisson terms (``sum_i (hi_i + 1)``) of one theta's log-likelihood."""
+    from phasejax._uniformization import right_point
 
-
-def tune_max_steps(loglik, model, times, theta_max: float, tol: float = 1e-12):
-    """Smallest power of two for which ``loglik(theta_max, max_steps)`` does not raise.
-
-    Starts from the power of two above the documented truncation point and checks by
-    calling (doubling on error), so a change of the bound inside phasejax is caught.
-    Since ``2**k`` is the power of two at or above that bound, ``2**(k-1)`` raises.
-    Returns ``(max_steps, seconds of the successful first call)``: ``loglik`` is jitted
-    with ``max_steps`` static, so that call includes its compilation.
-    """
-    lam = float(np.max(np.asarray(model(jnp.array([theta_max])).diag)))
-    k = max(4, int(np.ceil(np.log2(_right_end(lam * float(times.max()), tol)))))
-    quiet = logging.getLogger("jax._src.callback")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # the expected error is logged by jax before it is raised
-    try:
-        while True:
-            try:
-                seconds, _ = once(loglik, jnp.array([theta_max]), 2**k)
-                return 2**k, seconds
-            except Exception:  # eqx.error_if: "raise max_steps"
-                k += 1
-    finally:
-        quiet.setLevel(level)
+    lam = float(np.max(np.asarray(model(jnp.array([theta])).diag)))
+    hi = right_point(lam * np.asarray(times), tol, np).astype(np.int64)
+    return int(hi.max()) + 1, int(np.sum(hi + 1))
 
 
 def subset(thetas, k: int | None):
     return thetas if k is None else thetas[:: len(thetas) // k][:k]
 
 
-def bench_ours(model, times, batch_subset: int | None = None):
-    def loglik_(theta, ms):
-        return jnp.sum(model(theta).logpdf(times, max_steps=ms))
+def bench_ours(model, times, batch_subset: int | None = None, batch: bool = True):
+    def loglik_(theta):
+        return jnp.sum(model(theta).logpdf(times))
 
-    loglik = jax.jit(loglik_, static_argnums=1)
-    ms_one, first_one = tune_max_steps(loglik, model, times, THETA)
-    ms_many, _ = tune_max_steps(loglik, model, times, float(THETAS.max()))
-    grad_one = jax.jit(jax.value_and_grad(loglik_), static_argnums=1)
-    many = jax.jit(jax.vmap(loglik_, in_axes=(0, None)), static_argnums=1)
-    grad_many = jax.jit(jax.vmap(jax.value_and_grad(loglik_), in_axes=(0, None)), static_argnums=1)
+    loglik = jax.jit(loglik_)
+    grad_one = jax.jit(jax.value_and_grad(loglik_))
+    many = jax.jit(jax.vmap(loglik_))
+    grad_many = jax.jit(jax.vmap(jax.value_and_grad(loglik_)))
     theta = jnp.array([THETA])
     # batched calls: optionally on a subset of the thetas, times scaled to 100
     thetas = jnp.asarray(subset(THETAS, batch_subset))[:, None]
     scale = len(THETAS) / thetas.shape[0]
-    r = {"max_steps": (ms_one, ms_many), "one_first": first_one, "ll": loglik(theta, ms_one)}
-    r["one"] = best_of(loglik, theta, ms_one, repeat=5, warm=False)
-    r["grad_first"], (_, g) = once(grad_one, theta, ms_one)
-    r["grad"] = best_of(grad_one, theta, ms_one, repeat=5, warm=False)
+    r = {"work": work(model, times, THETA)}
+    r["one_first"], r["ll"] = once(loglik, theta)
+    r["one"] = best_of(loglik, theta, repeat=5, warm=False)
+    r["grad_first"], (_, g) = once(grad_one, theta)
+    r["grad"] = best_of(grad_one, theta, repeat=5, warm=False)
     r["g"] = float(g[0])
-    r["many_first"], lls = once(many, thetas, ms_many)
-    r["many"] = (
-        best_of(many, thetas, ms_many, repeat=1 if batch_subset else 2, number=1, warm=False)
-        * scale
-    )
-    r["grad_many_first"], _ = once(grad_many, thetas, ms_many)
-    r["grad_many"] = best_of(grad_many, thetas, ms_many, repeat=1, number=1, warm=False) * scale
+    r["lls"], r["scaled"] = {THETA: float(r["ll"])}, False
+    if not batch:
+        return r
+    r["many_first"], lls = once(many, thetas)
+    r["many"] = best_of(many, thetas, repeat=1 if batch_subset else 2, number=1, warm=False) * scale
+    r["grad_many_first"], _ = once(grad_many, thetas)
+    r["grad_many"] = best_of(grad_many, thetas, repeat=1, number=1, warm=False) * scale
     r["scaled"] = scale != 1
     r["lls"] = dict(zip(np.asarray(thetas[:, 0]).tolist(), np.asarray(lls).tolist()))
+    r["terms_many"] = sum(work(model, times, float(th))[1] for th in np.asarray(thetas[:, 0]))
+    r["terms_many"] *= scale
     return r
 
 
 # ----------------------------------------------------------------------------- phasic C
-def bench_c(graph, times, n_loop: int | None):
+def bench_c(graph, times, n_loop: int | None, batch: bool = True):
     from phasic_reference import ReferenceGraph
 
     src, dst, base, coef = graph.edge_arrays()
@@ -179,6 +161,9 @@ def bench_c(graph, times, n_loop: int | None):
     r["one"] = best_of(loglik, THETA, repeat=3, warm=False)  # ~1 s of calls in all
     r["grad"] = best_of(with_fd, THETA, repeat=2, budget=0.5, warm=False)
     r["g"] = (loglik(THETA * (1 + FD_STEP)) - loglik(THETA * (1 - FD_STEP))) / (2 * FD_STEP * THETA)
+    r["lls"], r["scaled"], r["many"], r["grad_many"] = {THETA: r["ll"]}, False, None, None
+    if not batch:
+        return r
     thetas = subset(THETAS, n_loop)
     scale = len(THETAS) / len(thetas)
     t0 = time.perf_counter()
@@ -193,82 +178,85 @@ def bench_c(graph, times, n_loop: int | None):
     return r
 
 
-def run(sizes, subsets):
+def _nan_row(keys):
+    return dict.fromkeys(keys) | {"lls": {}, "scaled": False}
+
+
+def run(sizes, subsets, c: bool = True, batch: bool = True):
     print(machine())
     print(
         f"{N_OBS} TMRCAs sampled from the model at theta = {THETA_TRUE}; one theta = {THETA}; "
         f"100 thetas = linspace(0.5, 2, 100); log-likelihood = sum of log densities\n"
     )
-    rows, acc, notes = [], [], False
+    rows, acc, works, notes = [], [], [], False
     for n in sizes:
         graph = pj.models.kingman(n)
         model = graph.compile()
         times = np.asarray(model(jnp.array([THETA_TRUE])).sample(jax.random.key(n), (N_OBS,)))
-        lump_err = check_lumping(graph, n, THETA, times)
+        # the full generator is dense in the cross-check: only for small graphs
+        small = graph.vertices_length() < 3000
+        lump_err = check_lumping(graph, n, THETA, times) if small else float("nan")
         exact = oracle_loglik(n, THETA, times)
         exact_g = oracle_grad(n, THETA, times)
-        ours = bench_ours(model, times, subsets.get(n))
-        theirs = bench_c(graph, times, subsets.get(n))
+        ours = bench_ours(model, times, subsets.get(n), batch)
+        keys = ("one_first", "one", "grad", "many", "grad_many", "ll", "g", "granularity")
+        theirs = bench_c(graph, times, subsets.get(n), batch) if c else _nan_row(keys)
         exact_many = {
             th: oracle_loglik(n, th, times) for th in set(ours["lls"]) | set(theirs["lls"])
         }
 
         def max_err(lls):
-            return max(abs(v - exact_many[th]) for th, v in lls.items())
+            return max((abs(v - exact_many[th]) for th, v in lls.items()), default=float("nan"))
+
+        def err(value, exact):
+            return "-" if value is None else f"{abs(value - exact) / abs(exact):.1e}"
 
         mark = "*" if theirs["scaled"] or ours["scaled"] else ""
         notes |= bool(mark)
         label = f"n={n} ({graph.vertices_length() - 1:,} states)"
-        rows += [
+        ops = [("log-lik, 1 theta", "one", ""), ("log-lik + gradient, 1 theta", "grad", "")]
+        if batch:
+            ops += [
+                ("log-lik, 100 thetas", "many", mark),
+                ("log-lik + gradient, 100 thetas", "grad_many", mark),
+            ]
+        for i, (name, key, m) in enumerate(ops):
+            first = ours.get(f"{key}_first", ours["one_first"] if key == "one" else None)
+            rows.append(
+                [
+                    label if i == 0 else "",
+                    name + m,
+                    fmt_time(first) + m,
+                    fmt_time(ours[key]) + m,
+                    fmt_time(theirs["one_first"]) if key == "one" else "-",
+                    fmt_time(theirs[key]) + (m if theirs[key] is not None else ""),
+                    ratio(ours[key], theirs[key]),
+                ]
+            )
+        steps, terms = ours["work"]
+        works.append(
             [
-                label,
-                "log-lik, 1 theta",
-                fmt_time(ours["one_first"]),
-                fmt_time(ours["one"]),
-                fmt_time(theirs["one_first"]),
-                fmt_time(theirs["one"]),
-                ratio(ours["one"], theirs["one"]),
-            ],
-            [
-                "",
-                "log-lik + gradient, 1 theta",
-                fmt_time(ours["grad_first"]),
-                fmt_time(ours["grad"]),
-                "-",
-                fmt_time(theirs["grad"]),
-                ratio(ours["grad"], theirs["grad"]),
-            ],
-            [
-                "",
-                "log-lik, 100 thetas" + mark,
-                fmt_time(ours["many_first"]) + mark,
-                fmt_time(ours["many"]) + mark,
-                "-",
-                fmt_time(theirs["many"]) + mark,
-                ratio(ours["many"], theirs["many"]),
-            ],
-            [
-                "",
-                "log-lik + gradient, 100 thetas" + mark,
-                fmt_time(ours["grad_many_first"]) + mark,
-                fmt_time(ours["grad_many"]) + mark,
-                "-",
-                fmt_time(theirs["grad_many"]) + mark,
-                ratio(ours["grad_many"], theirs["grad_many"]),
-            ],
-        ]
+                f"n={n}",
+                f"{steps:,}",
+                f"{terms:,}",
+                f"{ours['one'] / terms * 1e9:.2f} ns",
+                f"{ours['grad'] / terms * 1e9:.2f} ns",
+                f"{ours['terms_many']:,.0f}" if batch else "-",
+                f"{ours['many'] / ours['terms_many'] * 1e9:.2f} ns" if batch else "-",
+                f"{ours['grad_many'] / ours['terms_many'] * 1e9:.2f} ns" if batch else "-",
+            ]
+        )
         acc.append(
             [
                 f"n={n}",
                 f"{exact:.6f}",
                 f"{abs(float(ours['ll']) - exact):.1e}",
-                f"{abs(theirs['ll'] - exact):.1e}",
+                "-" if theirs["ll"] is None else f"{abs(theirs['ll'] - exact):.1e}",
                 f"{max_err(ours['lls']):.1e}",
                 f"{max_err(theirs['lls']):.1e}",
                 str(len(exact_many)),
-                f"{abs(ours['g'] - exact_g) / abs(exact_g):.1e}",
-                f"{abs(theirs['g'] - exact_g) / abs(exact_g):.1e}",
-                f"{ours['max_steps'][0]} / {ours['max_steps'][1]}",
+                err(ours["g"], exact_g),
+                err(theirs["g"], exact_g),
                 str(theirs["granularity"]),
                 f"{lump_err:.0e}",
             ]
@@ -303,6 +291,22 @@ def run(sizes, subsets):
         table(
             [
                 "model",
+                "series steps (theta=1.3)",
+                "Poisson terms, 1 theta",
+                "log-lik per term",
+                "log-lik + grad per term",
+                "Poisson terms, 100 thetas",
+                "log-lik per term (100)",
+                "log-lik + grad per term (100)",
+            ],
+            works,
+        )
+    )
+    print()
+    print(
+        table(
+            [
+                "model",
                 "exact log-lik (theta=1.3)",
                 "phasejax abs. error",
                 "C abs. error",
@@ -311,7 +315,6 @@ def run(sizes, subsets):
                 "thetas checked",
                 "phasejax rel. error d/dtheta",
                 "C rel. error d/dtheta (FD)",
-                "max_steps (1 / 100 thetas)",
                 "C granularity",
                 "oracle lumping check",
             ],
@@ -328,9 +331,11 @@ def main():
         action="store_true",
         help="no subsets: C loops and the batched gradient over all 100 thetas for every n (slow)",
     )
+    p.add_argument("--no-c", action="store_true", help="phasejax only (no C library)")
+    p.add_argument("--one", action="store_true", help="one theta only (no 100-theta rows)")
     args = p.parse_args()
     t0 = time.perf_counter()
-    run(args.sizes, {} if args.full else {20: 10})
+    run(args.sizes, {} if args.full else {20: 10}, c=not args.no_c, batch=not args.one)
     print(f"\n(total wall time {time.perf_counter() - t0:.0f} s; at the end: {load()})")
 
 

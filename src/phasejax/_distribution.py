@@ -90,6 +90,7 @@ class AbstractPhaseType(eqx.Module):
         cumulative=False,
         order=0,
         offset: Array | float = 0.0,
+        key: Array | None = None,
     ):
         """``log`` of the windowed series mixture per observation, shape ``(t, q)``
         (`phasejax._uniformization.mix`; ``proj=None``: every state)."""
@@ -105,9 +106,8 @@ class AbstractPhaseType(eqx.Module):
             identity=proj is None,
         )
         lam = jax.lax.stop_gradient(jnp.asarray(lam, self.diag.dtype))
-        return _unif.mix(
-            stream, self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, mu, lo, hi, offset
-        )
+        args = (self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, mu, lo, hi, offset)
+        return _unif.mix(stream, *args, key=key)
 
     @eqx.filter_jit
     def sample(
@@ -334,7 +334,7 @@ class PhaseType(AbstractPhaseType):
             flat = _unif.check_times(flat)
         infinite = jnp.isinf(flat)
         lam = jax.lax.stop_gradient(jnp.max(self.diag))
-        mu = lam * jnp.where(infinite, 0.0, flat)
+        finite_t = jnp.where(infinite, 0.0, flat)
         n = self.structure.n_transient
         if plan is not None:
             log_v = _expm.transient(
@@ -346,10 +346,10 @@ class PhaseType(AbstractPhaseType):
                 self.structure.src,
                 self.structure.dst,
                 lam,
-                jnp.where(infinite, 0.0, flat),
+                finite_t,
             )
         else:
-            log_v = self._series(kind, tol, max_steps, order, lam, mu, flat)
+            log_v = self._series(kind, tol, max_steps, order, lam, finite_t, flat)
         if kind == "logpdf":
             return jnp.where(infinite, -jnp.inf, log_v[:, 0]).reshape(t.shape)
         if kind in ("sf", "cdf"):  # probabilities: clipped to [0, 1] against rounding
@@ -371,8 +371,9 @@ class PhaseType(AbstractPhaseType):
             value = jnp.where(infinite[:, None], 0.0, value)
         return value.reshape(t.shape + (n,))
 
-    def _series(self, kind, tol, max_steps, order, lam, mu, flat):
+    def _series(self, kind, tol, max_steps, order, lam, finite_t, flat):
         """``log`` of ``kind`` per time by uniformization (`_mix`), shape ``(t, q)``."""
+        mu = lam * finite_t
         hi = _unif.check_cap(_unif.right_point(mu, tol), max_steps, flat, "time")
         lo = jnp.zeros_like(hi)
         n = self.structure.n_transient
@@ -389,6 +390,7 @@ class PhaseType(AbstractPhaseType):
             cumulative=kind in ("cdf", "occupancy", "integral"),
             order=order,
             offset=self.defect() if kind == "cdf" else 0.0,
+            key=finite_t,  # the order of mu, shared by every theta of a batch
         )
 
     def logpdf(

@@ -16,8 +16,18 @@ point of the observations (of each parameter vector in a batch), in segments of 
 fixed number ``B`` of steps inside a ``while_loop``. Each segment's coefficients are
 mixed into per-observation running log-sum-exp accumulators at once and dropped, so
 memory is ``O(B n + observations x q + checkpoints x n)`` whatever ``Lambda t`` is,
-and one executable serves every ``t``. Observations are sorted by their window and
-cut into batches; a segment visits only the batches whose windows it meets.
+and one executable serves every ``t``. Observations are sorted by their window (by
+``t``, shared by every parameter vector) and cut into batches of at most 64; a segment
+visits only the batches whose windows it meets. Within a (batch, segment) block the
+Poisson weights factorise by sub-blocks of 16 steps ``k = k_m + r``:
+``Pois(k; mu_i) = Pois(k_m; mu_i) (mu_i / rho)^r rho^r k_m! / k!``, so a block is one
+Horner evaluation in ``mu_i / rho`` per (observation, sub-block) of coefficients
+scaled per sub-block, and a log-sum-exp over the sub-blocks: about one multiply-add
+and a quarter of a transcendental per term (windows rounded out to whole sub-blocks).
+
+**Batches.** Under ``vmap`` (e.g. over parameter vectors) the members share the loop
+control (the union of their windows' bounds), so loops stay loops and offsets stay
+slices; the members run in lockstep, vectorised, each selecting its own terms.
 
 **Truncation.** For ``mu = Lambda t`` the Poisson right tail obeys (Bernstein)
 ``P(N >= mu + x) <= exp(-x^2 / (2 (mu + x / 3)))``; with ``L = log(2 / tol)`` each
@@ -37,9 +47,12 @@ segments in reverse, recomputing each segment's vectors from checkpoints (two le
 ``CHECKPOINTS`` vectors stored by the forward pass at a stride that grows with the
 number of segments, and as many again per interval in the backward pass), and runs
 the adjoint recursion ``w_k = proj g_k + P w_{k+1}``. Memory does not grow with the
-number of steps; recomputation costs at most a few forward passes. Exact for the
-truncated sums, in the rates, ``proj``, ``alpha``, ``offset`` and ``mu`` (hence ``t``);
-``Lambda`` is held under ``stop_gradient``: the exact sum does not depend on it.
+number of steps; recomputation costs at most a few forward passes. The coefficients'
+cotangents are the transposed block products; those of ``mu`` (hence ``t``) come from
+the forward pass, which then also mixes ``k c'_k`` (``d Pois(k; mu) / d mu =
+Pois(k; mu) (k / mu - 1)``). Exact for the truncated sums, in the rates, ``proj``,
+``alpha``, ``offset`` and ``mu``; ``Lambda`` is held under ``stop_gradient``: the exact
+sum does not depend on it.
 """
 
 from __future__ import annotations
@@ -59,6 +72,9 @@ from . import _sparse
 from ._structure import is_traced
 
 UNROLL = 8  # series steps per loop iteration (amortises the per-iteration overhead)
+# steps per sub-block of the Poisson mixture (float64, float32): (mu_i / rho)^r, r < SUB,
+# stays in range for observations whose mu differ by up to e^90 (e^40) in a batch
+SUB = {8: 16, 4: 4}
 CHECKPOINTS = 64  # stored vectors per level of checkpointing
 
 
@@ -98,12 +114,14 @@ def make_stream(
     n: int, q: int, t: int, *, poisson: bool, cumulative=False, order=0, identity=False
 ):
     """Segment and batch sizes for ``n`` states, ``q`` projections and ``t`` observations:
-    a segment's vectors (``B x n``) stay under 8 MB, a (batch x segment x q) block under
-    2 MB, and a batch is no larger than the observations need (a power of two)."""
+    a segment's vectors (``B x n``) stay under 8 MB (a segment holds whole sub-blocks of
+    the Poisson mixture, at least 16 steps), a (batch x segment x q) block under 2 MB, and
+    a batch is no larger than the observations need (a power of two, at most 64: the
+    windows of a small batch are close, so its blocks hold few steps outside them)."""
     segment = 128
-    while segment > 8 and segment * max(n, q) > 2**20:
+    while segment > max(SUB.values()) and segment * max(n, q) > 2**20:
         segment //= 2
-    batch = min(256, 1 << max(0, t - 1).bit_length())
+    batch = min(64, 1 << max(0, t - 1).bit_length())
     while batch > 1 and batch * segment * q > 2**18:
         batch //= 2
     return Stream(segment, batch, poisson, cumulative, order, identity)
@@ -143,26 +161,103 @@ def _bd0(x, m):
     return jnp.where(near, near_value, far_value)
 
 
-def _log_weights(cfg: Stream, ks, mu, lo, hi, shift: Array | int = 0):
-    """Log weights ``(batch, B)`` of steps ``ks`` for each observation (``-inf`` outside
-    its window ``[lo, hi]``): ``log Pois(k - shift; mu)`` or 0 (indicator).
+def _log_pois(j, mu):
+    """``log Pois(j; mu)`` (broadcasting; ``Pois(0; 0) = 1``).
 
     Below float64, ``log Pois(j; mu) = -stirling(j) - bd0(j, mu) - log(2 pi j) / 2``
     (Loader): accurate to a few ulps of the result rather than of ``j log mu``; in float64
     the direct form (a few flops per term) is accurate enough."""
-    inside = (ks[None] >= lo[:, None]) & (ks[None] <= hi[:, None])
-    if not cfg.poisson:
-        return jnp.where(inside, 0.0, -jnp.inf).astype(mu.dtype)
-    j = (ks - shift).astype(mu.dtype)
-    m = mu[:, None]
     if mu.dtype == jnp.float64:  # j log mu - mu - log j!: its rounding is far below 1e-10
-        log_fact = jax.scipy.special.gammaln(jnp.maximum(j, 0.0) + 1.0)  # (B,): shared
-        log_w = jnp.where(m > 0, j * safe_log(m) - m - log_fact, jnp.where(j == 0, 0.0, -jnp.inf))
-    else:
-        jp = jnp.maximum(j, 1.0)
-        log_w = -_stirling_error(jp) - _bd0(jp, m) - 0.5 * jnp.log(2 * math.pi * jp)
-        log_w = jnp.where(j == 0, -m, log_w)
-    return jnp.where(inside & (j >= 0), log_w, -jnp.inf)
+        log_w = j * safe_log(mu) - mu - jax.scipy.special.gammaln(j + 1.0)
+        return jnp.where(mu > 0, log_w, jnp.where(j == 0, 0.0, -jnp.inf))
+    jp = jnp.maximum(j, 1.0)
+    log_w = -_stirling_error(jp) - _bd0(jp, mu) - 0.5 * jnp.log(2 * math.pi * jp)
+    return jnp.where(j == 0, -mu, log_w)
+
+
+def _indicator(ks, lo, hi, dtype):
+    """Log weights ``(batch, B)`` of a discrete stream: 0 inside each window, else ``-inf``."""
+    inside = (ks[None] >= lo[:, None]) & (ks[None] <= hi[:, None])
+    return jnp.where(inside, 0.0, -jnp.inf).astype(dtype)
+
+
+class _Blocks(NamedTuple):
+    """Poisson weights of one segment for a batch of observations, factorised by sub-blocks
+    of ``SUB`` steps ``k = k_m + r``: ``Pois(k; mu_i) = exp(log_w_im) x_ir exp(log_ratio_mr)``
+    with ``x_ir = (mu_i / rho)^r`` (``rho``: the batch's geometric centre of ``mu``).
+
+    A sub-block counts for an observation when it meets its window (windows are widened
+    to whole sub-blocks: a few more Poisson terms, never fewer).
+    """
+
+    log_w: Array  # (batch, M): log Pois(k_m; mu_i), -inf where sub-block m misses the window
+    powers: Array  # (batch, SUB): powers[:, 1] is x_i
+    log_ratio: Array  # (M, SUB): r log rho - sum_{j=1..r} log(k_m + j)
+
+
+def _poisson_blocks(ks, mu, lo, hi) -> _Blocks:
+    dtype = mu.dtype
+    sub = SUB[dtype.itemsize]
+    starts = ks[::sub]
+    inside = (starts[None] <= hi[:, None]) & (starts[None] + sub - 1 >= lo[:, None])
+    log_w = jnp.where(inside, _log_pois(starts.astype(dtype)[None], mu[:, None]), -jnp.inf)
+    log_mu = safe_log(mu)
+    finite = jnp.isfinite(log_mu)
+    low = jnp.min(jnp.where(finite, log_mu, jnp.inf))
+    high = jnp.max(jnp.where(finite, log_mu, -jnp.inf))
+    log_rho = jnp.where(jnp.any(finite), (low + high) / 2, 0.0)
+    x = jnp.exp(log_mu - log_rho)  # 0 where mu = 0
+    powers = [jnp.ones_like(x)]
+    for _ in range(sub - 1):
+        powers.append(powers[-1] * x)
+    r = jnp.arange(sub)
+    steps = (starts[:, None] + r[None]).astype(dtype)
+    falling = jnp.cumsum(jnp.where(r > 0, jnp.log(jnp.maximum(steps, 1.0)), 0.0), axis=1)
+    return _Blocks(log_w, jnp.stack(powers, axis=1), r * log_rho - falling)
+
+
+def _poisson_mix(blocks: _Blocks, coeff):
+    """``log sum_k Pois(k; mu_i) coeff_kq`` over the segment (``(batch, q)``): one matrix
+    product of the powers with the coefficients, each sub-block scaled to max 1, and a
+    log-sum-exp over the sub-blocks (a few transcendentals per ``SUB`` terms)."""
+    n_sub, sub = blocks.log_ratio.shape
+    log_c = safe_log(coeff).reshape(n_sub, sub, -1) + blocks.log_ratio[:, :, None]
+    top = jnp.max(log_c, axis=1)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    unit = jnp.exp(log_c - top[:, None])
+    # Horner in x_i = powers_i1 (one fused chain of multiply-adds, no small matrix
+    # products), sub-blocks on the minor axis (XLA CPU reduces over it fastest)
+    x = blocks.powers[:, 1, None, None]
+    unit = jnp.transpose(unit, (1, 2, 0))  # (SUB, q, M)
+    sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
+    for r in range(sub - 2, -1, -1):
+        sums = sums * x + unit[r]
+    return _logsumexp(blocks.log_w[:, None] + top.T[None] + safe_log(sums), axis=-1)
+
+
+def _poisson_mix_grad(blocks: _Blocks, log_r, g):
+    """Cotangent of the coefficients (``(B, q)``) of `_poisson_mix`: ``sum_i g_iq
+    Pois(k; mu_i) / f_iq``, with ``log_r = log(1 / f)`` (``(batch, q)``), as the transposed
+    product, each sub-block's rows scaled by their largest ``Pois(k_m; mu_i) / f_iq``.
+
+    The combined factor is capped at ``e^300``: ``Pois(k) / f`` beyond it means the
+    rescaled ``c'_k`` is below ``e^-300`` relative to ``f`` (every term is ``<= f``), i.e.
+    the series has died out (e.g. a nilpotent chain: exact zeros); the cap keeps
+    ``inf * 0`` out of the adjoint without changing any representable contribution."""
+    log_z = blocks.log_w[:, None] + log_r[:, :, None]  # (batch, q, M)
+    top = jnp.max(log_z, axis=0)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    z = g[:, :, None] * jnp.exp(log_z - top[None])
+    sums = jnp.einsum("ir,iqm->mrq", blocks.powers, z)
+    scale = jnp.exp(jnp.minimum(blocks.log_ratio[:, :, None] + top.T[:, None], 300.0))
+    return (sums * scale).reshape(-1, g.shape[1])
+
+
+def _logsumexp(x, axis):
+    """``log sum exp`` along ``axis`` (``-inf`` where every entry is)."""
+    top = jnp.max(x, axis=axis, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    return jnp.squeeze(top, axis) + safe_log(jnp.sum(jnp.exp(x - top), axis=axis))
 
 
 def _run_segment(cfg: Stream, ops, v):
@@ -278,7 +373,11 @@ def _save(buffer, i: Array, stride: Array, value):
     return jax.tree.map(lambda new, old: jnp.where(i % stride == 0, new, old), saved, buffer)
 
 
-def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
+def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: bool):
+    """``log f`` per observation (``(total, q)``) and the checkpoints; with ``shift``, also
+    ``log sum_k Pois(k - 1; mu_i) c'_k`` (the ``mu`` cotangent of the backward pass), as
+    ``q`` more columns: ``Pois(k - 1; mu) = Pois(k; mu) k / mu`` shares the weights, so it
+    costs one more column of the matrix product (``mu = 0``: the limit ``c'_1``)."""
     n = alpha.shape[0]
     q = n if cfg.identity else proj.shape[1]
     dtype = alpha.dtype
@@ -286,21 +385,34 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
     n_seg = _n_segments(cfg, data)
     stride = _stride(n_seg)
     ks0 = jnp.arange(cfg.segment)
+    width = 2 * q if shift else q
 
     def mix(s, coeff, log_scale, m, acc):
-        """Add segment ``s`` to the running ``log``-sums: per batch one matrix product of
-        the scaled weights with the scaled coefficients (``sum_k w_ik c_k`` =
-        ``exp(M_i + log_scale) (P @ unit)_i``, see `_lead`)."""
+        """Add segment ``s`` to the running ``log``-sums, per batch: `_poisson_mix`, or for
+        indicator weights one matrix product of the scaled weights with the scaled
+        coefficients (``sum_k w_ik c_k`` = ``exp(M_i + log_scale) (P @ unit)_i``, see
+        `_lead`)."""
         ks = s * cfg.segment + ks0
-        log_row, unit = _rows(coeff)
+        if shift:
+            # mu = 0: Pois(k - 1; 0) is 1 at k = 1 only (segment 0)
+            at_zero = jnp.where(s == 0, safe_log(coeff[1]), -jnp.inf) + log_scale
+            coeff = jnp.concatenate([coeff, ks.astype(dtype)[:, None] * coeff], axis=1)
+        if not cfg.poisson:
+            log_row, unit = _rows(coeff)
 
         def one(b, state):
             m, acc = state
-            w = _log_weights(
-                cfg, ks, *(_slice(x, b, cfg.batch) for x in (data.mu, data.lo, data.hi))
-            )
-            lead, top = _lead(w, log_row)
-            part = safe_log(lead @ unit) + (top + log_scale)[:, None]
+            mu_b, lo_b, hi_b = (_slice(x, b, cfg.batch) for x in data[:3])
+            if cfg.poisson:
+                part = _poisson_mix(_poisson_blocks(ks, mu_b, lo_b, hi_b), coeff) + log_scale
+            else:
+                lead, top = _lead(_indicator(ks, lo_b, hi_b, dtype), log_row)
+                part = safe_log(lead @ unit) + (top + log_scale)[:, None]
+            if shift:
+                zero = mu_b == 0
+                shifted = part[:, q:] - safe_log(jnp.where(zero, 1.0, mu_b))[:, None]
+                shifted = jnp.where(zero[:, None], at_zero, shifted)
+                part = jnp.concatenate([part[:, :q], shifted], axis=1)
             m_b, acc_b = _slice(m, b, cfg.batch), _slice(acc, b, cfg.batch)
             new_m = jnp.maximum(m_b, part)
             safe = jnp.where(jnp.isfinite(new_m), new_m, 0.0)
@@ -325,8 +437,8 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
         jnp.asarray(0, n_seg.dtype),
         alpha,
         carry0,
-        jnp.full((total, q), -jnp.inf, dtype),
-        jnp.zeros((total, q), dtype),
+        jnp.full((total, width), -jnp.inf, dtype),
+        jnp.zeros((total, width), dtype),
         ckpt,
     )
     _, _, _, m, acc, ckpt = jax.lax.while_loop(lambda st: st[0] < n_seg, body, init)
@@ -334,11 +446,16 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data):
     return log_f, ckpt
 
 
-def _sequential_on_cpu(fn):
-    """``fn(*arrays)`` with a vmap rule: on CPU a batch (e.g. of parameter vectors) runs one
-    member after another (``lax.map``), so that each member's loops run their own trip
-    counts and its window offsets stay slices, not gathers (several times faster there
-    than vmapping data-dependent loops); on other platforms (GPU, TPU) it is vmapped."""
+_LO_MIN, _HI_MAX = 11, 12  # the per-batch window bounds among the kernels' arguments
+
+
+def _shared_control(fn):
+    """``fn(*arrays)`` (a forward or backward kernel) with a vmap rule that keeps its loops
+    unbatched: the members of a batch (e.g. parameter vectors) share the per-batch window
+    bounds (their union), so every trip count and window offset is one scalar for the
+    whole batch, the loops stay loops and the offsets slices; each member's own windows
+    still select its terms. The members then run in lockstep, vectorised (the series of
+    a member whose windows end early runs on, unread)."""
 
     @jax.custom_batching.custom_vmap
     def wrapped(*args):
@@ -346,42 +463,33 @@ def _sequential_on_cpu(fn):
 
     @wrapped.def_vmap
     def rule(axis_size, in_batched, *args):
+        args, in_batched = list(args), list(in_batched)
+        for i, reduce in ((_LO_MIN, jnp.min), (_HI_MAX, jnp.max)):
+            if in_batched[i]:
+                args[i], in_batched[i] = reduce(args[i], axis=0), False
         # flags and arguments leaf by leaf: an argument may be a pytree (the checkpoints)
         # whose flag is a pytree of bools, not one bool
-        flat_args, tree = jax.tree.flatten(list(args))
-        flat_batched = jax.tree.leaves(list(in_batched))
-
-        def merge(batched_values):
-            values = iter(batched_values)
-            leaves = [next(values) if b else a for a, b in zip(flat_args, flat_batched)]
-            return jax.tree.unflatten(tree, leaves)
-
-        batched_args = [a for a, b in zip(flat_args, flat_batched) if b]
-
-        def sequential(*xs):
-            return jax.lax.map(lambda x: fn(*merge(x)), list(xs))
-
-        def vectorized(*xs):
-            return jax.vmap(lambda *x: fn(*merge(x)))(*xs)
-
-        out = jax.lax.platform_dependent(*batched_args, cpu=sequential, default=vectorized)
+        flat_args, tree = jax.tree.flatten(args)
+        flat_batched = jax.tree.leaves(in_batched)
+        axes = jax.tree.unflatten(tree, [0 if b else None for b in flat_batched])
+        out = jax.vmap(fn, in_axes=tuple(axes))(*args)
         return out, jax.tree.map(lambda _: True, out)
 
     return wrapped
 
 
 @functools.cache
-def _forward_kernel(cfg: Stream):
+def _forward_kernel(cfg: Stream, shift: bool = False):
     def forward(rate, diag, proj, alpha, offset, src, dst, lam, mu, lo, hi, lo_min, hi_max):
         data = _Data(mu, lo, hi, lo_min, hi_max)
-        return _forward(cfg, (rate, diag, src, dst), proj, alpha, offset, lam, data)
+        return _forward(cfg, (rate, diag, src, dst), proj, alpha, offset, lam, data, shift)
 
-    return _sequential_on_cpu(forward)
+    return _shared_control(forward)
 
 
 @functools.cache
 def _backward_kernel(cfg: Stream):
-    return _sequential_on_cpu(partial(_backward, cfg))
+    return _shared_control(partial(_backward, cfg))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -390,14 +498,22 @@ def _stream(cfg, *args):
 
 
 def _stream_fwd(cfg, *args):
-    log_f, ckpt = _forward_kernel(cfg)(*args)
-    return log_f, (args, log_f, ckpt)
+    out, ckpt = _forward_kernel(cfg, cfg.poisson)(*args)
+    q = out.shape[1] // 2 if cfg.poisson else out.shape[1]
+    log_f = out[:, :q]
+    return log_f, (args, log_f, out[:, q:], ckpt)
 
 
 def _stream_bwd(cfg, residuals, g):
-    args, log_f, ckpt = residuals
+    args, log_f, log_shifted, ckpt = residuals
     rate, diag, proj, alpha, offset, src, dst, lam, *data = args
-    d_rate, d_diag, d_proj, w0, d_offset, d_mu = _backward_kernel(cfg)(*args, log_f, ckpt, g)
+    d_rate, d_diag, d_proj, w0, d_offset = _backward_kernel(cfg)(*args, log_f, ckpt, g)
+    if cfg.poisson:  # d/dmu sum_k Pois(k; mu) c'_k = sum_k (Pois(k - 1; mu) - Pois(k; mu)) c'_k
+        finite = jnp.isfinite(log_f)
+        ratio = jnp.exp(log_shifted - jnp.where(finite, log_f, 0.0))
+        d_mu = jnp.sum(jnp.where(finite, g * (ratio - 1.0), 0.0), axis=1)
+    else:
+        d_mu = jnp.zeros_like(data[0])
     return (
         d_rate,
         d_diag,
@@ -413,8 +529,9 @@ def _stream_bwd(cfg, residuals, g):
 
 
 def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
-    """The adjoint pass (module doc): cotangents of the rates, ``proj``, ``alpha`` (``w_0``),
-    ``offset`` and ``mu``, given those ``g`` of ``log f``."""
+    """The adjoint pass (module doc): cotangents of the rates, ``proj``, ``alpha`` (``w_0``)
+    and ``offset``, given those ``g`` of ``log f`` (``mu``'s comes from the forward pass's
+    shifted sums, `_stream_bwd`)."""
     *data, log_f, ckpt, g = rest
     data = _Data(*data)
     ops = (rate, diag, src, dst)
@@ -430,34 +547,26 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
     def advance(s, v, carry):
         return _segment(cfg, ops, proj, lam, offset, s, v, carry)
 
-    def mix_grad(s, coeff, log_scale, d_mu):
-        """``g'_kq = sum_i g_iq w_ik exp(log_scale) / f_iq`` (the cotangent of ``coeff``) over
-        the segment and the ``mu`` cotangents. Term by term (not factorised as in the
-        forward pass): the cotangent of a coefficient does not depend on its value, and
-        a zero coefficient (a dead row) can still carry one."""
+    def mix_grad(s, coeff, log_scale):
+        """``g'_kq = sum_i g_iq w_ik exp(log_scale) / f_iq``, the cotangent of ``coeff`` over
+        the segment. Term by term (not factorised as in the forward pass): the cotangent
+        of a coefficient does not depend on its value, and a zero coefficient (a dead
+        row) can still carry one."""
         ks = s * cfg.segment + ks0
-        log_c = safe_log(coeff) + log_scale
 
-        def one(b, state):
-            g_c, d_mu = state
-            mu_b, lo_b, hi_b = (_slice(x, b, cfg.batch) for x in (data.mu, data.lo, data.hi))
+        def one(b, g_c):
+            mu_b, lo_b, hi_b = (_slice(x, b, cfg.batch) for x in data[:3])
             g_b, lf_b = _slice(g, b, cfg.batch), _slice(log_f, b, cfg.batch)
-            w = _log_weights(cfg, ks, mu_b, lo_b, hi_b)
-            # Pois(k) / f_i at the scale of the stored vectors. Where it exceeds e^300 the
-            # rescaled c'_k is below e^-300 relative to f_i (every term is <= f_i), i.e. the
-            # series has died out (e.g. a nilpotent chain: exact zeros); capping keeps
-            # inf * 0 out of the adjoint without changing any representable contribution.
+            if cfg.poisson:
+                blocks = _poisson_blocks(ks, mu_b, lo_b, hi_b)
+                return g_c + _poisson_mix_grad(blocks, log_scale - lf_b, g_b)
+            # capped as in `_poisson_mix_grad`
+            w = _indicator(ks, lo_b, hi_b, g_b.dtype)
             ratio = jnp.exp(jnp.minimum(w[:, :, None] + log_scale - lf_b[:, None], 300.0))
-            g_c = g_c + jnp.einsum("ikq,iq->kq", ratio, g_b)
-            if cfg.poisson:  # d Pois(k; mu) / d mu = Pois(k - 1; mu) - Pois(k; mu)
-                w1 = _log_weights(cfg, ks, mu_b, lo_b, hi_b, shift=1)
-                ratio = jnp.exp(w1[:, :, None] + log_c[None] - lf_b[:, None])
-                d_b = _slice(d_mu, b, cfg.batch) + jnp.einsum("ikq,iq->i", ratio, g_b)
-                d_mu = _update(d_mu, d_b, b, cfg.batch)
-            return g_c, d_mu
+            return g_c + jnp.einsum("ikq,iq->kq", ratio, g_b)
 
         b0, b1 = _batch_range(cfg, s, data.lo_min, data.hi_max)
-        return jax.lax.fori_loop(b0, b1, one, (jnp.zeros_like(coeff), d_mu))
+        return jax.lax.fori_loop(b0, b1, one, jnp.zeros_like(coeff))
 
     def coeff_grad(ks, ell, g_cp, carry_bar):
         """Cotangents of the rescaled coefficients from those of ``c'``."""
@@ -492,7 +601,7 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
         return w, d_rate, d_diag, d_proj
 
     def interval(state):
-        c, w, carry_bar, d_rate, d_diag, d_proj, d_offset, d_mu = state
+        c, w, carry_bar, d_rate, d_diag, d_proj, d_offset = state
         first = c * stride
         count = jnp.minimum(stride, n_seg - first)
         v0, carry0 = jax.tree.map(lambda x: x[c], ckpt)
@@ -500,14 +609,16 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
 
         def fill(j, st):
             v, carry, inner = st
-            inner = _save(inner, j, inner_stride, (v, carry))
             _, v, _, carry, _ = advance(first + j, v, carry)
-            return v, carry, inner
+            return v, carry, _save(inner, j + 1, inner_stride, (v, carry))
 
-        _, _, inner = jax.lax.fori_loop(0, count, fill, (v0, carry0, inner))
+        # the interval's first vector is checkpoint ``c`` itself; the last segment's end
+        # is never needed (so an interval of one segment recomputes nothing here)
+        inner = _save(inner, 0, inner_stride, (v0, carry0))
+        _, _, inner = jax.lax.fori_loop(0, count - 1, fill, (v0, carry0, inner))
 
         def segment(i, st):
-            (w, ell_w), carry_bar, d_rate, d_diag, d_proj, d_offset, d_mu = st
+            (w, ell_w), carry_bar, d_rate, d_diag, d_proj, d_offset = st
             j = count - 1 - i
             s = first + j
             v, carry = jax.tree.map(lambda x: x[j // inner_stride], inner)
@@ -517,19 +628,18 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
 
             v, carry = jax.lax.fori_loop(0, j % inner_stride, skip, (v, carry))
             vs, _, coeff, (ell, _, _), log_scale = advance(s, v, carry)
-            g_cp, d_mu = mix_grad(s, coeff, log_scale, d_mu)
+            g_cp = mix_grad(s, coeff, log_scale)
             g_c, carry_bar, d_off = coeff_grad(s * cfg.segment + ks0, ell, g_cp, carry_bar)
             # the adjoint of the next segment's first vector, rescaled to this segment
             w = w * jnp.where(jnp.isnan(ell_w), 1.0, jnp.exp(ell - ell_w))
             w, d_rate, d_diag, d_proj = adjoint(vs, g_c, w, d_rate, d_diag, d_proj)
-            return (w, ell), carry_bar, d_rate, d_diag, d_proj, d_offset + d_off, d_mu
+            return (w, ell), carry_bar, d_rate, d_diag, d_proj, d_offset + d_off
 
-        st = (w, carry_bar, d_rate, d_diag, d_proj, d_offset, d_mu)
+        st = (w, carry_bar, d_rate, d_diag, d_proj, d_offset)
         st = jax.lax.fori_loop(0, count, segment, st)
         return (c - 1, *st)
 
     q = g.shape[1]
-    d_mu0 = -jnp.sum(g, axis=1) if cfg.poisson else jnp.zeros_like(data.mu)
     init = (
         (n_seg + stride - 1) // stride - 1,
         (jnp.zeros_like(alpha), jnp.full((), jnp.nan, alpha.dtype)),
@@ -538,13 +648,12 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
         jnp.zeros_like(diag),
         jnp.zeros_like(proj),
         jnp.zeros_like(offset),
-        d_mu0,
     )
-    _, (w0, ell0), _, d_rate, d_diag, d_proj, d_offset, d_mu = jax.lax.while_loop(
+    _, (w0, ell0), _, d_rate, d_diag, d_proj, d_offset = jax.lax.while_loop(
         lambda st: st[0] >= 0, interval, init
     )
     w0 = w0 * jnp.where(jnp.isnan(ell0), 1.0, jnp.exp(-ell0))
-    return d_rate, d_diag, d_proj, w0, jnp.asarray(d_offset, offset.dtype), d_mu
+    return d_rate, d_diag, d_proj, w0, jnp.asarray(d_offset, offset.dtype)
 
 
 _stream.defvjp(_stream_fwd, _stream_bwd)
@@ -563,13 +672,18 @@ def mix(
     lo: Int[Array, " t"],
     hi: Int[Array, " t"],
     offset: Float[Array, ""] | float = 0.0,
+    key: Array | None = None,
 ) -> Float[Array, "t q"]:
     """``log sum_{k=lo_i}^{hi_i} w_ik c'_k`` for every observation ``i`` (module doc).
 
     ``w_ik = Pois(k; mu_i)`` (``cfg.poisson``) or 1; ``c'`` the projections
     ``(alpha P^k) @ proj`` (``proj=None``: the vectors themselves) or their cumulative
-    form. Windows must be ordered alike (``lo`` non-decreasing when sorted by ``hi``);
-    an empty window (``hi < lo``) gives ``-inf``. ``P = I - M / lam``.
+    form; an empty window (``hi < lo``) gives ``-inf``. ``P = I - M / lam``.
+
+    Observations are batched in the order of ``key`` (default ``hi``). Any order is
+    correct; one that sorts the windows (``lo`` and ``hi`` non-decreasing) does the
+    least work, and a key that does not depend on a vmapped parameter (e.g. the times,
+    when ``mu = lam t``) is sorted once for the whole batch.
     """
     n = alpha.shape[0]
     proj = jnp.zeros((n, 0), alpha.dtype) if proj is None else proj  # unused when identity
@@ -577,7 +691,8 @@ def mix(
     total = mu.shape[0]
     if total == 0:
         return jnp.zeros((0, q), alpha.dtype)
-    order = jnp.argsort(hi, stable=True)
+    # the barrier keeps XLA from constant-folding the sort of constant data (slowly)
+    order = jnp.argsort(jax.lax.optimization_barrier(hi if key is None else key), stable=True)
     pad = (-total) % cfg.batch
     big = jnp.iinfo(hi.dtype).max
 
