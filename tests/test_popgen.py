@@ -249,3 +249,111 @@ def test_vmap_over_parameters():
     batched = jax.vmap(f)(sizes)
     np.testing.assert_allclose(batched, jnp.stack([f(s) for s in sizes]), rtol=1e-13)
     assert not np.allclose(batched[0], batched[2])
+
+
+def _fu_covariance(n, theta):
+    """Fu (1995) closed forms: Cov[xi_i, xi_j] of site counts at constant size."""
+    a = np.concatenate([[0.0, 0.0], np.cumsum(1 / np.arange(1, n + 1))])  # a[i] = sum_{k<i} 1/k
+
+    def beta(i):
+        return 2 * n / ((n - i + 1) * (n - i)) * (a[n + 1] - a[i]) - 2 / (n - i)
+
+    sigma = np.zeros((n + 1, n + 1))
+    for i in range(1, n):
+        if 2 * i < n:
+            sigma[i, i] = beta(i + 1)
+        elif 2 * i == n:
+            sigma[i, i] = 2 * (a[n] - a[i]) / (n - i) - 1 / i**2
+        else:
+            sigma[i, i] = beta(i) - 1 / i**2
+        for j in range(1, i):
+            if i + j < n:
+                s = (beta(i + 1) - beta(i)) / 2
+            elif i + j == n:
+                s = (a[n] - a[i]) / (n - i) + (a[n] - a[j]) / (n - j)
+                s -= (beta(i) + beta(j + 1)) / 2 + 1 / (i * j)
+            else:
+                s = (beta(j) - beta(j + 1)) / 2 - 1 / (i * j)
+            sigma[i, j] = sigma[j, i] = s
+    i = np.arange(n + 1)
+    return theta**2 * sigma + np.diag(np.where((i > 0) & (i < n), theta / np.maximum(i, 1), 0.0))
+
+
+def test_sfs_covariance_constant_size():
+    """Against the block-counting PhaseType covariance and Fu's (1995) closed forms."""
+    n = 7
+    m = pg.from_demes(_graph((N0, 0)), {"A": n})
+    cov, block, folded, sites = eqx.filter_jit(
+        lambda d: (
+            d.sfs_covariance(),
+            d.sfs_covariance(method="block"),
+            d.sfs_covariance(folded=True),
+            d.sfs_covariance(mutation_rate=1.5),
+        )
+    )(m)
+    graph = pj.models.kingman(n)
+    rewards = pj.models.sfs_rewards(graph)
+    dist = graph.compile()(jnp.array([1.0]))
+    ref = np.zeros((n + 1, n + 1))
+    ref[1:-1, 1:-1] = dist.covariance_matrix(rewards)
+    np.testing.assert_allclose(cov, ref, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(block, ref, rtol=1e-11, atol=1e-14)
+    # theta / 2 = mutation rate per unit time (units of 2 N_ref)
+    np.testing.assert_allclose(sites, _fu_covariance(n, 3.0), rtol=1e-11, atol=1e-14)
+    fold = np.zeros((n + 1, n + 1))
+    for i in range(1, n):
+        fold[min(i, n - i), i] = 1.0
+    ref_folded = np.asarray(dist.covariance_matrix(fold[:, 1:-1] @ rewards))
+    np.testing.assert_allclose(folded, ref_folded, rtol=1e-11, atol=1e-14)
+
+
+def test_topology_moments_identities():
+    """sum_i b_i(k) = k and sum_i i b_i(k) = n: the tensor's sums are E[b_j(l)] scaled."""
+    n = 9
+    p = pg._sfs.topology_moments(n)
+    w = pg.polanski_kimmel(n)
+    i = np.arange(n + 1)
+    for k in range(2, n + 1):
+        for l in range(2, n + 1):
+            np.testing.assert_allclose(p[k, l].sum(axis=0), k * w[:, l], rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(i @ p[k, l], n * w[:, l], rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(p[k, l], p[l, k].T, rtol=0, atol=0)
+
+
+def test_sfs_covariance_under_size_changes():
+    """Bottleneck + growth: factorised route vs the block-counting chain; the sum of all
+    entries is Var[total length] (lineage-counting reward moments); IM jSFS likewise."""
+    n = 6
+    g = _graph((N0, 300), (100.0, 200), (300.0, 0, 3000.0))
+    m = pg.from_demes(g, {"A": n}, check=False)
+    fact, block, var_length = eqx.filter_jit(
+        lambda d: (
+            d.sfs_covariance(),
+            d.sfs_covariance(method="block"),
+            d.total_length().var(),
+        )
+    )(m)
+    np.testing.assert_allclose(fact, block, rtol=1e-11, atol=1e-14)
+    assert np.isclose(jnp.sum(fact), var_length, rtol=1e-11)
+    joint, sites, jvar, jsfs = eqx.filter_jit(
+        lambda d: (
+            d.sfs_covariance(),
+            d.sfs_covariance(mutation_rate=0.7),
+            d.total_length().var(),
+            d.expected_sfs(),
+        )
+    )(_im(2, 2))
+    assert joint.shape == (3, 3, 3, 3)
+    assert np.isclose(jnp.sum(joint), jvar, rtol=1e-11)
+    np.testing.assert_allclose(
+        jnp.einsum("abab->ab", sites - 0.49 * joint), 0.7 * jsfs, rtol=1e-11, atol=1e-14
+    )
+    with pytest.raises(ValueError, match="n <= 60"):
+        pg.from_demes(_graph((N0, 0)), {"A": 61}).sfs_covariance()
+
+
+def test_sfs_covariance_gradient():
+    m = pg.from_demes(_graph((4 * N0, 500), (N0, 0)), {"A": 5})
+    fn = eqx.filter_jit(lambda d: d.sfs_covariance()[1, 2] + 0.2 * d.sfs_covariance()[3, 3])
+    _fd_check(fn, m, lambda d: d.sizes, (0, 0))
+    _fd_check(fn, m, lambda d: d.breaks, (0,))

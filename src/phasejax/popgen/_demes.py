@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from . import _sfs, _statespace
+from . import _sfs, _statespace, _times
 from ._chain import PiecewiseChain, extrapolate
 from ._times import CoalescenceTime
 
@@ -227,21 +227,93 @@ class Demography(eqx.Module):
             max_states: state budget of the block-counting route.
         """
         sizes = tuple(n for _, n in self.samples)
-        panmictic = len(sizes) == 1 and _sfs.is_panmictic(self.lineage_space)
-        if method not in ("auto", "polanski_kimmel", "block"):
-            raise ValueError(f"unknown method {method!r}")
-        if method == "polanski_kimmel" and not panmictic:
-            raise ValueError(
-                "the Polanski-Kimmel route needs one sampled deme whose lineages always "
-                "share a deme (no migration or pulse splits them); use method='block'"
-            )
-        if method == "polanski_kimmel" or (method == "auto" and panmictic):
+        if self._route(method) == "polanski_kimmel":
             out = jnp.asarray(_sfs.polanski_kimmel(sizes[0])) @ self.lineage_times()
         else:
             space = self.sfs_space(max_states)
             occupancy = extrapolate(self.chains(space), PiecewiseChain.occupancy)
             out = _sfs.from_typed_occupancy(occupancy, space, sizes)
         return _sfs.fold(out) if folded else out
+
+    def _route(self, method: str) -> str:
+        """``"polanski_kimmel"`` or ``"block"`` for ``method`` (see `expected_sfs`)."""
+        if method not in ("auto", "polanski_kimmel", "block"):
+            raise ValueError(f"unknown method {method!r}")
+        panmictic = len(self.samples) == 1 and _sfs.is_panmictic(self.lineage_space)
+        if method == "polanski_kimmel" and not panmictic:
+            raise ValueError(
+                "the Polanski-Kimmel route needs one sampled deme whose lineages always "
+                "share a deme (no migration or pulse splits them); use method='block'"
+            )
+        return "polanski_kimmel" if method == "auto" and panmictic else method
+
+    def sfs_covariance(
+        self,
+        folded: bool = False,
+        *,
+        mutation_rate: float | Array | None = None,
+        method: str = "auto",
+        max_states: int = 2000,
+    ) -> Array:
+        """Covariance matrix of the (joint) site frequency spectrum, exact.
+
+        Without ``mutation_rate``: ``Cov[L_a, L_b]`` of the branch lengths ``L_a`` whose
+        means [`expected_sfs`][phasejax.popgen.Demography.expected_sfs] gives (in
+        ``time_units`` squared). With it (``mu`` per lineage per time unit; ``theta / 2``
+        in coalescent units): the covariance of the site counts ``xi_a`` of the infinite-
+        sites model, ``mu^2 Cov[L_a, L_b] + [a = b] mu E[L_a]`` (Fu 1995 at constant size).
+        Shape ``shape + shape`` with ``shape = (n_1 + 1, ..., n_S + 1)``: ``(n + 1, n + 1)``
+        for one deme; rows and columns of the corners are zero.
+
+        Routes (``method`` as in ``expected_sfs``): one panmictic sample factorises,
+        ``E[L_i L_j] = sum_{k,l} E[T_k T_l] E[b_i(k) b_j(l)]``, with ``E[T_k T_l]`` from
+        the lineage-counting chain (`cross_moments`, ``n`` matrix exponentials of size
+        ``3 n`` per sub-epoch) and the topology term in closed form (memory
+        ``8 (n + 1)^4`` bytes: ``n <= 60``); otherwise the typed block-counting chain gives
+        ``E[L_a L_b]`` directly (one matrix exponential of three times its states per
+        sub-epoch and SFS entry: small samples only).
+
+        Args:
+            folded: the covariance of the folded spectrum.
+            mutation_rate: see above; ``None`` for branch lengths.
+            method: ``"auto"``, ``"polanski_kimmel"`` or ``"block"``.
+            max_states: state budget of the block-counting route.
+        """
+        sizes = tuple(n for _, n in self.samples)
+        shape = tuple(s + 1 for s in sizes)
+        if self._route(method) == "polanski_kimmel":
+            n = sizes[0]
+            if n > 60:
+                raise ValueError(
+                    f"the SFS covariance of one deme is limited to n <= 60 samples (its "
+                    f"topology tensor takes 8 (n + 1)^4 bytes), got n = {n}"
+                )
+            space = self.lineage_space
+            totals = space.lineages().sum(axis=1)
+            # T_k for k = 2..n: the time with k lineages
+            onehot = (totals[None, :] == np.arange(2, n + 1)[:, None]).astype(np.float64)
+            means, second = extrapolate(
+                self.chains(space), lambda c: _times.cross_moments(c, jnp.asarray(onehot))
+            )
+            topology = _sfs.topology_moments(n)[2:, 2:].reshape(n - 1, n - 1, -1)
+            cross = jnp.einsum("kl,klm->m", second, topology).reshape(n + 1, n + 1)
+            mean = jnp.asarray(_sfs.polanski_kimmel(n)[:, 2:]) @ means
+        else:
+            space = self.sfs_space(max_states)
+            counts = jnp.asarray(_sfs.typed_counts(space).T)
+            type_means, type_cross = extrapolate(
+                self.chains(space), lambda c: _times.cross_moments(c, counts)
+            )
+            size = math.prod(shape)
+            # type 0 (no descendants) is not a lineage type; the all-samples type is the
+            # MRCA, absorbing, so its reward is already zero
+            mean = jnp.zeros(size).at[1:].set(type_means)
+            cross = jnp.zeros((size, size)).at[1:, 1:].set(type_cross)
+        cov = cross - jnp.outer(mean, mean)
+        if mutation_rate is not None:
+            cov = mutation_rate**2 * cov + jnp.diag(mutation_rate * mean)
+        cov = cov.reshape(shape + shape)
+        return _sfs.fold_covariance(cov, shape) if folded else cov
 
 
 def _generator(space: _statespace.StateSpace, coal, mig) -> Float[Array, "V V"]:
