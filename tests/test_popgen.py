@@ -2,6 +2,7 @@
 and the independent block-counting / epoch engines of phasejax.models."""
 
 import dataclasses
+import math
 
 import equinox as eqx
 import jax
@@ -157,16 +158,41 @@ def test_bad_models():
 
 
 def test_growth_refinement_meets_target():
-    """Exponential growth: the default refinement against a 4x finer one."""
+    """Exponential growth: the SFS by the change of time at the default tol against a
+    tight one (a priori bound 1e-6); the chains' refinement (TMRCA moments) against a 4x
+    finer one; tiny growth against the constant-size closed form."""
     g = _graph((N0, 300), (200.0, 0, 5000.0))
     m = pg.from_demes(g, {"A": 8})
+    tight = pg.from_demes(g, {"A": 8}, tol=1e-12, check=False)
+    assert tight.hazard_steps[0] > 10 * m.hazard_steps[0]
     fine = dataclasses.replace(m, refine=tuple(4 * k for k in m.refine))
     sfs = eqx.filter_jit(lambda d: d.expected_sfs())
-    a, b = np.asarray(sfs(m)), np.asarray(sfs(fine))
+    a, b = np.asarray(sfs(m)), np.asarray(sfs(tight))
     assert np.max(np.abs(a - b)[1:-1] / b[1:-1]) < 1e-6
-    # against the closed form of a constant size when growth is tiny
+    moments = eqx.filter_jit(lambda d: d.tmrca().moments(2))
+    np.testing.assert_allclose(moments(m), moments(fine), rtol=1e-6)
     flat = pg.from_demes(_graph((N0, 300), (N0, 0, N0 * (1 + 1e-9))), {"A": 8})
     np.testing.assert_allclose(sfs(flat)[1:-1], 2 / np.arange(1, 8), rtol=1e-8)
+
+
+def test_lineage_times_under_growth_against_tavare():
+    """Exponential growth then a constant size (n = 8): E[T_k] by the change of time at the
+    default and a tight tol against Tavare's formula integrated by mpmath quadrature."""
+    import mpmath as mp
+
+    n, tau = 8, 300 / 2000
+    a = 2000 * math.log(25.0) / 300  # N = 5000 exp(-a t) in units of 2 N_ref = 2000
+
+    def hazard(t):
+        return 0.2 * mp.expm1(a * t) / a
+
+    ref = _tavare_lineage_times(n, tau, hazard, 1.0, dps=30)
+    g = _graph((N0, 300), (200.0, 0, 5000.0))
+    times = eqx.filter_jit(lambda d: d.lineage_times())
+    default = np.asarray(times(pg.from_demes(g, {"A": n}, check=False)))
+    tight = np.asarray(times(pg.from_demes(g, {"A": n}, tol=1e-12, check=False)))
+    np.testing.assert_allclose(default[2:], ref[2:], rtol=1e-6)
+    np.testing.assert_allclose(tight[2:], ref[2:], rtol=1e-11)
 
 
 def _fd_check(fn, model, leaf, index, rel=1e-5):
@@ -198,22 +224,32 @@ def test_gradients_against_finite_differences():
 
 def _tavare_lineage_times(n, tau, c1, c2, dps=80):
     """E[T_k] (k = 0..n) for one deme, pair rate c1 on [0, tau), c2 after, from Tavare's
-    (1984) alternating-sum formula for P(K_t = k) in mpmath at ``dps`` digits."""
+    (1984) alternating-sum formula for P(K_t = k) in mpmath at ``dps`` digits. ``c1`` may
+    instead be the cumulative pair hazard ``Lambda(t)`` on [0, tau] (a callable), whose
+    terms are then integrated by quadrature."""
     import mpmath as mp
 
     mp.mp.dps = dps
 
-    def coef(i, k):  # P(K_t = k) = sum_i coef(i, k) exp(-i (i - 1) c t / 2)
+    def coef(i, k):  # P(K_t = k) = sum_i coef(i, k) exp(-i (i - 1) Lambda(t) / 2)
         rising = mp.rf(k, i - 1)  # k (k + 1) ... (k + i - 2)
         num = (2 * i - 1) * (-1) ** (i - k) * rising * mp.ff(n, i)
         return num / (mp.factorial(k) * mp.factorial(i - k) * mp.rf(n, i))
 
+    def integral(rate):  # int_0^tau exp(-rate Lambda(t)) dt
+        if rate == 0:
+            return mp.mpf(tau)
+        if callable(c1):
+            return mp.quad(lambda t: mp.exp(-rate * c1(t)), [0, tau])
+        return (1 - mp.exp(-rate * c1 * tau)) / (rate * c1)
+
+    total = c1(mp.mpf(tau)) if callable(c1) else c1 * tau
     coefs = {(i, k): coef(i, k) for k in range(1, n + 1) for i in range(k, n + 1)}
     occupancy, at_tau = [mp.mpf(0)] * (n + 1), [mp.mpf(0)] * (n + 1)
     for (i, k), a in coefs.items():
-        rate = mp.mpf(i * (i - 1)) * c1 / 2
-        at_tau[k] += a * mp.exp(-rate * tau)
-        occupancy[k] += a * (tau if i == 1 else (1 - mp.exp(-rate * tau)) / rate)
+        rate = mp.mpf(i * (i - 1)) / 2
+        at_tau[k] += a * mp.exp(-rate * total)
+        occupancy[k] += a * integral(rate)
     out = np.zeros(n + 1)
     for k in range(2, n + 1):
         after = sum(at_tau[j] for j in range(k, n + 1)) * 2 / (c2 * k * (k - 1))

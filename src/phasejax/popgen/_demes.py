@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from . import _sfs, _statespace, _times
+from . import _hazard, _sfs, _statespace, _times
 from ._chain import PiecewiseChain, extrapolate
 from ._times import CoalescenceTime
 
@@ -121,6 +121,7 @@ class Demography(eqx.Module):
     patterns: tuple = eqx.field(static=True)
     migration_pairs: tuple = eqx.field(static=True)
     refine: tuple = eqx.field(static=True)
+    hazard_steps: tuple = eqx.field(static=True)
     lineage_space: _statespace.StateSpace = eqx.field(static=True)
 
     @property
@@ -194,8 +195,58 @@ class Demography(eqx.Module):
         """``E[T_k]``, ``k = 0..n``: expected time with exactly ``k`` lineages (in all demes)."""
         space = self.lineage_space
         n = int(space.states[0].sum())
-        occupancy = extrapolate(self.chains(space), PiecewiseChain.occupancy)
-        return _sfs.lineage_times(occupancy, space, n)
+        return _sfs.lineage_times(self.occupancy(space), space, n)
+
+    def occupancy(self, space: _statespace.StateSpace) -> Float[Array, " V"]:
+        """Expected time in each state of ``space``: by the exact change of time of
+        `phasejax.popgen._hazard` when one sample's lineages always share a deme, else from
+        the (extrapolated) piecewise chains."""
+        pool = self._pool_demes()
+        if pool is None:
+            return extrapolate(self.chains(space), PiecewiseChain.occupancy)
+        breaks = jnp.asarray(self.breaks) / self.scale
+        edges = jnp.concatenate([jnp.zeros(1, breaks.dtype), breaks])
+        gens, hazards, tables, maps = [], [], [], []
+        for j, d in enumerate(pool):
+            gens.append(_unit_generator(space, d))
+            if j == len(pool) - 1:
+                break
+            kind, size0, growth = self.kinds[j][d], self.sizes[j, d], self.growth[j, d]
+            width = edges[j + 1] - edges[j]
+            mean = _mean_inverse(kind, size0, growth * self.scale, jnp.zeros(()), width)
+            hazard = width * self.scale / 2.0 * mean
+            steps = self.hazard_steps[j]
+            tables.append(
+                _hazard.weights(
+                    kind,
+                    size0,
+                    growth,
+                    hazard,
+                    steps,
+                    0 if kind == "constant" else _hazard.ORDER,
+                    self.scale,
+                )
+            )
+            hazards.append(hazard)
+            pattern = self.patterns[j]
+            maps.append(None if not pattern else _transfer(space, pattern, self.transfers[j]))
+        last = 2.0 * self.sizes[-1, pool[-1]] / self.scale
+        initial = jnp.zeros(space.n_states).at[0].set(1.0)
+        transient = np.flatnonzero(~space.absorbing)
+        return _hazard.occupancy(gens, hazards, tables, maps, initial, transient, last)
+
+    def _pool_demes(self) -> tuple[int, ...] | None:
+        """The deme holding one sample's lineages in each epoch, when they always share
+        one (moved whole at splits); else ``None``."""
+        if len(self.samples) != 1 or not _sfs.is_panmictic(self.lineage_space):
+            return None
+        deme = self.demes.index(self.samples[0][0])
+        out = [deme]
+        for pattern in self.patterns:
+            targets = [b for a, b in pattern if a == deme]
+            deme = targets[0] if targets else deme
+            out.append(deme)
+        return tuple(out)
 
     def sfs_space(self, max_states: int = 2000) -> _statespace.StateSpace:
         """The block-counting state space of the joint SFS (lineages typed by their
@@ -231,8 +282,7 @@ class Demography(eqx.Module):
             out = jnp.asarray(_sfs.polanski_kimmel(sizes[0])) @ self.lineage_times()
         else:
             space = self.sfs_space(max_states)
-            occupancy = extrapolate(self.chains(space), PiecewiseChain.occupancy)
-            out = _sfs.from_typed_occupancy(occupancy, space, sizes)
+            out = _sfs.from_typed_occupancy(self.occupancy(space), space, sizes)
         return _sfs.fold(out) if folded else out
 
     def _route(self, method: str) -> str:
@@ -322,6 +372,15 @@ def _generator(space: _statespace.StateSpace, coal, mig) -> Float[Array, "V V"]:
     q = jnp.zeros((space.n_states, space.n_states), coal.dtype)
     q = q.at[src, dst].add(mult * coal[deme]).at[msrc, mdst].add(mmult * mig[a, b])
     return q - jnp.diag(jnp.sum(q, axis=1))
+
+
+def _unit_generator(space: _statespace.StateSpace, deme: int) -> np.ndarray:
+    """The (static) generator of ``space`` with pair rate 1 in ``deme`` and no other rate."""
+    src, dst, where, mult = space.coal
+    keep = where == deme
+    q = np.zeros((space.n_states, space.n_states))
+    np.add.at(q, (src[keep], dst[keep]), mult[keep])
+    return q - np.diag(q.sum(axis=1))
 
 
 def _transfer(space: _statespace.StateSpace, pattern: tuple, probabilities) -> Array:
@@ -513,14 +572,34 @@ def _refinement(arrays: dict, kinds: tuple, step: float) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _hazard_steps(arrays: dict, kinds: tuple, tol: float) -> tuple[int, ...]:
+    """Sub-intervals per epoch of the change-of-time route (`phasejax.popgen._hazard`):
+    its bound uses the change of ``log N`` (linear) or of ``N`` relative to its smaller
+    value (exponential) per sub-interval; the largest over the demes."""
+    edges = np.concatenate([[0.0], arrays["breaks"]])
+    out = []
+    for j, row in enumerate(kinds[:-1]):
+        width = edges[j + 1] - edges[j]
+        spans = [
+            _log_span(kind, arrays["sizes"][j, d], arrays["growth"][j, d], width)
+            for d, kind in enumerate(row)
+        ]
+        spans = [math.expm1(x) if k == "exponential" else x for x, k in zip(spans, row)]
+        out.append(_hazard.steps_for(max(spans), tol))
+    return tuple(out) + (1,)
+
+
 @eqx.filter_jit
 def _checked_quantity(demography: Demography) -> Array:
-    """What the refinement check compares: the expected SFS of one panmictic sample (its
-    Polanski-Kimmel route), else the occupancy of every lineage-counting state."""
+    """What the refinement check of the chains compares: for one panmictic sample the
+    expected SFS their lineage times give, else the occupancy of every lineage-counting
+    state."""
     space = demography.lineage_space
-    if len(demography.samples) == 1 and _sfs.is_panmictic(space):
-        return demography.expected_sfs()[1:-1]
-    return extrapolate(demography.chains(space), PiecewiseChain.occupancy)
+    occupancy = extrapolate(demography.chains(space), PiecewiseChain.occupancy)
+    if demography._pool_demes() is None:
+        return occupancy
+    n = demography.samples[0][1]
+    return (_sfs.polanski_kimmel(n) @ _sfs.lineage_times(occupancy, space, n))[1:-1]
 
 
 def from_demes(
@@ -555,9 +634,12 @@ def from_demes(
     # a priori: Richardson's error is O(step^4); 0.125 per unit of log-size meets 1e-6 on
     # bottlenecks and 100-fold growth; then halve until two levels agree to tol
     step, previous = 0.125 * (tol / 1e-6) ** 0.25, None
+    hazard_steps = _hazard_steps(arrays, static["kinds"], tol)
     while True:
         refine = _refinement(arrays, static["kinds"], step)
-        demography = Demography(**jarrays, **static, refine=refine, lineage_space=space)
+        demography = Demography(
+            **jarrays, **static, refine=refine, hazard_steps=hazard_steps, lineage_space=space
+        )
         if all(k == 1 for k in refine) or not check:
             return demography
         occupancy = np.asarray(_checked_quantity(demography))
