@@ -109,6 +109,8 @@ def test_tmrca_distribution_against_piecewise_kingman():
     np.testing.assert_allclose(at_q, levels, atol=1e-10)
     with pytest.raises(NotImplementedError, match="TMRCA only"):
         m.total_length().cdf(t)
+    # the quantile's implicit derivative -dF/f
+    _fd_check(eqx.filter_jit(lambda d: d.tmrca().quantile(0.3)), m, lambda d: d.sizes, (0, 0))
 
 
 def test_piecewise_sfs_routes_agree_with_epoch_engine():
