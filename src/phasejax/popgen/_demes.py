@@ -14,22 +14,28 @@ between demes with given probabilities:
   lineage of ``dest`` to ``source`` at rate ``m`` backwards.
 
 Two lineages in a deme of ``N`` diploid individuals coalesce at rate ``1 / (2 N)``
-per generation. Exponential or linear size changes are cut into ``K`` sub-epochs of
-constant rate equal to the *mean* coalescence rate over each (so the cumulative
-hazard is exact at the sub-epoch ends). This rule is symmetric in time, so its error
-expands in even powers of the sub-epoch width; results are Richardson-extrapolated
-from ``K`` and ``2 K`` sub-epochs (error ``O(width^4)``). ``K`` follows from the log-size
-change per sub-epoch (``0.125 (tol / 1e-6)^(1/4)``) and, with ``check=True``, the
-width is halved until the extrapolated expected SFS (one sample whose lineages always
-share a deme) or else the expected occupancy of every lineage-counting state changes by
-at most ``tol`` (relative); the finer level is kept. Every SFS entry, E[T_k] and mean
-coalescence time is a positive combination of these occupancies, so the same relative
-estimate carries to them (for one deme exactly; for several demes the block-counting
-states refine the same epochs). This is an a posteriori estimate at the build-time
-parameters, not a bound valid for every parameter value. States occupied only briefly
-at the start of a growth epoch (many lineages, fast coalescence) see the rate at the
-sub-epoch start rather than its mean, a first-order error: at large ``n`` (hundreds)
-the per-state check needs many sub-epochs.
+per generation. Exponential or linear size changes are handled two ways:
+
+- **One panmictic sample** (its lineages always share a deme): the occupancies behind
+  the expected SFS and ``E[T_k]`` come from an exact change of time to coalescent hazard
+  (`phasejax.popgen._hazard`), with ``K`` equal-hazard sub-intervals per epoch chosen a
+  priori so that every occupancy has relative error at most ``tol``.
+- **The piecewise chains** (TMRCA, total length, SFS covariance, several demes): sizes are
+  cut into ``K`` sub-epochs of constant rate equal to the *mean* coalescence rate over
+  each (so the cumulative hazard is exact at the sub-epoch ends). This rule is symmetric
+  in time, so its error expands in even powers of the sub-epoch width; results are
+  Richardson-extrapolated from ``K`` and ``2 K`` sub-epochs (error ``O(width^4)``). ``K``
+  follows from the log-size change per sub-epoch (``0.125 (tol / 1e-6)^(1/4)``) and,
+  with ``check=True``, the width is halved until the extrapolated expected SFS (one
+  panmictic sample, from the chain's lineage times) or else the expected occupancy of
+  every lineage-counting state changes by at most ``tol`` (relative); the finer level is
+  kept. Every SFS entry, E[T_k] and mean coalescence time is a positive combination of
+  these occupancies, so the same relative estimate carries to them. This is an a
+  posteriori estimate at the build-time parameters, not a bound valid for every
+  parameter value. States occupied only briefly at the start of a growth epoch (many
+  lineages, fast coalescence) see the rate at the sub-epoch start rather than its mean,
+  a first-order error: at large ``n`` (hundreds) the per-state check needs many
+  sub-epochs.
 """
 
 from __future__ import annotations
@@ -105,6 +111,8 @@ class Demography(eqx.Module):
         samples: ``(name, n)`` haploid samples at time 0, in the order of the SFS axes.
         time_units: ``"coalescent"`` (units of ``2 N_ref`` generations) or ``"generations"``.
         N_ref: reference size of the coalescent unit.
+        refine: sub-epochs per epoch of the piecewise chains.
+        hazard_steps: equal-hazard sub-intervals per epoch of the change-of-time route.
     """
 
     breaks: Float[Array, " m"]
