@@ -7,7 +7,7 @@ then growth from 2000 to 40000 over the last 500 generations; n = 20 and 200).
 PhaseGen (``phasegen`` on PyPI) runs in its own virtual environment (default
 ``/work/venv-phasegen``, or ``$PHASEGEN_PYTHON``) through a subprocess, timed there
 warm (best of repeated calls of a new ``Coalescent`` per call, as a fit would).
-Run: ``python benchmarks/bench_popgen.py``.
+Run: ``python benchmarks/bench_popgen.py [name:n ...]`` (default: every case).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ jax.config.update("jax_enable_x64", True)
 import json
 import os
 import subprocess
+import sys
 import time
 
 import demes
@@ -49,10 +50,12 @@ def run():
     c = build()
     return np.asarray(c.sfs.mean.data if what == "mean" else c.sfs.cov.data)
 t0 = time.perf_counter(); out = run(); first = time.perf_counter() - t0
-best = float("inf")
+best = cpu = float("inf")
 for _ in range(int(sys.argv[3])):
-    t0 = time.perf_counter(); run(); best = min(best, time.perf_counter() - t0)
-print(json.dumps(dict(first=first, steady=best, value=out.tolist())))
+    t0, c0 = time.perf_counter(), time.process_time()
+    run()
+    best, cpu = min(best, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+print(json.dumps(dict(first=first, steady=best, cpu=cpu, value=out.tolist())))
 """
 
 
@@ -108,6 +111,21 @@ def cpu_best(fn, *args, repeat: int = 3) -> float:
     return best
 
 
+def timings(what: str, value, gradient, model):
+    """Print first-call, steady and CPU times of ``value`` and ``gradient``; the value."""
+    parts, results = [], []
+    for label, fn in [(what, value), ("gradient", gradient)]:
+        first, out = once(fn, model)
+        steady = best_of(fn, model, repeat=3)
+        parts.append(
+            f"{label} first {first:.2f} s, steady {steady * 1e3:.2f} ms (CPU "
+            f"{cpu_best(fn, model) * 1e3:.2f} ms)"
+        )
+        results.append(out)
+    print("  " + "; ".join(parts))
+    return results[0]
+
+
 def main():
     print(f"load average at start: {os.getloadavg()}")
     sfs = eqx.filter_jit(lambda d: d.expected_sfs())
@@ -116,34 +134,24 @@ def main():
     cov_grad = eqx.filter_jit(
         eqx.filter_grad(lambda d: jnp.sum(jnp.diagonal(d.sfs_covariance())[1:-1]))
     )
-    for name, graph, n in [
+    cases = [
         ("size_change", size_change(), 20),
         ("bottleneck_growth", bottleneck_growth(), 20),
         ("bottleneck_growth", bottleneck_growth(), 200),
-    ]:
+    ]
+    # optional arguments select cases, e.g. ``bottleneck_growth:200``
+    chosen = set(sys.argv[1:])
+    for name, graph, n in cases:
+        if chosen and f"{name}:{n}" not in chosen:
+            continue
         build, model = once(lambda: pg.from_demes(graph, {"A": n}))
-        first, out = once(sfs, model)
-        steady = best_of(sfs, model, repeat=5)
-        gfirst, _ = once(grad, model)
-        gsteady = best_of(grad, model, repeat=3)
         print(
             f"{name} n={n}: build {build:.2f} s (chain sub-epochs {model.refine}, hazard "
-            f"steps {model.hazard_steps}); SFS first {first:.2f} s, steady "
-            f"{steady * 1e3:.2f} ms (CPU {cpu_best(sfs, model) * 1e3:.2f} ms); gradient "
-            f"first {gfirst:.2f} s, steady {gsteady * 1e3:.2f} ms (CPU "
-            f"{cpu_best(grad, model) * 1e3:.2f} ms)"
+            f"steps {model.hazard_steps})"
         )
+        out = timings("SFS", sfs, grad, model)
         if n > 20:
             continue
-        cfirst, c = once(cov, model)
-        csteady = best_of(cov, model, repeat=3)
-        cgfirst, _ = once(cov_grad, model)
-        cgsteady = best_of(cov_grad, model, repeat=3)
-        print(
-            f"  SFS covariance first {cfirst:.2f} s, steady {csteady * 1e3:.2f} ms (CPU "
-            f"{cpu_best(cov, model) * 1e3:.2f} ms); its gradient first {cgfirst:.2f} s, "
-            f"steady {cgsteady * 1e3:.2f} ms"
-        )
         mt, ref = once(moments_sfs, graph, n)
         # moments: theta = 4 N_ref mu = 1, i.e. our branch lengths (units 2 N_ref) / 2
         rel = np.abs(ref[1:-1] / (np.asarray(out)[1:-1] / 2) - 1)
@@ -152,7 +160,10 @@ def main():
             f"difference {rel.max():.2e}"
         )
         if name != "size_change":
+            # the covariance under growth runs on the refined chain (many sub-epochs of
+            # n matrix exponentials each): slow, see RESULTS.md
             continue
+        c = timings("SFS covariance", cov, cov_grad, model)
         for what, ours in [("mean", np.asarray(out)), ("cov", np.asarray(c))]:
             res = phasegen(n, what, repeat=3 if what == "cov" else 10)
             if res is None:
@@ -164,7 +175,7 @@ def main():
             diff = np.max(np.abs(theirs[inner] - ours[inner]) / np.abs(ours[inner]).max())
             print(
                 f"  PhaseGen sfs.{what}: first {res['first']:.2f} s, steady "
-                f"{res['steady'] * 1e3:.2f} ms; max difference (relative to the largest "
+                f"{res['steady'] * 1e3:.2f} ms (CPU {res['cpu'] * 1e3:.2f} ms); max difference (relative to the largest "
                 f"entry) {diff:.2e}"
             )
 

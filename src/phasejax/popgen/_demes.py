@@ -40,6 +40,7 @@ per generation. Exponential or linear size changes are handled two ways:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -598,6 +599,11 @@ def _hazard_steps(arrays: dict, kinds: tuple, tol: float) -> tuple[int, ...]:
 
 
 @eqx.filter_jit
+def _reference_sfs(demography: Demography) -> Array:
+    return demography.expected_sfs()[1:-1]
+
+
+@eqx.filter_jit
 def _checked_quantity(demography: Demography) -> Array:
     """What the refinement check of the chains compares: for one panmictic sample the
     expected SFS their lineage times give, else the occupancy of every lineage-counting
@@ -607,7 +613,8 @@ def _checked_quantity(demography: Demography) -> Array:
     if demography._pool_demes() is None:
         return occupancy
     n = demography.samples[0][1]
-    return (_sfs.polanski_kimmel(n) @ _sfs.lineage_times(occupancy, space, n))[1:-1]
+    weights = jnp.asarray(_sfs.polanski_kimmel(n))
+    return (weights @ _sfs.lineage_times(occupancy, space, n))[1:-1]
 
 
 def from_demes(
@@ -650,6 +657,13 @@ def from_demes(
         )
         if all(k == 1 for k in refine) or not check:
             return demography
+        if previous is None and demography._pool_demes() is not None:
+            # one panmictic sample: the change-of-time SFS at tol / 100 is a reference
+            # (a priori bound), so one chain level usually settles the check
+            tight = _hazard_steps(arrays, static["kinds"], tol / 100)
+            previous = np.asarray(
+                _reference_sfs(dataclasses.replace(demography, hazard_steps=tight))
+            )
         occupancy = np.asarray(_checked_quantity(demography))
         if previous is not None:
             floor = 1e-12 * occupancy.sum()
