@@ -2,6 +2,7 @@
 and the independent block-counting / epoch engines of phasejax.models."""
 
 import dataclasses
+import math
 
 import equinox as eqx
 import jax
@@ -108,6 +109,8 @@ def test_tmrca_distribution_against_piecewise_kingman():
     np.testing.assert_allclose(at_q, levels, atol=1e-10)
     with pytest.raises(NotImplementedError, match="TMRCA only"):
         m.total_length().cdf(t)
+    # the quantile's implicit derivative -dF/f
+    _fd_check(eqx.filter_jit(lambda d: d.tmrca().quantile(0.3)), m, lambda d: d.sizes, (0, 0))
 
 
 def test_piecewise_sfs_routes_agree_with_epoch_engine():
@@ -157,16 +160,41 @@ def test_bad_models():
 
 
 def test_growth_refinement_meets_target():
-    """Exponential growth: the default refinement against a 4x finer one."""
+    """Exponential growth: the SFS by the change of time at the default tol against a
+    tight one (a priori bound 1e-6); the chains' refinement (TMRCA moments) against a 4x
+    finer one; tiny growth against the constant-size closed form."""
     g = _graph((N0, 300), (200.0, 0, 5000.0))
     m = pg.from_demes(g, {"A": 8})
+    tight = pg.from_demes(g, {"A": 8}, tol=1e-12, check=False)
+    assert tight.hazard_steps[0] > 10 * m.hazard_steps[0]
     fine = dataclasses.replace(m, refine=tuple(4 * k for k in m.refine))
     sfs = eqx.filter_jit(lambda d: d.expected_sfs())
-    a, b = np.asarray(sfs(m)), np.asarray(sfs(fine))
+    a, b = np.asarray(sfs(m)), np.asarray(sfs(tight))
     assert np.max(np.abs(a - b)[1:-1] / b[1:-1]) < 1e-6
-    # against the closed form of a constant size when growth is tiny
+    moments = eqx.filter_jit(lambda d: d.tmrca().moments(2))
+    np.testing.assert_allclose(moments(m), moments(fine), rtol=1e-6)
     flat = pg.from_demes(_graph((N0, 300), (N0, 0, N0 * (1 + 1e-9))), {"A": 8})
     np.testing.assert_allclose(sfs(flat)[1:-1], 2 / np.arange(1, 8), rtol=1e-8)
+
+
+def test_lineage_times_under_growth_against_tavare():
+    """Exponential growth then a constant size (n = 8): E[T_k] by the change of time at the
+    default and a tight tol against Tavare's formula integrated by mpmath quadrature."""
+    import mpmath as mp
+
+    n, tau = 8, 300 / 2000
+    a = 2000 * math.log(25.0) / 300  # N = 5000 exp(-a t) in units of 2 N_ref = 2000
+
+    def hazard(t):
+        return 0.2 * mp.expm1(a * t) / a
+
+    ref = _tavare_lineage_times(n, tau, hazard, 1.0, dps=30)
+    g = _graph((N0, 300), (200.0, 0, 5000.0))
+    times = eqx.filter_jit(lambda d: d.lineage_times())
+    default = np.asarray(times(pg.from_demes(g, {"A": n}, check=False)))
+    tight = np.asarray(times(pg.from_demes(g, {"A": n}, tol=1e-12, check=False)))
+    np.testing.assert_allclose(default[2:], ref[2:], rtol=1e-6)
+    np.testing.assert_allclose(tight[2:], ref[2:], rtol=1e-11)
 
 
 def _fd_check(fn, model, leaf, index, rel=1e-5):
@@ -198,22 +226,32 @@ def test_gradients_against_finite_differences():
 
 def _tavare_lineage_times(n, tau, c1, c2, dps=80):
     """E[T_k] (k = 0..n) for one deme, pair rate c1 on [0, tau), c2 after, from Tavare's
-    (1984) alternating-sum formula for P(K_t = k) in mpmath at ``dps`` digits."""
+    (1984) alternating-sum formula for P(K_t = k) in mpmath at ``dps`` digits. ``c1`` may
+    instead be the cumulative pair hazard ``Lambda(t)`` on [0, tau] (a callable), whose
+    terms are then integrated by quadrature."""
     import mpmath as mp
 
     mp.mp.dps = dps
 
-    def coef(i, k):  # P(K_t = k) = sum_i coef(i, k) exp(-i (i - 1) c t / 2)
+    def coef(i, k):  # P(K_t = k) = sum_i coef(i, k) exp(-i (i - 1) Lambda(t) / 2)
         rising = mp.rf(k, i - 1)  # k (k + 1) ... (k + i - 2)
         num = (2 * i - 1) * (-1) ** (i - k) * rising * mp.ff(n, i)
         return num / (mp.factorial(k) * mp.factorial(i - k) * mp.rf(n, i))
 
+    def integral(rate):  # int_0^tau exp(-rate Lambda(t)) dt
+        if rate == 0:
+            return mp.mpf(tau)
+        if callable(c1):
+            return mp.quad(lambda t: mp.exp(-rate * c1(t)), [0, tau])
+        return (1 - mp.exp(-rate * c1 * tau)) / (rate * c1)
+
+    total = c1(mp.mpf(tau)) if callable(c1) else c1 * tau
     coefs = {(i, k): coef(i, k) for k in range(1, n + 1) for i in range(k, n + 1)}
     occupancy, at_tau = [mp.mpf(0)] * (n + 1), [mp.mpf(0)] * (n + 1)
     for (i, k), a in coefs.items():
-        rate = mp.mpf(i * (i - 1)) * c1 / 2
-        at_tau[k] += a * mp.exp(-rate * tau)
-        occupancy[k] += a * (tau if i == 1 else (1 - mp.exp(-rate * tau)) / rate)
+        rate = mp.mpf(i * (i - 1)) / 2
+        at_tau[k] += a * mp.exp(-rate * total)
+        occupancy[k] += a * integral(rate)
     out = np.zeros(n + 1)
     for k in range(2, n + 1):
         after = sum(at_tau[j] for j in range(k, n + 1)) * 2 / (c2 * k * (k - 1))
@@ -249,3 +287,111 @@ def test_vmap_over_parameters():
     batched = jax.vmap(f)(sizes)
     np.testing.assert_allclose(batched, jnp.stack([f(s) for s in sizes]), rtol=1e-13)
     assert not np.allclose(batched[0], batched[2])
+
+
+def _fu_covariance(n, theta):
+    """Fu (1995) closed forms: Cov[xi_i, xi_j] of site counts at constant size."""
+    a = np.concatenate([[0.0, 0.0], np.cumsum(1 / np.arange(1, n + 1))])  # a[i] = sum_{k<i} 1/k
+
+    def beta(i):
+        return 2 * n / ((n - i + 1) * (n - i)) * (a[n + 1] - a[i]) - 2 / (n - i)
+
+    sigma = np.zeros((n + 1, n + 1))
+    for i in range(1, n):
+        if 2 * i < n:
+            sigma[i, i] = beta(i + 1)
+        elif 2 * i == n:
+            sigma[i, i] = 2 * (a[n] - a[i]) / (n - i) - 1 / i**2
+        else:
+            sigma[i, i] = beta(i) - 1 / i**2
+        for j in range(1, i):
+            if i + j < n:
+                s = (beta(i + 1) - beta(i)) / 2
+            elif i + j == n:
+                s = (a[n] - a[i]) / (n - i) + (a[n] - a[j]) / (n - j)
+                s -= (beta(i) + beta(j + 1)) / 2 + 1 / (i * j)
+            else:
+                s = (beta(j) - beta(j + 1)) / 2 - 1 / (i * j)
+            sigma[i, j] = sigma[j, i] = s
+    i = np.arange(n + 1)
+    return theta**2 * sigma + np.diag(np.where((i > 0) & (i < n), theta / np.maximum(i, 1), 0.0))
+
+
+def test_sfs_covariance_constant_size():
+    """Against the block-counting PhaseType covariance and Fu's (1995) closed forms."""
+    n = 7
+    m = pg.from_demes(_graph((N0, 0)), {"A": n})
+    cov, block, folded, sites = eqx.filter_jit(
+        lambda d: (
+            d.sfs_covariance(),
+            d.sfs_covariance(method="block"),
+            d.sfs_covariance(folded=True),
+            d.sfs_covariance(mutation_rate=1.5),
+        )
+    )(m)
+    graph = pj.models.kingman(n)
+    rewards = pj.models.sfs_rewards(graph)
+    dist = graph.compile()(jnp.array([1.0]))
+    ref = np.zeros((n + 1, n + 1))
+    ref[1:-1, 1:-1] = dist.covariance_matrix(rewards)
+    np.testing.assert_allclose(cov, ref, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(block, ref, rtol=1e-11, atol=1e-14)
+    # theta / 2 = mutation rate per unit time (units of 2 N_ref)
+    np.testing.assert_allclose(sites, _fu_covariance(n, 3.0), rtol=1e-11, atol=1e-14)
+    fold = np.zeros((n + 1, n + 1))
+    for i in range(1, n):
+        fold[min(i, n - i), i] = 1.0
+    ref_folded = np.asarray(dist.covariance_matrix(fold[:, 1:-1] @ rewards))
+    np.testing.assert_allclose(folded, ref_folded, rtol=1e-11, atol=1e-14)
+
+
+def test_topology_moments_identities():
+    """sum_i b_i(k) = k and sum_i i b_i(k) = n: the tensor's sums are E[b_j(l)] scaled."""
+    n = 9
+    p = pg._sfs.topology_moments(n)
+    w = pg.polanski_kimmel(n)
+    i = np.arange(n + 1)
+    for k in range(2, n + 1):
+        for l in range(2, n + 1):
+            np.testing.assert_allclose(p[k, l].sum(axis=0), k * w[:, l], rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(i @ p[k, l], n * w[:, l], rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(p[k, l], p[l, k].T, rtol=0, atol=0)
+
+
+def test_sfs_covariance_under_size_changes():
+    """Bottleneck + growth: factorised route vs the block-counting chain; the sum of all
+    entries is Var[total length] (lineage-counting reward moments); IM jSFS likewise."""
+    n = 6
+    g = _graph((N0, 300), (100.0, 200), (300.0, 0, 3000.0))
+    m = pg.from_demes(g, {"A": n}, check=False)
+    fact, block, var_length = eqx.filter_jit(
+        lambda d: (
+            d.sfs_covariance(),
+            d.sfs_covariance(method="block"),
+            d.total_length().var(),
+        )
+    )(m)
+    np.testing.assert_allclose(fact, block, rtol=1e-11, atol=1e-14)
+    assert np.isclose(jnp.sum(fact), var_length, rtol=1e-11)
+    joint, sites, jvar, jsfs = eqx.filter_jit(
+        lambda d: (
+            d.sfs_covariance(),
+            d.sfs_covariance(mutation_rate=0.7),
+            d.total_length().var(),
+            d.expected_sfs(),
+        )
+    )(_im(2, 2))
+    assert joint.shape == (3, 3, 3, 3)
+    assert np.isclose(jnp.sum(joint), jvar, rtol=1e-11)
+    np.testing.assert_allclose(
+        jnp.einsum("abab->ab", sites - 0.49 * joint), 0.7 * jsfs, rtol=1e-11, atol=1e-14
+    )
+    with pytest.raises(ValueError, match="n <= 60"):
+        pg.from_demes(_graph((N0, 0)), {"A": 61}).sfs_covariance()
+
+
+def test_sfs_covariance_gradient():
+    m = pg.from_demes(_graph((4 * N0, 500), (N0, 0)), {"A": 5})
+    fn = eqx.filter_jit(lambda d: d.sfs_covariance()[1, 2] + 0.2 * d.sfs_covariance()[3, 3])
+    _fd_check(fn, m, lambda d: d.sizes, (0, 0))
+    _fd_check(fn, m, lambda d: d.breaks, (0,))

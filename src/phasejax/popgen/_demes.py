@@ -14,26 +14,33 @@ between demes with given probabilities:
   lineage of ``dest`` to ``source`` at rate ``m`` backwards.
 
 Two lineages in a deme of ``N`` diploid individuals coalesce at rate ``1 / (2 N)``
-per generation. Exponential or linear size changes are cut into ``K`` sub-epochs of
-constant rate equal to the *mean* coalescence rate over each (so the cumulative
-hazard is exact at the sub-epoch ends). This rule is symmetric in time, so its error
-expands in even powers of the sub-epoch width; results are Richardson-extrapolated
-from ``K`` and ``2 K`` sub-epochs (error ``O(width^4)``). ``K`` follows from the log-size
-change per sub-epoch (``0.125 (tol / 1e-6)^(1/4)``) and, with ``check=True``, the
-width is halved until the extrapolated expected SFS (one sample whose lineages always
-share a deme) or else the expected occupancy of every lineage-counting state changes by
-at most ``tol`` (relative); the finer level is kept. Every SFS entry, E[T_k] and mean
-coalescence time is a positive combination of these occupancies, so the same relative
-estimate carries to them (for one deme exactly; for several demes the block-counting
-states refine the same epochs). This is an a posteriori estimate at the build-time
-parameters, not a bound valid for every parameter value. States occupied only briefly
-at the start of a growth epoch (many lineages, fast coalescence) see the rate at the
-sub-epoch start rather than its mean, a first-order error: at large ``n`` (hundreds)
-the per-state check needs many sub-epochs.
+per generation. Exponential or linear size changes are handled two ways:
+
+- **One panmictic sample** (its lineages always share a deme): the occupancies behind
+  the expected SFS and ``E[T_k]`` come from an exact change of time to coalescent hazard
+  (`phasejax.popgen._hazard`), with ``K`` equal-hazard sub-intervals per epoch chosen a
+  priori so that every occupancy has relative error at most ``tol``.
+- **The piecewise chains** (TMRCA, total length, SFS covariance, several demes): sizes are
+  cut into ``K`` sub-epochs of constant rate equal to the *mean* coalescence rate over
+  each (so the cumulative hazard is exact at the sub-epoch ends). This rule is symmetric
+  in time, so its error expands in even powers of the sub-epoch width; results are
+  Richardson-extrapolated from ``K`` and ``2 K`` sub-epochs (error ``O(width^4)``). ``K``
+  follows from the log-size change per sub-epoch (``0.125 (tol / 1e-6)^(1/4)``) and,
+  with ``check=True``, the width is halved until the extrapolated expected SFS (one
+  panmictic sample, from the chain's lineage times) or else the expected occupancy of
+  every lineage-counting state changes by at most ``tol`` (relative); the finer level is
+  kept. Every SFS entry, E[T_k] and mean coalescence time is a positive combination of
+  these occupancies, so the same relative estimate carries to them. This is an a
+  posteriori estimate at the build-time parameters, not a bound valid for every
+  parameter value. States occupied only briefly at the start of a growth epoch (many
+  lineages, fast coalescence) see the rate at the sub-epoch start rather than its mean,
+  a first-order error: at large ``n`` (hundreds) the per-state check needs many
+  sub-epochs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -44,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from . import _sfs, _statespace
+from . import _hazard, _sfs, _statespace, _times
 from ._chain import PiecewiseChain, extrapolate
 from ._times import CoalescenceTime
 
@@ -105,6 +112,8 @@ class Demography(eqx.Module):
         samples: ``(name, n)`` haploid samples at time 0, in the order of the SFS axes.
         time_units: ``"coalescent"`` (units of ``2 N_ref`` generations) or ``"generations"``.
         N_ref: reference size of the coalescent unit.
+        refine: sub-epochs per epoch of the piecewise chains.
+        hazard_steps: equal-hazard sub-intervals per epoch of the change-of-time route.
     """
 
     breaks: Float[Array, " m"]
@@ -121,6 +130,7 @@ class Demography(eqx.Module):
     patterns: tuple = eqx.field(static=True)
     migration_pairs: tuple = eqx.field(static=True)
     refine: tuple = eqx.field(static=True)
+    hazard_steps: tuple = eqx.field(static=True)
     lineage_space: _statespace.StateSpace = eqx.field(static=True)
 
     @property
@@ -194,8 +204,58 @@ class Demography(eqx.Module):
         """``E[T_k]``, ``k = 0..n``: expected time with exactly ``k`` lineages (in all demes)."""
         space = self.lineage_space
         n = int(space.states[0].sum())
-        occupancy = extrapolate(self.chains(space), PiecewiseChain.occupancy)
-        return _sfs.lineage_times(occupancy, space, n)
+        return _sfs.lineage_times(self.occupancy(space), space, n)
+
+    def occupancy(self, space: _statespace.StateSpace) -> Float[Array, " V"]:
+        """Expected time in each state of ``space``: by the exact change of time of
+        `phasejax.popgen._hazard` when one sample's lineages always share a deme, else from
+        the (extrapolated) piecewise chains."""
+        pool = self._pool_demes()
+        if pool is None:
+            return extrapolate(self.chains(space), PiecewiseChain.occupancy)
+        breaks = jnp.asarray(self.breaks) / self.scale
+        edges = jnp.concatenate([jnp.zeros(1, breaks.dtype), breaks])
+        gens, hazards, tables, maps = [], [], [], []
+        for j, d in enumerate(pool):
+            gens.append(_unit_generator(space, d))
+            if j == len(pool) - 1:
+                break
+            kind, size0, growth = self.kinds[j][d], self.sizes[j, d], self.growth[j, d]
+            width = edges[j + 1] - edges[j]
+            mean = _mean_inverse(kind, size0, growth * self.scale, jnp.zeros(()), width)
+            hazard = width * self.scale / 2.0 * mean
+            steps = self.hazard_steps[j]
+            tables.append(
+                _hazard.weights(
+                    kind,
+                    size0,
+                    growth,
+                    hazard,
+                    steps,
+                    0 if kind == "constant" else _hazard.ORDER,
+                    self.scale,
+                )
+            )
+            hazards.append(hazard)
+            pattern = self.patterns[j]
+            maps.append(None if not pattern else _transfer(space, pattern, self.transfers[j]))
+        last = 2.0 * self.sizes[-1, pool[-1]] / self.scale
+        initial = jnp.zeros(space.n_states).at[0].set(1.0)
+        transient = np.flatnonzero(~space.absorbing)
+        return _hazard.occupancy(gens, hazards, tables, maps, initial, transient, last)
+
+    def _pool_demes(self) -> tuple[int, ...] | None:
+        """The deme holding one sample's lineages in each epoch, when they always share
+        one (moved whole at splits); else ``None``."""
+        if len(self.samples) != 1 or not _sfs.is_panmictic(self.lineage_space):
+            return None
+        deme = self.demes.index(self.samples[0][0])
+        out = [deme]
+        for pattern in self.patterns:
+            targets = [b for a, b in pattern if a == deme]
+            deme = targets[0] if targets else deme
+            out.append(deme)
+        return tuple(out)
 
     def sfs_space(self, max_states: int = 2000) -> _statespace.StateSpace:
         """The block-counting state space of the joint SFS (lineages typed by their
@@ -227,21 +287,92 @@ class Demography(eqx.Module):
             max_states: state budget of the block-counting route.
         """
         sizes = tuple(n for _, n in self.samples)
-        panmictic = len(sizes) == 1 and _sfs.is_panmictic(self.lineage_space)
+        if self._route(method) == "polanski_kimmel":
+            out = jnp.asarray(_sfs.polanski_kimmel(sizes[0])) @ self.lineage_times()
+        else:
+            space = self.sfs_space(max_states)
+            out = _sfs.from_typed_occupancy(self.occupancy(space), space, sizes)
+        return _sfs.fold(out) if folded else out
+
+    def _route(self, method: str) -> str:
+        """``"polanski_kimmel"`` or ``"block"`` for ``method`` (see `expected_sfs`)."""
         if method not in ("auto", "polanski_kimmel", "block"):
             raise ValueError(f"unknown method {method!r}")
+        panmictic = len(self.samples) == 1 and _sfs.is_panmictic(self.lineage_space)
         if method == "polanski_kimmel" and not panmictic:
             raise ValueError(
                 "the Polanski-Kimmel route needs one sampled deme whose lineages always "
                 "share a deme (no migration or pulse splits them); use method='block'"
             )
-        if method == "polanski_kimmel" or (method == "auto" and panmictic):
-            out = jnp.asarray(_sfs.polanski_kimmel(sizes[0])) @ self.lineage_times()
+        return "polanski_kimmel" if method == "auto" and panmictic else method
+
+    def sfs_covariance(
+        self,
+        folded: bool = False,
+        *,
+        mutation_rate: float | Array | None = None,
+        method: str = "auto",
+        max_states: int = 2000,
+    ) -> Array:
+        """Covariance matrix of the (joint) site frequency spectrum, exact.
+
+        Without ``mutation_rate``: ``Cov[L_a, L_b]`` of the branch lengths ``L_a`` whose
+        means [`expected_sfs`][phasejax.popgen.Demography.expected_sfs] gives (in
+        ``time_units`` squared). With it (``mu`` per lineage per time unit; ``theta / 2``
+        in coalescent units): the covariance of the site counts ``xi_a`` of the infinite-
+        sites model, ``mu^2 Cov[L_a, L_b] + [a = b] mu E[L_a]`` (Fu 1995 at constant size).
+        Shape ``shape + shape`` with ``shape = (n_1 + 1, ..., n_S + 1)``: ``(n + 1, n + 1)``
+        for one deme; rows and columns of the corners are zero.
+
+        Routes (``method`` as in ``expected_sfs``): one panmictic sample factorises,
+        ``E[L_i L_j] = sum_{k,l} E[T_k T_l] E[b_i(k) b_j(l)]``, with ``E[T_k T_l]`` from
+        the lineage-counting chain (`cross_moments`, ``n`` matrix exponentials of size
+        ``3 n`` per sub-epoch) and the topology term in closed form (memory
+        ``8 (n + 1)^4`` bytes: ``n <= 60``); otherwise the typed block-counting chain gives
+        ``E[L_a L_b]`` directly (one matrix exponential of three times its states per
+        sub-epoch and SFS entry: small samples only).
+
+        Args:
+            folded: the covariance of the folded spectrum.
+            mutation_rate: see above; ``None`` for branch lengths.
+            method: ``"auto"``, ``"polanski_kimmel"`` or ``"block"``.
+            max_states: state budget of the block-counting route.
+        """
+        sizes = tuple(n for _, n in self.samples)
+        shape = tuple(s + 1 for s in sizes)
+        if self._route(method) == "polanski_kimmel":
+            n = sizes[0]
+            if n > 60:
+                raise ValueError(
+                    f"the SFS covariance of one deme is limited to n <= 60 samples (its "
+                    f"topology tensor takes 8 (n + 1)^4 bytes), got n = {n}"
+                )
+            space = self.lineage_space
+            totals = space.lineages().sum(axis=1)
+            # T_k for k = 2..n: the time with k lineages
+            onehot = (totals[None, :] == np.arange(2, n + 1)[:, None]).astype(np.float64)
+            means, second = extrapolate(
+                self.chains(space), lambda c: _times.cross_moments(c, jnp.asarray(onehot))
+            )
+            topology = _sfs.topology_moments(n)[2:, 2:].reshape(n - 1, n - 1, -1)
+            cross = jnp.einsum("kl,klm->m", second, topology).reshape(n + 1, n + 1)
+            mean = jnp.asarray(_sfs.polanski_kimmel(n)[:, 2:]) @ means
         else:
             space = self.sfs_space(max_states)
-            occupancy = extrapolate(self.chains(space), PiecewiseChain.occupancy)
-            out = _sfs.from_typed_occupancy(occupancy, space, sizes)
-        return _sfs.fold(out) if folded else out
+            counts = jnp.asarray(_sfs.typed_counts(space).T)
+            type_means, type_cross = extrapolate(
+                self.chains(space), lambda c: _times.cross_moments(c, counts)
+            )
+            size = math.prod(shape)
+            # type 0 (no descendants) is not a lineage type; the all-samples type is the
+            # MRCA, absorbing, so its reward is already zero
+            mean = jnp.zeros(size).at[1:].set(type_means)
+            cross = jnp.zeros((size, size)).at[1:, 1:].set(type_cross)
+        cov = cross - jnp.outer(mean, mean)
+        if mutation_rate is not None:
+            cov = mutation_rate**2 * cov + jnp.diag(mutation_rate * mean)
+        cov = cov.reshape(shape + shape)
+        return _sfs.fold_covariance(cov, shape) if folded else cov
 
 
 def _generator(space: _statespace.StateSpace, coal, mig) -> Float[Array, "V V"]:
@@ -250,6 +381,15 @@ def _generator(space: _statespace.StateSpace, coal, mig) -> Float[Array, "V V"]:
     q = jnp.zeros((space.n_states, space.n_states), coal.dtype)
     q = q.at[src, dst].add(mult * coal[deme]).at[msrc, mdst].add(mmult * mig[a, b])
     return q - jnp.diag(jnp.sum(q, axis=1))
+
+
+def _unit_generator(space: _statespace.StateSpace, deme: int) -> np.ndarray:
+    """The (static) generator of ``space`` with pair rate 1 in ``deme`` and no other rate."""
+    src, dst, where, mult = space.coal
+    keep = where == deme
+    q = np.zeros((space.n_states, space.n_states))
+    np.add.at(q, (src[keep], dst[keep]), mult[keep])
+    return q - np.diag(q.sum(axis=1))
 
 
 def _transfer(space: _statespace.StateSpace, pattern: tuple, probabilities) -> Array:
@@ -441,14 +581,40 @@ def _refinement(arrays: dict, kinds: tuple, step: float) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _hazard_steps(arrays: dict, kinds: tuple, tol: float) -> tuple[int, ...]:
+    """Sub-intervals per epoch of the change-of-time route (`phasejax.popgen._hazard`):
+    its bound uses the change of ``log N`` (linear) or of ``N`` relative to its smaller
+    value (exponential) per sub-interval; the largest over the demes."""
+    edges = np.concatenate([[0.0], arrays["breaks"]])
+    out = []
+    for j, row in enumerate(kinds[:-1]):
+        width = edges[j + 1] - edges[j]
+        spans = [
+            _log_span(kind, arrays["sizes"][j, d], arrays["growth"][j, d], width)
+            for d, kind in enumerate(row)
+        ]
+        spans = [math.expm1(x) if k == "exponential" else x for x, k in zip(spans, row)]
+        out.append(_hazard.steps_for(max(spans), tol))
+    return tuple(out) + (1,)
+
+
+@eqx.filter_jit
+def _reference_sfs(demography: Demography) -> Array:
+    return demography.expected_sfs()[1:-1]
+
+
 @eqx.filter_jit
 def _checked_quantity(demography: Demography) -> Array:
-    """What the refinement check compares: the expected SFS of one panmictic sample (its
-    Polanski-Kimmel route), else the occupancy of every lineage-counting state."""
+    """What the refinement check of the chains compares: for one panmictic sample the
+    expected SFS their lineage times give, else the occupancy of every lineage-counting
+    state."""
     space = demography.lineage_space
-    if len(demography.samples) == 1 and _sfs.is_panmictic(space):
-        return demography.expected_sfs()[1:-1]
-    return extrapolate(demography.chains(space), PiecewiseChain.occupancy)
+    occupancy = extrapolate(demography.chains(space), PiecewiseChain.occupancy)
+    if demography._pool_demes() is None:
+        return occupancy
+    n = demography.samples[0][1]
+    weights = jnp.asarray(_sfs.polanski_kimmel(n))
+    return (weights @ _sfs.lineage_times(occupancy, space, n))[1:-1]
 
 
 def from_demes(
@@ -483,11 +649,21 @@ def from_demes(
     # a priori: Richardson's error is O(step^4); 0.125 per unit of log-size meets 1e-6 on
     # bottlenecks and 100-fold growth; then halve until two levels agree to tol
     step, previous = 0.125 * (tol / 1e-6) ** 0.25, None
+    hazard_steps = _hazard_steps(arrays, static["kinds"], tol)
     while True:
         refine = _refinement(arrays, static["kinds"], step)
-        demography = Demography(**jarrays, **static, refine=refine, lineage_space=space)
+        demography = Demography(
+            **jarrays, **static, refine=refine, hazard_steps=hazard_steps, lineage_space=space
+        )
         if all(k == 1 for k in refine) or not check:
             return demography
+        if previous is None and demography._pool_demes() is not None:
+            # one panmictic sample: the change-of-time SFS at tol / 100 is a reference
+            # (a priori bound), so one chain level usually settles the check
+            tight = _hazard_steps(arrays, static["kinds"], tol / 100)
+            previous = np.asarray(
+                _reference_sfs(dataclasses.replace(demography, hazard_steps=tight))
+            )
         occupancy = np.asarray(_checked_quantity(demography))
         if previous is not None:
             floor = 1e-12 * occupancy.sum()

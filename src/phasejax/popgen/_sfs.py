@@ -13,12 +13,20 @@ Two exact routes:
   ``E[xi_i] = sum_k k E[T_k] C(n - i - 1, k - 2) / C(n - 1, k - 1)``, ``E[T_k]`` the
   expected time with exactly ``k`` lineages. Every term is positive (no cancellation);
   the weights come from a running product of ratios, relative error ``O(n eps)``.
+
+Second moments of one panmictic sample factorise the same way: the ranked genealogy's
+topology is independent of its coalescence times under any size history, so
+``E[L_i L_j] = sum_{k,l} E[T_k T_l] E[b_i(k) b_j(l)]`` with ``b_i(k)`` the number of the
+``k`` lineages that subtend ``i`` samples ([`topology_moments`][]).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -101,3 +109,64 @@ def fold(sfs: Array) -> Array:
     total = sum(grids)
     half = (sum(s - 1 for s in sfs.shape)) / 2
     return jnp.where(total < half, both, jnp.where(total == half, both / 2, 0.0))
+
+
+def _compositions_table(n: int) -> np.ndarray:
+    """``c[N, K]``: the number of compositions of ``N`` into ``K`` positive parts,
+    ``C(N - 1, K - 1)`` (``c[0, 0] = 1``), for ``0 <= N, K <= n``; float64."""
+    c = np.zeros((n + 1, n + 1))
+    c[0, 0] = 1.0
+    for big in range(1, n + 1):
+        c[big, 1:] = [math.comb(big - 1, k - 1) for k in range(1, n + 1)]
+    return c
+
+
+@functools.lru_cache(maxsize=8)
+def topology_moments(n: int) -> Float[np.ndarray, "n1 n1 n1 n1"]:
+    """``P[k, l, i, j] = E[b_i(k) b_j(l)]`` under Kingman's ranked topology (any size
+    history), ``b_i(k)`` the number of the ``k`` lineages subtending ``i`` of ``n`` samples.
+
+    Two facts of the exchangeable coalescent give closed forms: with ``k`` lineages their
+    sizes, in random order, are uniform over the ``c(n, k) = C(n - 1, k - 1)``
+    compositions of ``n``; and how those ``k`` lineages merge into ``l < k`` is a Kingman
+    coalescent of ``k`` independent of their sizes. So, tagging one of the ``l``
+    lineages, which holds ``m`` of the ``k`` with probability ``c(k - m, l - 1) / c(k, l)``,
+
+    ``P[k, l, i, j] = l / (c(k, l) c(n, k)) sum_m c(k - m, l - 1) [m c(j - i, m - 1)
+    c(n - j, k - m) + (k - m) c(j, m) c(n - j - i, k - m - 1)]`` (the ``k``-lineage of
+    size ``i`` inside the tagged one, or outside it), and
+    ``P[k, k, i, j] = [i = j] k c(n - i, k - 1) / c(n, k) + k (k - 1) c(n - i - j, k - 2)
+    / c(n, k)``; ``P[k, l] = P[l, k]^T``. Zero outside ``2 <= k, l <= n``, ``1 <= i, j < n``.
+    Memory ``8 (n + 1)^4`` bytes.
+    """
+    c = _compositions_table(n)
+
+    def comp(big, parts):
+        big, parts = np.broadcast_arrays(big, parts)
+        ok = (big >= 0) & (parts >= 0)
+        return np.where(ok, c[np.where(ok, big, 0), np.where(ok, parts, 0)], 0.0)
+
+    out = np.zeros((n + 1, n + 1, n + 1, n + 1))
+    i = np.arange(1, n)[:, None]
+    j = np.arange(1, n)[None, :]
+    for k in range(2, n + 1):
+        out[k, k, 1:n, 1:n] = (
+            np.where(i == j, k * comp(n - i, k - 1), 0.0) + k * (k - 1) * comp(n - i - j, k - 2)
+        ) / c[n, k]
+        for l in range(2, k):
+            m = np.arange(1, k - l + 2)[:, None, None]
+            inside = m * comp(j - i, m - 1) * comp(n - j, k - m)
+            outside = (k - m) * comp(j, m) * comp(n - j - i, k - m - 1)
+            total = np.sum(comp(k - m, l - 1) * (inside + outside), axis=0)
+            out[k, l, 1:n, 1:n] = l * total / (c[k, l] * c[n, k])
+            out[l, k] = out[k, l].T
+    return out
+
+
+def fold_covariance(cov: Array, shape: tuple[int, ...]) -> Array:
+    """The covariance of the folded spectrum (see [`fold`][phasejax.popgen.fold]) from that
+    of the unfolded one, shape ``shape + shape``: folding is linear, applied on both sides."""
+    size = math.prod(shape)
+    rows = jax.vmap(fold)(cov.reshape((size,) + shape)).reshape(size, size)
+    both = jax.vmap(fold)(rows.T.reshape((size,) + shape)).reshape(size, size)
+    return both.reshape(shape + shape)
