@@ -288,6 +288,12 @@ def test_sparse_engine_limits():
     assert not e.is_dense
     with pytest.raises(NotImplementedError, match="dense engine"):
         e.var()
+
+    def sparse_mean(x):
+        return pj.epochs(model, x[:2, None], x[2:], dense=False).mean()
+
+    with pytest.raises(NotImplementedError, match="second derivatives"):
+        jax.hessian(sparse_mean)(jnp.array([1.0, 0.5, 0.7]))
     dense = pj.epochs(model, jnp.array([[1.0], [0.5]]), jnp.array([0.7]))
     with pytest.raises(Exception, match=r"q in \[0, 1\]"):
         dense.quantile(1.5)

@@ -210,3 +210,30 @@ def test_cdf_time_derivative_is_the_pdf(kingman10):
     t = jnp.array([0.0, 0.2, 1.5, 6.0])
     grad = jax.grad(lambda t: dist.cdf(t).sum())(t)
     np.testing.assert_allclose(grad, dist.pdf(t), rtol=1e-10, atol=1e-14)
+
+
+def test_second_derivatives_raise_through_the_series_and_work_by_expm():
+    """The series' adjoint is first-order: jax.hessian, jacfwd(grad) and grad(grad) raise a
+    clear error (they were silently wrong); the dense method's Hessian equals central
+    differences of its gradient."""
+    model = pj.models.kingman(5).compile()
+    t = jnp.array([0.7, 1.5])
+    x = jnp.array([1.3])
+
+    def series(theta):
+        return model(theta).logpdf(t).sum()
+
+    def dense(theta):
+        return model(theta).logpdf(t, method="expm").sum()
+
+    for second in (
+        jax.hessian,
+        lambda f: jax.jacfwd(jax.grad(f)),
+        lambda f: jax.grad(lambda y: jax.grad(f)(y).sum()),
+    ):
+        with pytest.raises(NotImplementedError, match="second derivatives"):
+            second(series)(x)
+    eps = 1e-5
+    fd = (jax.grad(dense)(x + eps) - jax.grad(dense)(x - eps)) / (2 * eps)
+    np.testing.assert_allclose(jax.hessian(dense)(x)[0], fd, rtol=1e-7)
+    np.testing.assert_allclose(jax.grad(dense)(x), jax.grad(series)(x), rtol=1e-9)

@@ -22,7 +22,7 @@ Two engines:
   with ``int_0^h u^a Pois(n; L u) du = Gamma(n+a+1) / (n! L^{a+1}) P(a+n+1, L h)``. It
   gives the pdf, cdf, state probabilities, ``mean(rewards)`` and the moments of ``T``, with
   first-order gradients only (the uniformization kernel is a custom VJP over while
-  loops); the other quantities and higher derivatives need the dense engine
+  loops; a second derivative through it raises); the other quantities and higher derivatives need the dense engine
   (``dense=True`` forces it at any size).
 """
 

@@ -497,7 +497,26 @@ def _stream(cfg, *args):
     return _forward_kernel(cfg)(*args)[0]
 
 
+@jax.custom_jvp
+def _first_order_only(x):
+    """Identity whose derivative raises: the stream's adjoint is not itself differentiable
+    (its while loops and saved log-weights are first-order only), so a second derivative
+    through it would be silently wrong rather than merely unavailable."""
+    return x
+
+
+@_first_order_only.defjvp
+def _first_order_only_jvp(primals, tangents):
+    raise NotImplementedError(
+        "second derivatives (jax.hessian, jacfwd or grad of a gradient) do not pass through "
+        "the uniformization engine, whose adjoint is first-order; use method='expm' for "
+        "densities, epochs(..., dense=True) for epoch models, or moments (linear solves)"
+    )
+
+
 def _stream_fwd(cfg, *args):
+    # under an outer derivative of this gradient the inputs carry tangents: raise there
+    args = tuple(_first_order_only(x) if eqx.is_inexact_array(x) else x for x in args)
     out, ckpt = _forward_kernel(cfg, cfg.poisson)(*args)
     q = out.shape[1] // 2 if cfg.poisson else out.shape[1]
     log_f = out[:, :q]
