@@ -365,7 +365,7 @@ def _stride(n: Array) -> Array:
     return jnp.maximum(1, -(-n // CHECKPOINTS))
 
 
-def _save(buffer, i: Array, stride: Array, value):
+def _save(buffer, i: Array | int, stride: Array, value):
     """``buffer`` (a pytree of ``(CHECKPOINTS, ...)`` arrays) with ``value`` stored at
     slot ``i // stride`` when ``i`` is a multiple of ``stride``."""
     slot = jnp.minimum(i // stride, CHECKPOINTS - 1)

@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, Int
 
 from .. import _sparse
 from .._compile import Model
-from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL
+from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL, PhaseType
 from .._epochs import EpochPhaseType, epochs
 from .._graph import Graph, merge_transitions
 from .._solve import System
@@ -324,7 +324,7 @@ class IsolationWithMigration(eqx.Module):
         ``tol`` times the longest expected epoch-1 absorption time.
         Under ``jit``, close over the module or use ``eqx.filter_jit`` (it is not hashable).
         """
-        if self.transient_rewards is None:
+        if self.transient_rewards is None or self.rewards is None:
             raise ValueError(
                 "no rewards: build with IsolationWithMigration.joint_sfs(n1, n2) or pass rewards="
             )
@@ -333,6 +333,7 @@ class IsolationWithMigration(eqx.Module):
         split = eqx.error_if(split, ~(split > 0), "split_time must be positive")
         before = self.model(thetas[0], require_exit=False)
         after = self.model(thetas[1])
+        assert isinstance(before, PhaseType) and isinstance(after, PhaseType)  # continuous
         pi_tau = before.transient_probability(split[None], tol=tol, max_steps=max_steps)[0]
         c1, c2, m12, m21 = thetas[0]
         invertible = ((m12 > 0) & (c2 > 0)) | ((m21 > 0) & (c1 > 0))
