@@ -94,6 +94,14 @@ def expm(a: Array) -> Array:
     return jax.lax.scan(square, r, jnp.arange(_MAX_SQUARINGS, dtype=s.dtype))[0]
 
 
+def open_epoch_transient(q: ArrayLike) -> Array:
+    """An open epoch's transient generator ``Q_T`` made invertible: states no rate leaves
+    there are never occupied (their lineages sit in demes that no longer exist), so they get
+    a unit exit rate."""
+    q = jnp.asarray(q)
+    return q - jnp.diag(jnp.where(jnp.diag(q) == 0, 1.0, 0.0))
+
+
 class PiecewiseChain(eqx.Module):
     """Dense piecewise-constant chain (see the module docstring).
 
@@ -122,10 +130,10 @@ class PiecewiseChain(eqx.Module):
         return np.flatnonzero(~self.absorbing)
 
     def _last_transient(self):
-        """``Q_T`` of the open epoch; states no rate leaves (never occupied there: their
-        lineages sit in demes that no longer exist) get a unit exit so it is invertible."""
-        q = self.generators[-1][0][np.ix_(self._transient, self._transient)]
-        return q - jnp.diag(jnp.where(jnp.diag(q) == 0, 1.0, 0.0))
+        """``Q_T`` of the open epoch (see `open_epoch_transient`)."""
+        return open_epoch_transient(
+            self.generators[-1][0][np.ix_(self._transient, self._transient)]
+        )
 
     def _epochs(self, step, carry, apply_map=lambda carry, m: carry @ m):
         """Run ``step(carry, (Q, h)) -> (carry, out)`` over every closed sub-epoch and

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._piecewise import open_epoch_transient
+
 ORDER = 4  # Taylor order P of the weight in growing or shrinking epochs
 _TERMS = 16  # Taylor terms of the blocks at norm <= 1/2 (0.5^17 / 17! ~ 2e-20)
 
@@ -151,8 +153,6 @@ def occupancy(
         (pi, occ), _ = jax.lax.scan(step, (pi, occ), table)
         if m is not None:
             pi = pi @ m
-    q = np.asarray(generators[-1])[np.ix_(transient, transient)]
-    # states no rate leaves in the open epoch are never occupied there
-    q = q - np.diag(np.where(np.diag(q) == 0, 1.0, 0.0))
-    last = jnp.linalg.solve(-jnp.asarray(q).T, pi[transient]) * last_weight
+    q = open_epoch_transient(np.asarray(generators[-1])[np.ix_(transient, transient)])
+    last = jnp.linalg.solve(-q.T, pi[transient]) * last_weight
     return occ.at[transient].add(last)

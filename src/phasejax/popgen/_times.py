@@ -7,9 +7,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import expm
 from jaxtyping import Array, ArrayLike, Float
 
+from .._piecewise import expm, open_epoch_transient
 from ._chain import PiecewiseChain, extrapolate
 
 
@@ -164,9 +164,7 @@ def cross_moments(
         carry, _ = jax.lax.scan(step, carry, steps)
     pi, c, n2 = carry
     tr = np.flatnonzero(~chain.absorbing)
-    q = chain.generators[-1][0][np.ix_(tr, tr)]
-    # states no rate leaves in the open epoch are never occupied there (see the chain)
-    minus_q = jnp.diag(jnp.where(jnp.diag(q) == 0, 1.0, 0.0)) - q
+    minus_q = -open_epoch_transient(chain.generators[-1][0][np.ix_(tr, tr)])
     after = jnp.linalg.solve(minus_q.T, pi[tr])  # pi U
     n2 = n2.at[:, tr].add(jnp.linalg.solve(minus_q.T, (c[:, tr] + after * r[:, tr]).T).T)
     means = jnp.sum(c, axis=1) + r[:, tr] @ after
