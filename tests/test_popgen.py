@@ -107,8 +107,15 @@ def test_tmrca_distribution_against_piecewise_kingman():
     np.testing.assert_allclose(moments, ref.moments(3), rtol=1e-9)
     assert np.isclose(slope, -moments[0], rtol=1e-9)
     np.testing.assert_allclose(at_q, levels, atol=1e-10)
-    with pytest.raises(NotImplementedError, match="TMRCA only"):
-        m.total_length().cdf(t)
+    # total length: the same inversion on the lineage-counting chain as the epoch model's
+    # reward distribution on the block-counting one (lineage count = sum of block counts)
+    lineages = pj.models.sfs_rewards(pj.models.kingman(n)).sum(0)
+    y = jnp.array([0.1, 0.8, 2.5])
+    length, ref_length = m.total_length(), ref.reward_transform(lineages)
+    np.testing.assert_allclose(length.cdf(y), ref_length.cdf(y), rtol=1e-8)
+    np.testing.assert_allclose(length.pdf(y), ref_length.pdf(y), rtol=1e-7)
+    median = length.quantile(0.5)
+    np.testing.assert_allclose(length.cdf(median), 0.5, atol=1e-10)
     # the quantile's implicit derivative -dF/f
     _fd_check(eqx.filter_jit(lambda d: d.tmrca().quantile(0.3)), m, lambda d: d.sizes, (0, 0))
 

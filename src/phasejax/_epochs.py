@@ -267,7 +267,7 @@ class EpochPhaseType(eqx.Module):
             cdf = lambda d, t: d.cdf(t, tol=tol, max_steps=max_steps)
             pdf = lambda d, t: d.pdf(t, tol=tol, max_steps=max_steps)
             m1, m2 = self.moments(2, tol=tol, max_steps=max_steps)
-        return invert_cdf(cdf, pdf, dist, q, _bracket(m1, m2))
+        return invert_cdf(cdf, pdf, dist, q, quantile_bracket(m1, m2))
 
     @eqx.filter_jit
     def mean(
@@ -416,7 +416,7 @@ class EpochReward(eqx.Module):
     @eqx.filter_jit
     def cdf(self, y: ArrayLike) -> Array:
         """``P(Y <= y)``; ``y = 0`` gives the atom ``P(Y = 0)`` exactly."""
-        return _inverted(*self._chain(), y, density=False)
+        return reward_distribution(*self._chain(), y, density=False)
 
     @eqx.filter_jit
     def sf(self, y: ArrayLike) -> Array:
@@ -426,7 +426,7 @@ class EpochReward(eqx.Module):
     @eqx.filter_jit
     def pdf(self, y: ArrayLike) -> Array:
         """Density of ``Y`` at ``y > 0`` (the transform of ``Y`` less its atom, inverted)."""
-        return _inverted(*self._chain(), y, density=True)
+        return reward_distribution(*self._chain(), y, density=True)
 
     @eqx.filter_jit
     def quantile(self, q: ArrayLike) -> Array:
@@ -434,11 +434,11 @@ class EpochReward(eqx.Module):
         chain, r = self._chain()  # one chain for the whole search
         m1, m2 = chain.reward_moments(r, 2)
         return invert_cdf(
-            lambda d, y: _inverted(d[0], d[1], y, density=False),
-            lambda d, y: _inverted(d[0], d[1], y, density=True),
+            lambda d, y: reward_distribution(d[0], d[1], y, density=False),
+            lambda d, y: reward_distribution(d[0], d[1], y, density=True),
             (chain, r),
             q,
-            _bracket(m1, m2),
+            quantile_bracket(m1, m2),
         )
 
 
@@ -461,7 +461,7 @@ _EULER_NODES, _EULER_WEIGHTS, _EULER_SHIFT = _euler_weights(25.0, 1000, 20)
 _EULER_BLOCK = 64
 
 
-def _inverted(chain: PiecewiseChain, r: Array, y: ArrayLike, density: bool) -> Array:
+def reward_distribution(chain: PiecewiseChain, r: Array, y: ArrayLike, density: bool) -> Array:
     """The cdf (or the density) of ``Y = int r(X_t) dt`` at ``y``: the inverted transform
     at ``y > 0``, ``P(Y = 0)`` (density: 0) at ``y = 0`` and the limit at ``y = inf``."""
     y = _unif.check_times(jnp.asarray(y, r.dtype), "reward levels y")
@@ -481,7 +481,7 @@ def _inverted(chain: PiecewiseChain, r: Array, y: ArrayLike, density: bool) -> A
     return value.reshape(y.shape)
 
 
-def _bracket(m1: Array, m2: Array) -> Array:
+def quantile_bracket(m1: Array, m2: Array) -> Array:
     """A first upper bracket for a quantile search: mean plus ten standard deviations."""
     return m1 + 10.0 * jnp.sqrt(jnp.maximum(m2 - m1**2, 0.0))
 

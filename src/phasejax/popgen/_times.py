@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._epochs import invert_cdf, quantile_bracket, reward_distribution
 from .._piecewise import expm, open_epoch_transient
 from ._chain import PiecewiseChain, extrapolate
 
@@ -25,7 +26,8 @@ class CoalescenceTime(eqx.Module):
         chains: the piecewise chain, or a coarse and a fine one whose results are
             extrapolated (see `phasejax.popgen._chain.extrapolate`).
         rewards: ``(V,)`` reward per state.
-        is_time: whether ``Y`` is the absorption time itself (then pdf/cdf/quantile exist).
+        is_time: whether ``Y`` is the absorption time itself (its pdf/cdf come from the
+            chain directly; otherwise by transform inversion).
     """
 
     chains: tuple[PiecewiseChain, ...]
@@ -47,62 +49,38 @@ class CoalescenceTime(eqx.Module):
         """``E[exp(-s Y)]`` for ``s >= 0``."""
         return extrapolate(self.chains, lambda c: c.laplace(s, self.rewards))
 
-    def _time_only(self, what: str):
-        if not self.is_time:
-            raise NotImplementedError(
-                f"{what} is available for the TMRCA only: the total branch length under "
-                f"time-dependent rates is not a phase-type variable of this chain (use "
-                f"moments, var or laplace)"
-            )
-
     def sf(self, t: ArrayLike) -> Array:
         """``P(Y > t)``."""
-        self._time_only("sf")
-        return extrapolate(self.chains, lambda c: c.sf(t))
+        if self.is_time:
+            return extrapolate(self.chains, lambda c: c.sf(t))
+        return 1.0 - self.cdf(t)
 
     def cdf(self, t: ArrayLike) -> Array:
-        self._time_only("cdf")
-        return 1.0 - self.sf(t)
+        """``P(Y <= t)``: for the TMRCA the chain's absorbed mass; for another reward (the
+        total length, not phase-type under time-dependent rates) its Laplace transform
+        inverted numerically, as for [`EpochReward`][phasejax.EpochReward]."""
+        if self.is_time:
+            return 1.0 - self.sf(t)
+        return extrapolate(
+            self.chains, lambda c: reward_distribution(c, self.rewards, t, density=False)
+        )
 
     def pdf(self, t: ArrayLike) -> Array:
-        self._time_only("pdf")
-        return extrapolate(self.chains, lambda c: c.pdf(t))
-
-    def quantile(self, q: ArrayLike, *, rounds: int = 16, points: int = 8) -> Array:
-        """The ``q``-quantile. A bracket ``[0, hi]`` (``hi = mean + 40 sd``, doubled until
-        it holds every ``q``) shrinks ``points``-fold per round, the cdf evaluated at all
-        its interior grid points and all ``q`` in one call (one pass through the chain);
-        then one Newton step ``t - (F(t) - q) / f(t)`` from the (gradient-stopped) result
-        gives full precision and the implicit derivative ``-dF/f`` in the parameters."""
-        self._time_only("quantile")
-        q = jnp.asarray(q, self.rewards.dtype)
-        flat = q.ravel()
-        m = self.moments(2)
-        hi0 = m[0] + 40.0 * jnp.sqrt(jnp.maximum(m[1] - m[0] ** 2, 0.0))
-        hi = jax.lax.while_loop(
-            lambda h: jnp.any(self.cdf(h) < flat),
-            lambda h: jnp.where(self.cdf(h) < flat, 2.0 * h, h),
-            jnp.full_like(flat, hi0),
+        """Density of ``Y`` (see [`cdf`][phasejax.popgen.CoalescenceTime.cdf])."""
+        if self.is_time:
+            return extrapolate(self.chains, lambda c: c.pdf(t))
+        return extrapolate(
+            self.chains, lambda c: reward_distribution(c, self.rewards, t, density=True)
         )
-        fractions = jnp.arange(1, points) / points
 
-        def shrink(_, bracket):
-            lo, hi = bracket
-            grid = lo[:, None] + (hi - lo)[:, None] * fractions[None, :]
-            # the cdf is non-decreasing: count the grid points below q
-            count = jnp.sum(self.cdf(grid) < flat[:, None], axis=1)
-            padded = jnp.concatenate([lo[:, None], grid, hi[:, None]], axis=1)
-            rows = jnp.arange(flat.shape[0])
-            return padded[rows, count], padded[rows, count + 1]
-
-        lo, hi = jax.lax.fori_loop(0, rounds, shrink, (jnp.zeros_like(hi), hi))
-        t = jax.lax.stop_gradient(0.5 * (lo + hi))
-        density = self.pdf(t)
-        # no step where the density vanishes (q = 0 at t = 0 for n > 2)
-        step = jnp.where(
-            density > 0, (self.cdf(t) - flat) / jnp.where(density > 0, density, 1.0), 0.0
+    def quantile(self, q: ArrayLike) -> Array:
+        """The ``q``-quantile ``inf {t : P(Y <= t) >= q}`` for each ``q`` in ``[0, 1]``:
+        bisection on the gradient-stopped distribution, then Newton steps that carry the
+        implicit derivative ``-dF/f`` (see `phasejax._epochs.invert_cdf`)."""
+        m1, m2 = self.moments(2)
+        return invert_cdf(
+            lambda d, t: d.cdf(t), lambda d, t: d.pdf(t), self, q, quantile_bracket(m1, m2)
         )
-        return (t - step).reshape(q.shape)
 
 
 def cross_moments(
