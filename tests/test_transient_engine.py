@@ -237,3 +237,25 @@ def test_second_derivatives_raise_through_the_series_and_work_by_expm():
     fd = (jax.grad(dense)(x + eps) - jax.grad(dense)(x - eps)) / (2 * eps)
     np.testing.assert_allclose(jax.hessian(dense)(x)[0], fd, rtol=1e-7)
     np.testing.assert_allclose(jax.grad(dense)(x), jax.grad(series)(x), rtol=1e-9)
+
+
+def test_batch_spanning_hundreds_of_orders_of_magnitude():
+    """Times from 1e-200 to 50 in one batch of observations (found by hypothesis: the
+    mixing's powers (mu/rho)^r left their range and cdf(1) was 1e-5 off): values against
+    the closed form, and value and gradient equal to one observation at a time."""
+    model = pj.models.kingman(6).compile()
+    t = jnp.array([0.0, 1e-200, 3.7e-96, 1e-40, 0.3, 1.0, 5.0])
+    x = jnp.array([1.3])
+    exp1 = pj.Graph.from_matrices(np.eye(3)[0], -np.eye(3)).compile()(None)
+    np.testing.assert_allclose(exp1.cdf(t), -np.expm1(-np.asarray(t)), rtol=1e-13, atol=0)
+
+    def loglik(theta, times):
+        return model(theta).logpdf(times).sum()
+
+    alone = [jax.grad(loglik)(x, t[i : i + 1]) for i in range(1, t.size)]
+    together = jax.grad(loglik)(x, t[1:])
+    np.testing.assert_allclose(together, sum(alone), rtol=1e-12)
+    values = model(x).logpdf(t[1:])
+    np.testing.assert_allclose(
+        values, [model(x).logpdf(t[i : i + 1])[0] for i in range(1, t.size)], rtol=1e-13
+    )

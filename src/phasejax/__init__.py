@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import internal, models, popgen
+from . import internal, models
 from ._compile import Model
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
 from ._epochs import EpochPhaseType, EpochReward, epochs
@@ -16,6 +16,17 @@ try:
     __version__ = version("phasejax")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
+
+
+def __getattr__(name):
+    # popgen's SFS fits are inference targets, so it loads phasejax.infer (and optax):
+    # imported on first use, keeping `import phasejax` light
+    if name == "popgen":
+        from importlib import import_module
+
+        return import_module(".popgen", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GMRES",
@@ -42,5 +53,5 @@ __all__ = [
     "joint_mutation_pmf",
     "models",
     "mutation_counts",
-    "popgen",
+    "popgen",  # pyright: ignore[reportUnsupportedDunderAll] (lazy, see __getattr__)
 ]

@@ -72,9 +72,11 @@ from . import _sparse
 from ._structure import is_traced
 
 UNROLL = 8  # series steps per loop iteration (amortises the per-iteration overhead)
-# steps per sub-block of the Poisson mixture (float64, float32): (mu_i / rho)^r, r < SUB,
-# stays in range for observations whose mu differ by up to e^90 (e^40) in a batch
+# steps per sub-block of the Poisson mixture (float64, float32), and the log-width of a
+# group of observations sharing one centre rho: (mu_i / rho)^r, r < SUB, stays in range
+# for |log(mu_i / rho)| <= SPAN / 2 (e^600 < e^709 in float64, e^60 < e^88 in float32)
 SUB = {8: 16, 4: 4}
+SPAN = {8: 80.0, 4: 40.0}
 CHECKPOINTS = 64  # stored vectors per level of checkpointing
 
 
@@ -184,7 +186,8 @@ def _indicator(ks, lo, hi, dtype):
 class _Blocks(NamedTuple):
     """Poisson weights of one segment for a batch of observations, factorised by sub-blocks
     of ``SUB`` steps ``k = k_m + r``: ``Pois(k; mu_i) = exp(log_w_im) x_ir exp(log_ratio_mr)``
-    with ``x_ir = (mu_i / rho)^r`` (``rho``: the batch's geometric centre of ``mu``).
+    with ``x_ir = (mu_i / rho)^r`` (``rho``: the centre of the observations' scale group,
+    see `_by_scale`; ``x = 0`` outside the group).
 
     A sub-block counts for an observation when it meets its window (windows are widened
     to whole sub-blocks: a few more Poisson terms, never fewer).
@@ -195,18 +198,14 @@ class _Blocks(NamedTuple):
     log_ratio: Array  # (M, SUB): r log rho - sum_{j=1..r} log(k_m + j)
 
 
-def _poisson_blocks(ks, mu, lo, hi) -> _Blocks:
+def _poisson_blocks(ks, mu, lo, hi, member, log_rho) -> _Blocks:
     dtype = mu.dtype
     sub = SUB[dtype.itemsize]
     starts = ks[::sub]
     inside = (starts[None] <= hi[:, None]) & (starts[None] + sub - 1 >= lo[:, None])
+    inside = inside & member[:, None]
     log_w = jnp.where(inside, _log_pois(starts.astype(dtype)[None], mu[:, None]), -jnp.inf)
-    log_mu = safe_log(mu)
-    finite = jnp.isfinite(log_mu)
-    low = jnp.min(jnp.where(finite, log_mu, jnp.inf))
-    high = jnp.max(jnp.where(finite, log_mu, -jnp.inf))
-    log_rho = jnp.where(jnp.any(finite), (low + high) / 2, 0.0)
-    x = jnp.exp(log_mu - log_rho)  # 0 where mu = 0
+    x = jnp.where(member, jnp.exp(safe_log(mu) - log_rho), 0.0)  # 0 where mu = 0
     powers = [jnp.ones_like(x)]
     for _ in range(sub - 1):
         powers.append(powers[-1] * x)
@@ -214,6 +213,32 @@ def _poisson_blocks(ks, mu, lo, hi) -> _Blocks:
     steps = (starts[:, None] + r[None]).astype(dtype)
     falling = jnp.cumsum(jnp.where(r > 0, jnp.log(jnp.maximum(steps, 1.0)), 0.0), axis=1)
     return _Blocks(log_w, jnp.stack(powers, axis=1), r * log_rho - falling)
+
+
+def _by_scale(ks, mu, lo, hi, fn, init, combine):
+    """``combine`` of ``fn(blocks)`` over the batch's scale groups: ``log mu`` cut into
+    spans of ``SPAN`` from the smallest, each with its own centre ``rho`` (the middle of
+    its members' range), so that the powers ``(mu_i / rho)^r`` stay in range however far
+    apart the batch's times are (one group unless they span more than ``e^SPAN``)."""
+    span = SPAN[mu.dtype.itemsize]
+    log_mu = safe_log(mu)
+    finite = jnp.isfinite(log_mu)
+    low = jnp.min(jnp.where(finite, log_mu, jnp.inf))
+    high = jnp.max(jnp.where(finite, log_mu, -jnp.inf))
+    low, high = (jnp.where(jnp.any(finite), x, 0.0) for x in (low, high))
+    count = jnp.maximum(jnp.ceil((high - low) / span), 1.0).astype(jnp.int32)
+    scaled = jnp.floor((jnp.where(finite, log_mu, low) - low) / span)
+    group = jnp.clip(scaled, 0, count - 1).astype(jnp.int32)
+
+    def body(g, acc):
+        member = group == g
+        # the centre of the members' range (the batch's when there is one group)
+        g_low = jnp.min(jnp.where(member & finite, log_mu, jnp.inf))
+        g_high = jnp.max(jnp.where(member & finite, log_mu, -jnp.inf))
+        log_rho = jnp.where(jnp.any(member & finite), (g_low + g_high) / 2, 0.0)
+        return combine(acc, fn(_poisson_blocks(ks, mu, lo, hi, member, log_rho)))
+
+    return jax.lax.fori_loop(0, count, body, init)
 
 
 def _poisson_mix(blocks: _Blocks, coeff):
@@ -404,7 +429,16 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: boo
             m, acc = state
             mu_b, lo_b, hi_b = (_slice(x, b, cfg.batch) for x in data[:3])
             if cfg.poisson:
-                part = _poisson_mix(_poisson_blocks(ks, mu_b, lo_b, hi_b), coeff) + log_scale
+                part = _by_scale(
+                    ks,
+                    mu_b,
+                    lo_b,
+                    hi_b,
+                    lambda blocks: _poisson_mix(blocks, coeff),
+                    jnp.full((mu_b.shape[0], coeff.shape[1]), -jnp.inf, dtype),
+                    jnp.logaddexp,
+                )
+                part = part + log_scale
             else:
                 lead, top = _lead(_indicator(ks, lo_b, hi_b, dtype), log_row)
                 part = safe_log(lead @ unit) + (top + log_scale)[:, None]
@@ -577,8 +611,15 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
             mu_b, lo_b, hi_b = (_slice(x, b, cfg.batch) for x in data[:3])
             g_b, lf_b = _slice(g, b, cfg.batch), _slice(log_f, b, cfg.batch)
             if cfg.poisson:
-                blocks = _poisson_blocks(ks, mu_b, lo_b, hi_b)
-                return g_c + _poisson_mix_grad(blocks, log_scale - lf_b, g_b)
+                return _by_scale(
+                    ks,
+                    mu_b,
+                    lo_b,
+                    hi_b,
+                    lambda blocks: _poisson_mix_grad(blocks, log_scale - lf_b, g_b),
+                    g_c,
+                    jnp.add,
+                )
             # capped as in `_poisson_mix_grad`
             w = _indicator(ks, lo_b, hi_b, g_b.dtype)
             ratio = jnp.exp(jnp.minimum(w[:, :, None] + log_scale - lf_b[:, None], 300.0))
