@@ -66,12 +66,19 @@ def _report_batch(problems: Bool[Array, "*batch k"], dtype) -> Float[Array, "*ba
 
     A host callback that sees the whole batch at once (``vmap_method="expand_dims"``), so
     the error can say which element failed; the caller adds ``0 *`` its result to the
-    output so the callback is kept. ``stop_gradient``: the flags carry no derivative.
+    output so the callback is kept. It runs only when a flag is set (under ``vmap`` the
+    condition becomes a select and it sees the batch), so a good ``theta`` costs no host
+    round trip. ``stop_gradient``: the flags carry no derivative.
     """
     problems = jax.lax.stop_gradient(problems)
     shape = jax.ShapeDtypeStruct(problems.shape[:-1], dtype)
     host = functools.partial(_raise_for_batch, dtype=np.dtype(dtype))
-    return jax.pure_callback(host, shape, problems, vmap_method="expand_dims")
+    return jax.lax.cond(
+        jnp.any(problems),
+        lambda p: jax.pure_callback(host, shape, p, vmap_method="expand_dims"),
+        lambda p: jnp.zeros(shape.shape, dtype),
+        problems,
+    )
 
 
 class _HostArray:

@@ -301,11 +301,12 @@ class PhaseType(AbstractPhaseType):
                 stacklevel=3,
             )
         checked = _unif.is_concrete(t)
-        mu = None  # Lambda t per time, when concrete
+        mu = None  # Lambda t per time, when concrete and needed (a method or cap to pick)
         if checked:
             _unif.check_times(t)
-            if _unif.is_concrete(self.diag):
-                values = np.asarray(t)
+            values = np.asarray(t)
+            needed = method != "uniformization" or max_steps is not None
+            if needed and _unif.is_concrete(self.diag):
                 lam = float(np.max(np.asarray(self.diag), initial=0.0))
                 mu = lam * np.where(np.isinf(values), 0.0, values)
         n = self.structure.n_transient
@@ -315,7 +316,7 @@ class PhaseType(AbstractPhaseType):
             mu_max = None if mu is None else float(np.max(mu, initial=0.0))
             plan = _expm.make_plan(kind, n, max(1, int(np.size(t))), mu_max)
         elif mu is not None and max_steps is not None:
-            _unif.check_cap(_unif.right_point(mu, tol, np), max_steps, np.asarray(t), "time")
+            _unif.check_cap(_unif.right_point(mu, tol, np), max_steps, values, "time")
             max_steps = None  # checked: nothing left to check in the kernel
         return self._transient_kernel(t, kind, tol, max_steps, checked, order, plan)
 

@@ -267,7 +267,9 @@ class EpochPhaseType(eqx.Module):
             cdf = lambda d, t: d.cdf(t, tol=tol, max_steps=max_steps)
             pdf = lambda d, t: d.pdf(t, tol=tol, max_steps=max_steps)
             m1, m2 = self.moments(2, tol=tol, max_steps=max_steps)
-        return invert_cdf(cdf, pdf, dist, q, quantile_bracket(m1, m2))
+        return invert_cdf(
+            cdf, lambda d, t: (cdf(d, t), pdf(d, t)), dist, q, quantile_bracket(m1, m2)
+        )
 
     @eqx.filter_jit
     def mean(
@@ -416,7 +418,7 @@ class EpochReward(eqx.Module):
     @eqx.filter_jit
     def cdf(self, y: ArrayLike) -> Array:
         """``P(Y <= y)``; ``y = 0`` gives the atom ``P(Y = 0)`` exactly."""
-        return reward_distribution(*self._chain(), y, density=False)
+        return reward_distribution(*self._chain(), y)[0]
 
     @eqx.filter_jit
     def sf(self, y: ArrayLike) -> Array:
@@ -426,7 +428,7 @@ class EpochReward(eqx.Module):
     @eqx.filter_jit
     def pdf(self, y: ArrayLike) -> Array:
         """Density of ``Y`` at ``y > 0`` (the transform of ``Y`` less its atom, inverted)."""
-        return reward_distribution(*self._chain(), y, density=True)
+        return reward_distribution(*self._chain(), y)[1]
 
     @eqx.filter_jit
     def quantile(self, q: ArrayLike) -> Array:
@@ -434,8 +436,8 @@ class EpochReward(eqx.Module):
         chain, r = self._chain()  # one chain for the whole search
         m1, m2 = chain.reward_moments(r, 2)
         return invert_cdf(
-            lambda d, y: reward_distribution(d[0], d[1], y, density=False),
-            lambda d, y: reward_distribution(d[0], d[1], y, density=True),
+            lambda d, y: reward_distribution(d[0], d[1], y)[0],
+            lambda d, y: reward_distribution(d[0], d[1], y),
             (chain, r),
             q,
             quantile_bracket(m1, m2),
@@ -461,9 +463,10 @@ _EULER_NODES, _EULER_WEIGHTS, _EULER_SHIFT = _euler_weights(25.0, 1000, 20)
 _EULER_BLOCK = 64
 
 
-def reward_distribution(chain: PiecewiseChain, r: Array, y: ArrayLike, density: bool) -> Array:
-    """The cdf (or the density) of ``Y = int r(X_t) dt`` at ``y``: the inverted transform
-    at ``y > 0``, ``P(Y = 0)`` (density: 0) at ``y = 0`` and the limit at ``y = inf``."""
+def reward_distribution(chain: PiecewiseChain, r: Array, y: ArrayLike) -> tuple[Array, Array]:
+    """The cdf and the density of ``Y = int r(X_t) dt`` at ``y``, from one inversion of the
+    transform at ``y > 0``; at ``y = 0`` the cdf is ``P(Y = 0)`` (the density 0), at
+    ``y = inf`` the limits."""
     y = _unif.check_times(jnp.asarray(y, r.dtype), "reward levels y")
     flat = jnp.ravel(y)
     finite = (flat > 0) & jnp.isfinite(flat)
@@ -474,11 +477,11 @@ def reward_distribution(chain: PiecewiseChain, r: Array, y: ArrayLike, density: 
     blocks = jnp.pad(s.ravel(), (0, -s.size % _EULER_BLOCK), constant_values=1.0)
     values = jax.lax.map(lambda b: chain.laplace(b, r), blocks.reshape(-1, _EULER_BLOCK))
     values = values.ravel()[: s.size].reshape(s.shape)
-    values = values - atom if density else values / s
-    inverted = jnp.exp(_EULER_SHIFT) / at * (jnp.real(values) @ _EULER_WEIGHTS)
-    at_zero, at_inf = (0.0, 0.0) if density else (atom, 1.0)
-    value = jnp.where(finite, inverted, jnp.where(flat == 0, at_zero, at_inf))
-    return value.reshape(y.shape)
+    damping = jnp.exp(_EULER_SHIFT) / at
+    cdf = damping * (jnp.real(values / s) @ _EULER_WEIGHTS)
+    pdf = damping * (jnp.real(values - atom) @ _EULER_WEIGHTS)
+    cdf = jnp.where(finite, cdf, jnp.where(flat == 0, atom, 1.0))
+    return cdf.reshape(y.shape), jnp.where(finite, pdf, 0.0).reshape(y.shape)
 
 
 def quantile_bracket(m1: Array, m2: Array) -> Array:
@@ -486,8 +489,9 @@ def quantile_bracket(m1: Array, m2: Array) -> Array:
     return m1 + 10.0 * jnp.sqrt(jnp.maximum(m2 - m1**2, 0.0))
 
 
-def invert_cdf(cdf, pdf, dist, q: ArrayLike, scale: Array, bisections: int = 48) -> Array:
-    """``inf {t : cdf(dist, t) >= q}`` for each ``q`` in ``[0, 1]`` (``q = 1``: ``inf``).
+def invert_cdf(cdf, cdf_pdf, dist, q: ArrayLike, scale: Array, bisections: int = 48) -> Array:
+    """``inf {t : cdf(dist, t) >= q}`` for each ``q`` in ``[0, 1]`` (``q = 1``: ``inf``);
+    ``cdf_pdf(dist, t)`` gives the cdf and the density together (for the Newton steps).
 
     The search runs on ``stop_gradient(dist)``: an upper bracket doubles from ``scale``
     until it holds every ``q``, then ``bisections`` halvings of ``[0, hi]`` (all ``q`` at
@@ -518,9 +522,9 @@ def invert_cdf(cdf, pdf, dist, q: ArrayLike, scale: Array, bisections: int = 48)
     x = 0.5 * (lo + hi)
     flat_q = jnp.where(flat < 1, flat, 0.5)
     for _ in range(2):
-        density = pdf(dist, x)
+        value, density = cdf_pdf(dist, x)
         ok = density > 0
-        x = jnp.where(ok, x - (cdf(dist, x) - flat_q) / jnp.where(ok, density, 1.0), x)
+        x = jnp.where(ok, x - (value - flat_q) / jnp.where(ok, density, 1.0), x)
     atom = cdf(frozen, zeros) >= target  # an atom at 0 holds these levels
     x = jnp.where(atom, 0.0, x)
     return jnp.where(flat < 1, x, jnp.inf).reshape(jnp.shape(q))

@@ -45,7 +45,6 @@ memory is bounded; a Taylor action in the style of Al-Mohy and Higham would also
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import equinox as eqx
@@ -72,8 +71,8 @@ class Plan(NamedTuple):
     """Static description of a dense evaluation (hashable).
 
     - `kind`: one of `KINDS`.
-    - `squarings`: squarings per time at most (a multiple of 16; times needing fewer
-      skip the rest).
+    - `squarings`: squarings per time (a multiple of 16; all run, and a time needing fewer
+      keeps its own result by a mask).
     - `chunk`: times evaluated together (bounds memory at ``chunk x n^2`` per matrix).
     - `checked`: planned from concrete ``Lambda t`` (else the kernel checks the bound).
     """
@@ -91,7 +90,7 @@ def make_plan(kind: str, n: int, n_times: int, mu_max: float | None) -> Plan:
     if mu_max is None:
         squarings = MAX_SQUARINGS
     else:
-        needed = math.ceil(math.log2(max(mu_max, 1.0)))
+        needed = int(squarings_needed(np.asarray(mu_max)))
         squarings = min(MAX_SQUARINGS, 16 * max(1, -(-needed // 16)))
     chunk = max(1, min(n_times, 2**20 // (n * n)))
     return Plan(kind, squarings, chunk, mu_max is not None)

@@ -219,14 +219,21 @@ class PiecewiseChain(eqx.Module):
         tail = jnp.linalg.solve(m_t.T, pi_u * r[tr] + row[n : 2 * n][tr])
         return (row[2 * n :].at[tr].add(tail)).at[np.flatnonzero(self.absorbing)].set(0.0)
 
-    def reward_covariance(self, rewards: Float[Array, "m V"]) -> Float[Array, "m m"]:
-        """Covariance matrix of ``Y_a = int_0^inf r_a(X_t) dt`` for the rows ``r_a``."""
+    def reward_cross_moments(
+        self, rewards: Float[Array, "m V"]
+    ) -> tuple[Float[Array, " m"], Float[Array, "m m"]]:
+        """``E[Y_a]`` and ``E[Y_a Y_b]`` of ``Y_a = int_0^inf r_a(X_t) dt`` for the rows
+        ``r_a`` (one `reward_integral` per row)."""
         r = jax.vmap(self._reward)(rewards)
         # one reward at a time: under vmap the squarings' conditionals would all run
         phi = jax.lax.map(self.reward_integral, r)
         second = r @ phi.T
-        means = r @ self.occupancy()
-        return second + second.T - jnp.outer(means, means)
+        return r @ self.occupancy(), second + second.T
+
+    def reward_covariance(self, rewards: Float[Array, "m V"]) -> Float[Array, "m m"]:
+        """Covariance matrix of ``Y_a = int_0^inf r_a(X_t) dt`` for the rows ``r_a``."""
+        means, second = self.reward_cross_moments(rewards)
+        return second - jnp.outer(means, means)
 
     def laplace(self, s, rewards: Float[Array, " V"]) -> Array:
         """``E[exp(-s Y)]`` for each ``s >= 0`` in ``s``."""

@@ -468,10 +468,7 @@ def block_schedule(
     label, height = components or _topology.strong_components(n, src, dst)
     size = np.bincount(label, minlength=height.size)
     widths, bucket = np.unique(_bucket_widths(size), return_inverse=True)
-    # position of each state within its component
-    by_component = np.argsort(label, kind="stable")
-    local = np.empty(n, np.int64)
-    local[by_component] = np.arange(n) - np.repeat(np.cumsum(size) - size, size)
+    local = _topology.rank(label, height.size)  # position of each state in its component
     # components ordered by (bucket, height): a component's block index within its bucket
     position = np.empty(height.size, np.int64)
     position[np.lexsort((height, bucket))] = np.arange(height.size)
@@ -536,9 +533,7 @@ def gmres_preconditioner(
     their diagonal) but are left out of the sweep. What remains is block triangular.
     Returns the [`GMRES`][phasejax.GMRES] solver with that preconditioner and the cut edges.
     """
-    order, ptr = _topology.group(label, int(label.max(initial=-1)) + 1)
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n) - np.repeat(ptr[:-1], np.diff(ptr))
+    rank = _topology.rank(label, int(label.max(initial=-1)) + 1)
     piece = label * (n // chunk + 1) + rank // chunk
     inner = dst < n
     to = np.minimum(dst, n - 1)

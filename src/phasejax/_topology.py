@@ -27,6 +27,14 @@ def group(key: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
     return grouped.indices, grouped.indptr
 
 
+def rank(key: np.ndarray, n_keys: int) -> np.ndarray:
+    """Position of each item among the items of its key, in input order (see `group`)."""
+    order, ptr = group(key, n_keys)
+    out = np.empty(key.size, np.int64)
+    out[order] = np.arange(key.size) - np.repeat(ptr[:-1], np.diff(ptr))
+    return out
+
+
 def csr(n: int, frm: np.ndarray, to: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Compressed rows of the edges ``frm -> to`` over vertices ``0..n-1``.
 
@@ -61,20 +69,18 @@ def transient_vertices(
     n_vertices: int,
     src: np.ndarray,
     dst: np.ndarray,
-    seeds: np.ndarray | None = None,
     reach: np.ndarray | None = None,
 ) -> np.ndarray:
     """The transient vertices of a graph (vertex 0 = the starting vertex).
 
-    A vertex is transient when it is reachable from ``seeds`` (default: the starting
+    A vertex is transient when it is reachable (``reach``, default: from the starting
     vertex's targets) and has out-edges; vertices without out-edges absorb. This one
-    definition serves both compilation and the matrix form. ``reach``: the reachable
-    mask when the caller already has it (saves a search).
+    definition serves both compilation and the matrix form.
     """
     has_out = np.zeros(n_vertices, dtype=bool)
     has_out[src] = True
     if reach is None:
-        reach = reachable(n_vertices, src, dst, dst[src == 0] if seeds is None else seeds)
+        reach = reachable(n_vertices, src, dst, dst[src == 0])
     transient = np.flatnonzero(reach & has_out)
     return transient[transient > 0]
 
@@ -127,13 +133,11 @@ def pack(key: np.ndarray, n_keys: int, columns: np.ndarray, fill: np.ndarray) ->
     Slot ``[:, k, j]`` holds the ``j``-th item (in input order) whose key is ``k``; ``W``
     is the largest group (at least 1) and unused slots hold ``fill`` (one value per row).
     """
-    order, ptr = group(key, n_keys)
-    count = np.diff(ptr)
-    width = max(int(count.max(initial=0)), 1)
-    rank = np.arange(key.size) - np.repeat(ptr[:-1], count)
+    slot = rank(key, n_keys)
+    width = max(int(slot.max(initial=-1)) + 1, 1)
     table = np.empty((fill.size, n_keys, width), columns.dtype)
     table[...] = fill[:, None, None]
-    table[:, key[order], rank] = columns[:, order]
+    table[:, key, slot] = columns
     return table
 
 

@@ -257,7 +257,7 @@ def _poisson_mix(blocks: _Blocks, coeff):
     sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
     for r in range(sub - 2, -1, -1):
         sums = sums * x + unit[r]
-    return _logsumexp(blocks.log_w[:, None] + top.T[None] + safe_log(sums), axis=-1)
+    return jax.nn.logsumexp(blocks.log_w[:, None] + top.T[None] + safe_log(sums), axis=-1)
 
 
 def _poisson_mix_grad(blocks: _Blocks, log_r, g):
@@ -276,13 +276,6 @@ def _poisson_mix_grad(blocks: _Blocks, log_r, g):
     sums = jnp.einsum("ir,iqm->mrq", blocks.powers, z)
     scale = jnp.exp(jnp.minimum(blocks.log_ratio[:, :, None] + top.T[:, None], 300.0))
     return (sums * scale).reshape(-1, g.shape[1])
-
-
-def _logsumexp(x, axis):
-    """``log sum exp`` along ``axis`` (``-inf`` where every entry is)."""
-    top = jnp.max(x, axis=axis, keepdims=True)
-    top = jnp.where(jnp.isfinite(top), top, 0.0)
-    return jnp.squeeze(top, axis) + safe_log(jnp.sum(jnp.exp(x - top), axis=axis))
 
 
 def _run_segment(cfg: Stream, ops, v):

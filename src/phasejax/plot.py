@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import equinox as eqx
 import numpy as np
 
-from ._plotting import pyplot
+from ._optional import pyplot
 
 __all__ = ["graph", "pdf", "pmf", "sfs", "to_dot"]
 

@@ -8,22 +8,17 @@ inference) can sample its parameters:
 
 from __future__ import annotations
 
-try:
-    import numpyro.distributions as _dist
-    from numpyro.distributions import constraints as _constraints
-    from numpyro.distributions.util import validate_sample as _validate_sample
-except ImportError as err:  # pragma: no cover - exercised only without numpyro
-    raise ImportError(
-        "phasejax.infer.PhaseTypeDistribution needs numpyro: pip install numpyro "
-        "(or install phasejax with the 'numpyro' extra)"
-    ) from err
-
 import math
 
 import jax
 import jax.numpy as jnp
 
+from .._optional import numpyro_distributions
 from ._posterior import Likelihood, Posterior, as_likelihood
+
+_dist = numpyro_distributions("phasejax.infer.PhaseTypeDistribution")
+_constraints = _dist.constraints
+from numpyro.distributions.util import validate_sample as _validate_sample  # noqa: E402
 
 
 class PhaseTypeDistribution(_dist.Distribution):

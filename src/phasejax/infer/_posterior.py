@@ -366,6 +366,7 @@ class Posterior(AbstractTarget):
                 f"{where} observation {i} (data[{i}] = {np.asarray(self.data)[i].item()!r}) has log "
                 f"probability {per_obs[i]} ({bad.sum()} of {bad.size} observations); {why}"
             )
-        if self.regularization is not None and not np.isfinite(float(self.penalty(theta))):
-            return f"{where} the moment penalty is {float(self.penalty(theta))}"
+        penalty = None if self.regularization is None else float(self.penalty(theta))
+        if penalty is not None and not np.isfinite(penalty):
+            return f"{where} the moment penalty is {penalty}"
         return super().explain(z)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._plotting import pyplot
+from .._optional import pyplot
 
 
 def _plt():

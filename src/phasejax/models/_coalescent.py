@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .. import _sparse
 from .._compile import Model
-from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL, PhaseType
+from .._distribution import DEFAULT_MAX_STEPS, DEFAULT_TOL
 from .._epochs import EpochPhaseType, epochs
 from .._graph import Graph, merge_transitions
 from .._solve import System
@@ -328,14 +327,11 @@ class IsolationWithMigration(eqx.Module):
             raise ValueError(
                 "no rewards: build with IsolationWithMigration.joint_sfs(n1, n2) or pass rewards="
             )
-        thetas = self._thetas(coal_1, coal_2, mig_12, mig_21, coal_ancestral)
-        split = jnp.asarray(split_time, thetas.dtype)
-        split = eqx.error_if(split, ~(split > 0), "split_time must be positive")
-        before = self.model(thetas[0], require_exit=False)
-        after = self.model(thetas[1])
-        assert isinstance(before, PhaseType) and isinstance(after, PhaseType)  # continuous
-        pi_tau = before.transient_probability(split[None], tol=tol, max_steps=max_steps)[0]
-        c1, c2, m12, m21 = thetas[0]
+        dist = self(coal_1, coal_2, mig_12, mig_21, coal_ancestral, split_time)
+        before, after = dist.dists
+        split = eqx.error_if(dist.breaks, ~(dist.breaks > 0), "split_time must be positive")
+        pi_tau = before.transient_probability(split, tol=tol, max_steps=max_steps)[0]
+        c1, c2, m12, m21 = (jnp.asarray(x) for x in (coal_1, coal_2, mig_12, mig_21))
         invertible = ((m12 > 0) & (c2 > 0)) | ((m21 > 0) & (c1 > 0))
 
         def closed(_):
@@ -347,10 +343,10 @@ class IsolationWithMigration(eqx.Module):
             return before._solver(system)(before.alpha - pi_tau, transpose=True)
 
         def series(_):
-            occupancy = before.accumulated_occupancy(split[None], tol=tol, max_steps=max_steps)
+            occupancy = before.accumulated_occupancy(split, tol=tol, max_steps=max_steps)
             return occupancy[0][before.structure.transient_vertices]
 
-        entry = _sparse.segment_sum(pi_tau, jnp.asarray(np.asarray(self.merge)), pi_tau.shape[0])
+        entry = dist._map(0, pi_tau)  # the merge at the split
         sojourn = jax.lax.cond(invertible, closed, series, None)
         sojourn = sojourn + after._solver()(entry, transpose=True)
         r = self.transient_rewards

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from . import _hazard, _sfs, _statespace, _times
+from . import _hazard, _sfs, _statespace
 from ._chain import PiecewiseChain, extrapolate
 from ._times import CoalescenceTime
 
@@ -298,7 +298,7 @@ class Demography(eqx.Module):
         """``"polanski_kimmel"`` or ``"block"`` for ``method`` (see `expected_sfs`)."""
         if method not in ("auto", "polanski_kimmel", "block"):
             raise ValueError(f"unknown method {method!r}")
-        panmictic = len(self.samples) == 1 and _sfs.is_panmictic(self.lineage_space)
+        panmictic = self._pool_demes() is not None
         if method == "polanski_kimmel" and not panmictic:
             raise ValueError(
                 "the Polanski-Kimmel route needs one sampled deme whose lineages always "
@@ -326,7 +326,7 @@ class Demography(eqx.Module):
 
         Routes (``method`` as in ``expected_sfs``): one panmictic sample factorises,
         ``E[L_i L_j] = sum_{k,l} E[T_k T_l] E[b_i(k) b_j(l)]``, with ``E[T_k T_l]`` from
-        the lineage-counting chain (`cross_moments`, ``n`` matrix exponentials of size
+        the lineage-counting chain (`reward_cross_moments`, ``n`` matrix exponentials of size
         ``3 n`` per sub-epoch) and the topology term in closed form (memory
         ``8 (n + 1)^4`` bytes: ``n <= 60``); otherwise the typed block-counting chain gives
         ``E[L_a L_b]`` directly (one matrix exponential of three times its states per
@@ -352,7 +352,7 @@ class Demography(eqx.Module):
             # T_k for k = 2..n: the time with k lineages
             onehot = (totals[None, :] == np.arange(2, n + 1)[:, None]).astype(np.float64)
             means, second = extrapolate(
-                self.chains(space), lambda c: _times.cross_moments(c, jnp.asarray(onehot))
+                self.chains(space), lambda c: c.reward_cross_moments(jnp.asarray(onehot))
             )
             topology = _sfs.topology_moments(n)[2:, 2:].reshape(n - 1, n - 1, -1)
             cross = jnp.einsum("kl,klm->m", second, topology).reshape(n + 1, n + 1)
@@ -361,7 +361,7 @@ class Demography(eqx.Module):
             space = self.sfs_space(max_states)
             counts = jnp.asarray(_sfs.typed_counts(space).T)
             type_means, type_cross = extrapolate(
-                self.chains(space), lambda c: _times.cross_moments(c, counts)
+                self.chains(space), lambda c: c.reward_cross_moments(counts)
             )
             size = math.prod(shape)
             # type 0 (no descendants) is not a lineage type; the all-samples type is the
@@ -564,35 +564,30 @@ def _log_span(kind: str, size, growth, width: float) -> float:
     return 0.0
 
 
+def _closed_spans(arrays: dict, kinds: tuple) -> list[list[float]]:
+    """Per closed epoch, each deme's change of log-size across it (`_log_span`)."""
+    edges = np.concatenate([[0.0], arrays["breaks"]])
+    return [
+        [
+            _log_span(kind, arrays["sizes"][j, d], arrays["growth"][j, d], edges[j + 1] - edges[j])
+            for d, kind in enumerate(row)
+        ]
+        for j, row in enumerate(kinds[:-1])
+    ]
+
+
 def _refinement(arrays: dict, kinds: tuple, step: float) -> tuple[int, ...]:
     """Sub-epochs per epoch so that no deme's log-size changes by more than ``step``."""
-    edges = np.concatenate([[0.0], arrays["breaks"]])
-    out = []
-    for j, row in enumerate(kinds):
-        if j == len(kinds) - 1:
-            out.append(1)
-            continue
-        width = edges[j + 1] - edges[j]
-        span = max(
-            _log_span(kind, arrays["sizes"][j, d], arrays["growth"][j, d], width)
-            for d, kind in enumerate(row)
-        )
-        out.append(max(1, math.ceil(span / step)))
-    return tuple(out)
+    spans = _closed_spans(arrays, kinds)
+    return tuple(max(1, math.ceil(max(row) / step)) for row in spans) + (1,)
 
 
 def _hazard_steps(arrays: dict, kinds: tuple, tol: float) -> tuple[int, ...]:
     """Sub-intervals per epoch of the change-of-time route (`phasejax.popgen._hazard`):
     its bound uses the change of ``log N`` (linear) or of ``N`` relative to its smaller
     value (exponential) per sub-interval; the largest over the demes."""
-    edges = np.concatenate([[0.0], arrays["breaks"]])
     out = []
-    for j, row in enumerate(kinds[:-1]):
-        width = edges[j + 1] - edges[j]
-        spans = [
-            _log_span(kind, arrays["sizes"][j, d], arrays["growth"][j, d], width)
-            for d, kind in enumerate(row)
-        ]
+    for spans, row in zip(_closed_spans(arrays, kinds), kinds):
         spans = [math.expm1(x) if k == "exponential" else x for x, k in zip(spans, row)]
         out.append(_hazard.steps_for(max(spans), tol))
     return tuple(out) + (1,)

@@ -113,7 +113,10 @@ def _total(loglik):
 
 
 def _blocks(loglik, params) -> int:
-    shape = jax.eval_shape(loglik, params).shape
+    return _block_count(jax.eval_shape(loglik, params).shape)
+
+
+def _block_count(shape: tuple[int, ...]) -> int:
     if len(shape) != 1:
         raise ValueError(
             f"godambe and bootstrap need loglik to return per-block log-likelihoods of "
@@ -127,9 +130,9 @@ def godambe_covariance(loglik: Callable[[Array], Array], params: ArrayLike) -> F
     with the per-block scores ``s_b = grad l_b`` at ``params`` (``loglik`` returns the
     ``(B,)`` per-block log-likelihoods ``l_b``)."""
     params = _flat(params)
-    _blocks(loglik, params)
-    info = -jax.hessian(_total(loglik))(params)
     scores = jax.jacrev(loglik)(params)  # (B, p)
+    _block_count(scores.shape[:-1])
+    info = -jax.hessian(_total(loglik))(params)
     bread = jnp.linalg.inv(info)
     return bread @ (scores.T @ scores) @ bread
 
@@ -160,7 +163,8 @@ def _newton(f, x0: Array, steps: int) -> tuple[Array, Array]:
     lengths = jnp.asarray(_STEP_LENGTHS, x0.dtype)
 
     def direction(x):
-        g, h = jax.grad(f)(x), jax.hessian(f)(x)
+        # the Hessian as the Jacobian of the gradient, the gradient kept from that pass
+        h, g = jax.jacfwd(lambda y: (lambda gy: (gy, gy))(jax.grad(f)(y)), has_aux=True)(x)
         # where -H is not positive definite (away from a maximum) shift its spectrum
         # (Levenberg-Marquardt), so that d is still an ascent direction
         eig = jnp.linalg.eigvalsh(-h)

@@ -11,19 +11,14 @@
 
 from __future__ import annotations
 
-try:
-    import numpyro.distributions as _dist
-    from numpyro.distributions import constraints as _constraints
-except ImportError as err:  # pragma: no cover - exercised only without numpyro
-    raise ImportError(
-        "phasejax.popgen.SFSDistribution needs numpyro: pip install numpyro "
-        "(or install phasejax with the 'numpyro' extra)"
-    ) from err
-
 import jax
 import jax.numpy as jnp
 
+from .._optional import numpyro_distributions
 from ._likelihood import poisson_loglik, sfs_mask
+
+_dist = numpyro_distributions("phasejax.popgen.SFSDistribution")
+_constraints = _dist.constraints
 
 
 class SFSDistribution(_dist.Distribution):
@@ -60,8 +55,7 @@ class SFSDistribution(_dist.Distribution):
     def sample(self, key, sample_shape=()):
         if key is None:
             raise ValueError("sample needs a PRNG key")
-        mask = jnp.asarray(sfs_mask(self.expected.shape, self.folded))
-        rate = jnp.where(mask, self.mutation_rate * self.expected, 0.0)
+        rate = self.mean
         return jax.random.poisson(key, rate, tuple(sample_shape) + rate.shape).astype(rate.dtype)
 
     @property

@@ -121,7 +121,7 @@ def _compositions_table(n: int) -> np.ndarray:
     return c
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)  # up to 8 (n + 1)^4 bytes each
 def topology_moments(n: int) -> Float[np.ndarray, "n1 n1 n1 n1"]:
     """``P[k, l, i, j] = E[b_i(k) b_j(l)]`` under Kingman's ranked topology (any size
     history), ``b_i(k)`` the number of the ``k`` lineages subtending ``i`` of ``n`` samples.
