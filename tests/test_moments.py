@@ -107,6 +107,35 @@ def comb_arr(k):
     return k * (k - 1) / 2
 
 
+def test_batched_sweep_runs_its_fine_schedule():
+    """A batch of ``BATCH_FINE`` or more thetas sweeps on the finer schedule (narrower
+    blocks): values, the transposed sweep and gradients against closed forms and the
+    one-theta (coarse) sweep."""
+    from phasejax._solve import BATCH_FINE
+
+    n = 14
+    model = pj.models.kingman(n).compile()
+    assert model.solver.fine.shape[2] < model.solver.blocks.shape[2]  # a different schedule
+
+    def f(theta):
+        d = model(theta)
+        return jnp.concatenate([jnp.stack([d.mean(), d.var()]), d.expected_sojourn()])
+
+    thetas = jnp.linspace(0.3, 3.0, BATCH_FINE + 3)[:, None]
+    batched = jax.jit(jax.vmap(f))(thetas)
+    one = jax.jit(f)
+    np.testing.assert_allclose(batched, np.stack([one(t) for t in thetas]), rtol=1e-13)
+    k = np.arange(2, n + 1)
+    theta = np.asarray(thetas[:, 0])
+    np.testing.assert_allclose(batched[:, 0], 2 * (1 - 1 / n) / theta, rtol=1e-13)
+    np.testing.assert_allclose(batched[:, 1], np.sum(1 / comb_arr(k) ** 2) / theta**2, rtol=1e-13)
+    # total expected sojourn over the states = E[T]
+    np.testing.assert_allclose(batched[:, 2:].sum(1), batched[:, 0], rtol=1e-13)
+    grad = jax.jit(jax.vmap(jax.grad(lambda t: model(t).var())))(thetas)
+    want = -2 * np.sum(1 / comb_arr(k) ** 2) / theta**3  # d/dtheta of Var = c / theta^2
+    np.testing.assert_allclose(grad[:, 0], want, rtol=1e-12)
+
+
 @pytest.mark.parametrize("solver", ["dense", "gmres"])
 def test_kingman_closed_forms_other_solvers(solver):
     n = 7

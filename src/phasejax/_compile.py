@@ -127,6 +127,9 @@ class Model(eqx.Module):
     coefficients: Float[np.ndarray, "E p"]
     initial: Float[np.ndarray, " n"] | None
     rate_fn: Callable = eqx.field(static=True)
+    # (start, stop) when edge_index is that contiguous range (the usual case: the start's
+    # edges come first), so the transient rates are a slice, not a gather
+    edge_range: tuple[int, int] | None = eqx.field(static=True)
     # graph vertices of each edge (E, 2), for error messages only
     edge_vertices: _HostArray = eqx.field(static=True)
 
@@ -170,13 +173,19 @@ class Model(eqx.Module):
     def _parts(self, rates: Float[Array, " E"]):
         """Transient edge rates, total out-rates and the initial vector from all edge rates."""
         n = self.n_transient
-        rate = rates[self.edge_index]
+        rate = self._transient_rates(rates)
         diag = _sparse.segment_sum(rate, self.structure.src, n)
         if self.initial is None:
             alpha = _sparse.segment_sum(rates[self.init_index], self.init_dst, n)
         else:
             alpha = jnp.asarray(self.initial, rates.dtype)
         return rate, diag, alpha
+
+    def _transient_rates(self, rates: Float[Array, " E"]) -> Float[Array, " e"]:
+        """The rates of the transient edges (``rates[edge_index]``)."""
+        if self.edge_range is None:
+            return rates[self.edge_index]
+        return rates[self.edge_range[0] : self.edge_range[1]]
 
     def _reaches_absorption(self, rate: Float[Array, " e"]) -> Bool[Array, " n"]:
         """Which states reach absorption along edges of positive rate at this theta.
@@ -210,7 +219,7 @@ class Model(eqx.Module):
         false = jnp.zeros((), bool)
         cyclic = not isinstance(self.structure.solver, LevelSweep)
         if require_exit and cyclic:
-            closed = ~jnp.all(self._reaches_absorption(rates[self.edge_index]))
+            closed = ~jnp.all(self._reaches_absorption(self._transient_rates(rates)))
         else:
             closed = false
         return jnp.stack(
@@ -253,7 +262,8 @@ class Model(eqx.Module):
             src, dst = self.edge_vertices.array[e]
             message += f": edge {e} (vertex {src} -> vertex {dst}) has rate {rates[e]}"
         elif kind == 6:
-            stuck = np.flatnonzero(~np.asarray(self._reaches_absorption(rates[self.edge_index])))
+            reach = self._reaches_absorption(self._transient_rates(jnp.asarray(rates)))
+            stuck = np.flatnonzero(~np.asarray(reach))
             vertices = np.asarray(self.structure.transient_vertices)[stuck[:5]]
             message += f": vertices {vertices.tolist()}" + (" ..." if stuck.size > 5 else "")
         elif kind in (3, 5):
@@ -399,6 +409,9 @@ def compile_graph(
             v, transient, position[src[inner]], position[dst[inner]], graph.discrete, solver
         ),
         edge_index=jnp.asarray(inner, jnp.int32),
+        edge_range=(int(inner[0]), int(inner[-1]) + 1)
+        if inner.size and np.array_equal(inner, np.arange(inner[0], inner[-1] + 1))
+        else None,
         init_dst=jnp.asarray(position[dst[init]], jnp.int32),
         init_index=jnp.asarray(init, jnp.int32),
         base=base,

@@ -169,7 +169,7 @@ class AbstractPhaseType(eqx.Module):
     @eqx.filter_jit
     def mean(self, rewards: ArrayLike | None = None) -> Float[Array, ""]:
         """``E[Y] = alpha U r``."""
-        return self.alpha @ self._solver()(self._rewards(rewards))
+        return self.moments(1, rewards)[0]
 
     @eqx.filter_jit
     def expected_sojourn(self) -> Float[Array, " V"]:

@@ -82,7 +82,7 @@ def _expand(w: Array, ndim: int) -> Array:
     return w.reshape(w.shape + (1,) * (ndim - w.ndim))
 
 
-def _trailing_batch(kernel):
+def _trailing_batch(kernel, choose=None):
     """``kernel(tables, coefs, base)`` with a vmap rule that carries the batch as a trailing axis.
 
     ``tables`` are integer schedules (never batched), ``coefs`` arrays whose axes are all
@@ -90,12 +90,16 @@ def _trailing_batch(kernel):
     side. Under ``vmap`` (a batch of thetas, or of right-hand sides) every batched array
     gets the batch as its last axis (coefficients with unit axes for the columns in
     between), so each gather or scatter of the kernel moves one contiguous row per state
-    (vectorises on CPU) instead of a strided column.
+    (vectorises on CPU) instead of a strided column. ``choose(tables, batch_size)``
+    (optional) picks the schedule for a batch size (1 when unbatched), e.g. finer blocks
+    for a large batch: padding costs a whole row of thetas per slot, while a step's
+    overhead does not grow with the batch.
     """
+    choose = (lambda tables, _: tables) if choose is None else choose
 
     @jax.custom_batching.custom_vmap
     def batchable(tables, coefs, base):
-        return kernel(tables, coefs, base)
+        return kernel(choose(tables, 1), coefs, base)
 
     @batchable.def_vmap
     def batched(axis_size, in_batched, tables, coefs, base):
@@ -111,7 +115,7 @@ def _trailing_batch(kernel):
             return x.reshape(x.shape[:-1] + (1,) * columns + x.shape[-1:])
 
         base = jnp.moveaxis(base, 0, -1) if base_batched else base[..., None]
-        out = kernel(tables, jax.tree.map(trailing, coefs, coefs_batched), base)
+        out = kernel(choose(tables, axis_size), jax.tree.map(trailing, coefs, coefs_batched), base)
         out = jnp.broadcast_to(out, out.shape[:-1] + (axis_size,))
         return jnp.moveaxis(out, -1, 0), True
 
@@ -139,7 +143,18 @@ def _level_kernel(tables, coefs, base, reverse):
     return y * inv
 
 
-_SWEEPS = {r: _trailing_batch(functools.partial(_level_kernel, reverse=r)) for r in (False, True)}
+BATCH_FINE = 16  # from this batch size on, the level sweep runs on its fine schedule
+
+
+def _coarse_or_fine(tables, batch_size):
+    """Of ``(coarse, fine)`` schedules, the fine one for batches of ``BATCH_FINE`` or more."""
+    return tables[1] if batch_size >= BATCH_FINE else tables[0]
+
+
+_SWEEPS = {
+    r: _trailing_batch(functools.partial(_level_kernel, reverse=r), _coarse_or_fine)
+    for r in (False, True)
+}
 
 
 class LevelSweep(AbstractSolver):
@@ -147,22 +162,29 @@ class LevelSweep(AbstractSolver):
 
     ``blocks`` holds (3, B, W) int32: source, target and edge index of each slot;
     padding slots point at the absorbing index ``n`` and at edge ``E`` (rate 0).
-    Under ``vmap`` over the rates the batch runs as trailing columns of one sweep.
+    ``fine`` is the same sweep cut into narrower blocks (less padding, more steps), used
+    under ``vmap`` over a batch of ``BATCH_FINE`` or more, where the batch runs as
+    trailing columns of one sweep.
     """
 
     blocks: Int[Array, "3 b w"]
+    fine: Int[Array, "3 f v"]
 
     def prepare(self, system):
         return None
 
     def raw_solve(self, system, state, rhs, transpose):
-        src, dst, edge = self.blocks[0], self.blocks[1], self.blocks[2]
         # M x = b: x_i = (b_i + sum_e rate_e x_dst) / d_i, sinks first;
         # M^T z = b: z_j = (b_j + sum_e rate_e z_src) / d_j, sources first.
-        gather, scatter = (src, dst) if transpose else (dst, src)
+        def tables(blocks):
+            src, dst, edge = blocks[0], blocks[1], blocks[2]
+            return ((src, dst) if transpose else (dst, src)) + (edge,)
+
         inv = _sparse.pad_zero(1.0 / system.diag)
         rate = _sparse.pad_zero(system.rate)
-        out = _SWEEPS[transpose]((gather, scatter, edge), (inv, rate), _sparse.pad_zero(rhs))
+        out = _SWEEPS[transpose](
+            (tables(self.blocks), tables(self.fine)), (inv, rate), _sparse.pad_zero(rhs)
+        )
         return out[: system.n]
 
 
@@ -374,34 +396,39 @@ def solve(
 
 
 def level_schedule(
-    n: int, src: np.ndarray, dst: np.ndarray, step_cost: int = 1024
-) -> np.ndarray | None:
-    """Block schedule of an acyclic graph for [`LevelSweep`][phasejax.LevelSweep], or ``None`` if cyclic.
+    n: int, src: np.ndarray, dst: np.ndarray, step_costs: tuple[int, ...] = (1024, 16)
+) -> tuple[np.ndarray, ...] | None:
+    """Block schedules of an acyclic graph for [`LevelSweep`][phasejax.LevelSweep] (one
+    per step cost), or ``None`` if cyclic.
 
-    Heights come from `phasejax._topology.heights`. Edges
-    are sorted by source height and cut into blocks of width ``W`` chosen to minimise
-    ``sum_h ceil(E_h / W) * (W + step_cost)`` (padding against per-step overhead).
+    Heights come from `phasejax._topology.heights`. Edges are sorted by source height
+    and cut into blocks of width ``W`` chosen to minimise ``sum_h ceil(E_h / W) * (W +
+    step_cost)`` (padding against per-step overhead, in slots). The default costs give
+    the schedule of one right-hand side and the finer one of a large batch, whose slots
+    cost a row of the batch each.
     """
     height = _topology.heights(n, src, dst)
     if height is None:
         return None
-    h = int(height.max(initial=-1)) + 1
-    edge_height = height[src]
-    order, level_ptr = _topology.group(edge_height, h)
+    order, level_ptr = _topology.group(height[src], int(height.max(initial=-1)) + 1)
     counts = np.diff(level_ptr)
     counts = counts[counts > 0]
-    widths = sorted({int(min(2**k, counts.max())) for k in range(int(np.log2(counts.max())) + 2)})
-    width = min(widths, key=lambda w: int(np.sum(-(-counts // w))) * (w + step_cost))
-    n_blocks_per_level = -(-counts // width)
-    slots = np.full((3, int(n_blocks_per_level.sum()) * width), 0, dtype=np.int64)
-    slots[0], slots[1], slots[2] = n, n, src.size
     level_start = np.concatenate([[0], np.cumsum(counts)])
-    block_start = np.concatenate([[0], np.cumsum(n_blocks_per_level)]) * width
-    for level, count in enumerate(counts):
-        edges = order[level_start[level] : level_start[level] + count]
-        where = slice(block_start[level], block_start[level] + count)
-        slots[0, where], slots[1, where], slots[2, where] = src[edges], dst[edges], edges
-    return slots.reshape(3, -1, width).astype(np.int32)
+    widths = sorted({int(min(2**k, counts.max())) for k in range(int(np.log2(counts.max())) + 2)})
+
+    def cut(step_cost: int) -> np.ndarray:
+        width = min(widths, key=lambda w: int(np.sum(-(-counts // w))) * (w + step_cost))
+        n_blocks_per_level = -(-counts // width)
+        slots = np.full((3, int(n_blocks_per_level.sum()) * width), 0, dtype=np.int64)
+        slots[0], slots[1], slots[2] = n, n, src.size
+        block_start = np.concatenate([[0], np.cumsum(n_blocks_per_level)]) * width
+        for level, count in enumerate(counts):
+            edges = order[level_start[level] : level_start[level] + count]
+            where = slice(block_start[level], block_start[level] + count)
+            slots[0, where], slots[1, where], slots[2, where] = src[edges], dst[edges], edges
+        return slots.reshape(3, -1, width).astype(np.int32)
+
+    return tuple(cut(cost) for cost in step_costs)
 
 
 def _bucket_widths(size: np.ndarray, columns: int = 64, bucket_cost: float = 1e7) -> np.ndarray:

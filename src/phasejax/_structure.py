@@ -120,11 +120,11 @@ def _choose_solver(n: int, src: np.ndarray, dst: np.ndarray, solver: str) -> Abs
     names = ("auto", "sweep", "blocks", "dense", "gmres")
     if solver not in names:
         raise ValueError(f"unknown solver {solver!r}: use one of {', '.join(map(repr, names))}")
-    blocks = level_schedule(n, src, dst) if solver in ("auto", "sweep") else None
-    if solver == "sweep" and blocks is None:
+    schedules = level_schedule(n, src, dst) if solver in ("auto", "sweep") else None
+    if solver == "sweep" and schedules is None:
         raise ValueError("solver='sweep' needs an acyclic graph, but this graph has cycles")
-    if blocks is not None:
-        return LevelSweep(jnp.asarray(blocks))
+    if schedules is not None:
+        return LevelSweep(*(jnp.asarray(blocks) for blocks in schedules))
     if solver == "dense" or (solver == "auto" and n <= DENSE_LIMIT):
         return DenseLU()
     components = strong_components(n, src, dst)
