@@ -393,6 +393,26 @@ def test_negative_nan_or_infinite_rewards(chain_model, bad):
         jax.jit(lambda t: chain_model(t).covariance_matrix(R))(jnp.array([1.0]))
 
 
+def test_concrete_rewards_are_checked_before_tracing():
+    """Concrete rewards are checked in Python (the error names the entry), so the compiled
+    solve carries no error callback and JAX's persistent cache can keep it; traced rewards
+    keep the check inside. Both give the expected SFS 2/i (Kingman)."""
+    graph = pj.models.kingman(5)
+    d = graph.compile()(jnp.array([1.0]))
+    sfs = pj.models.sfs_rewards(graph)
+    concrete = jax.jit(lambda d: d.mean(sfs))
+    traced = jax.jit(lambda d, r: d.mean(r))
+    assert "callback" not in concrete.lower(d).as_text()
+    assert "callback" in traced.lower(d, sfs).as_text()
+    want = 2 / np.arange(1, 5)
+    np.testing.assert_allclose(concrete(d), want, rtol=1e-14)
+    np.testing.assert_allclose(traced(d, sfs), want, rtol=1e-14)
+    bad = sfs.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match=r"finite and non-negative.*index \(1, 3\)"):
+        d.covariance_matrix(bad)
+
+
 def test_moments_order_must_be_positive(chain_model):
     with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         chain_model(jnp.array([1.0])).moments(0)

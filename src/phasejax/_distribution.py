@@ -20,6 +20,8 @@ and follows the dtype of the rates.
 from __future__ import annotations
 
 import abc
+import functools
+import inspect
 import warnings
 from math import comb, factorial
 
@@ -33,12 +35,32 @@ from . import _expm, _sparse
 from . import _uniformization as _unif
 from ._sample import sample_paths
 from ._solve import System, solve
-from ._structure import Structure
+from ._structure import CheckedRewards, Structure, check_rewards, is_traced
 
 DEFAULT_TOL = 1e-12
 # discrete quantities whose series window ends at step k - 1 (the rest end at k)
 _ENDS_BEFORE_K = ("pmf", "cdf", "visits")
 DEFAULT_MAX_STEPS = None  # no cap: the series runs as long as the data need
+
+
+def _jit_checking_rewards(method):
+    """``eqx.filter_jit`` of ``method``, with concrete ``rewards`` checked in Python first
+    (`check_rewards`, naming the bad entry) and passed as [`CheckedRewards`][]: the
+    compiled program then carries no error callback for them, so JAX's persistent
+    compilation cache can keep it. Traced rewards are checked inside, as before."""
+    jitted = eqx.filter_jit(method)
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        rewards = bound.arguments.get("rewards")
+        if rewards is not None and not isinstance(rewards, CheckedRewards):
+            if not is_traced(rewards):
+                bound.arguments["rewards"] = CheckedRewards(jnp.asarray(check_rewards(rewards)))
+        return jitted(*bound.args, **bound.kwargs)
+
+    return wrapper
 
 
 class AbstractPhaseType(eqx.Module):
@@ -66,11 +88,14 @@ class AbstractPhaseType(eqx.Module):
             self.structure.solver, system, state, rhs, transpose
         )
 
-    def _rewards(self, rewards: ArrayLike | None) -> Float[Array, " n ..."]:
+    def _rewards(self, rewards: ArrayLike | CheckedRewards | None) -> Float[Array, " n ..."]:
         if rewards is None:
             return jnp.ones_like(self.diag)
-        rewards = jnp.asarray(rewards, self.diag.dtype)
-        return self.structure.from_vertices(jnp.moveaxis(rewards, -1, 0), self.diag.dtype)
+        checked = isinstance(rewards, CheckedRewards)
+        values = jnp.asarray(rewards.values if checked else rewards, self.diag.dtype)
+        return self.structure.from_vertices(
+            jnp.moveaxis(values, -1, 0), self.diag.dtype, checked=checked
+        )
 
     @property
     def exit(self) -> Float[Array, " n"]:
@@ -109,7 +134,7 @@ class AbstractPhaseType(eqx.Module):
         args = (self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, mu, lo, hi, offset)
         return _unif.mix(stream, *args, key=key)
 
-    @eqx.filter_jit
+    @_jit_checking_rewards
     def sample(
         self,
         key,
@@ -157,7 +182,7 @@ class AbstractPhaseType(eqx.Module):
         """Probability of absorption at time 0 (``1 - sum(alpha)``)."""
         return 1.0 - jnp.sum(self.alpha)
 
-    @eqx.filter_jit
+    @_jit_checking_rewards
     def expected_waiting_time(self, rewards: ArrayLike | None = None) -> Float[Array, " V"]:
         """Expected reward accumulated until absorption from each vertex: ``U r``.
 
@@ -166,7 +191,7 @@ class AbstractPhaseType(eqx.Module):
         x = self._solver()(self._rewards(rewards))
         return self.structure.to_vertices(x, start=self.alpha @ x)
 
-    @eqx.filter_jit
+    @_jit_checking_rewards
     def mean(self, rewards: ArrayLike | None = None) -> Float[Array, ""]:
         """``E[Y] = alpha U r``."""
         return self.moments(1, rewards)[0]
@@ -205,7 +230,7 @@ class AbstractPhaseType(eqx.Module):
         """``x / c^power``, with ``0`` kept exact when ``c^power`` underflows."""
         return jnp.where(x == 0, 0.0, x / c**power)
 
-    @eqx.filter_jit
+    @_jit_checking_rewards
     def moments(self, k: int, rewards: ArrayLike | None = None) -> Float[Array, " k"]:
         """Raw moments ``E[Y], E[Y^2], ..., E[Y^k]`` (``k`` solves)."""
         if int(k) < 1:
@@ -214,14 +239,14 @@ class AbstractPhaseType(eqx.Module):
         ms = scaled._moment_vectors(int(k), rewards)
         return jnp.stack([self._unscale(self.alpha @ m, c, j + 1) for j, m in enumerate(ms)])
 
-    @eqx.filter_jit
+    @_jit_checking_rewards
     def var(self, rewards: ArrayLike | None = None) -> Float[Array, ""]:
         """``Var[Y] = E[Y^2] - E[Y]^2``."""
         scaled, c = self._rescaled()
         m1, m2 = (self.alpha @ m for m in scaled._moment_vectors(2, rewards))
         return self._unscale(m2 - m1**2, c, 2)
 
-    @eqx.filter_jit
+    @_jit_checking_rewards
     def covariance_matrix(self, rewards: ArrayLike) -> Float[Array, "m m"]:
         """Covariance matrix of ``Y_a`` for a reward matrix of shape (m, V) (e.g. the SFS).
 
@@ -504,7 +529,7 @@ class PhaseType(AbstractPhaseType):
         )
         return jax.vmap(self.structure.to_vertices)(occupancy).reshape(jnp.shape(t) + (-1,))
 
-    @eqx.filter_jit
+    @_jit_checking_rewards
     def laplace(self, s: ArrayLike, rewards: ArrayLike | None = None) -> Array:
         """``E[exp(-s Y)] = defect + alpha (s R - S)^{-1} s_exit`` for ``s >= 0`` (one solve each)."""
         r = self._rewards(rewards)

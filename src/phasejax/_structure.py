@@ -63,16 +63,28 @@ class Structure(eqx.Module):
         )
         return out.at[0].set(start)
 
-    def from_vertices(self, rewards: ArrayLike, dtype) -> Float[Array, " n ..."]:
-        """Per-vertex rewards (axis 0 over vertices) restricted to transient states."""
+    def from_vertices(
+        self, rewards: ArrayLike, dtype, checked: bool = False
+    ) -> Float[Array, " n ..."]:
+        """Per-vertex rewards (axis 0 over vertices) restricted to transient states
+        (checked by `check_rewards` unless ``checked``)."""
         rewards = jnp.asarray(rewards, dtype)
         if rewards.shape[0] != self.n_vertices:
             raise ValueError(
                 f"rewards have {rewards.shape[0]} entries along axis 0, expected one per vertex "
                 f"({self.n_vertices}, the starting vertex included)"
             )
-        rewards = check_rewards(rewards)
+        if not checked:
+            rewards = check_rewards(rewards)
         return rewards[self.transient_vertices]
+
+
+class CheckedRewards(eqx.Module):
+    """Rewards that `check_rewards` passed on the host before tracing: a compiled
+    method that receives them skips the traced check, so its program carries no error
+    callback (and JAX's persistent compilation cache can keep it)."""
+
+    values: Array
 
 
 def is_traced(x) -> bool:
