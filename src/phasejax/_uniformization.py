@@ -71,7 +71,6 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from . import _sparse
 from ._structure import is_traced
 
-UNROLL = 8  # series steps per loop iteration (amortises the per-iteration overhead)
 # steps per sub-block of the Poisson mixture (float64, float32), and the log-width of a
 # group of observations sharing one centre rho: (mu_i / rho)^r, r < SUB, stays in range
 # for |log(mu_i / rho)| <= SPAN / 2 (e^600 < e^709 in float64, e^60 < e^88 in float32)
@@ -164,16 +163,20 @@ def _bd0(x, m):
 
 
 def _log_pois(j, mu):
-    """``log Pois(j; mu)`` (broadcasting; ``Pois(0; 0) = 1``).
+    """``log Pois(j; mu)`` (broadcasting; ``Pois(0; 0) = 1``), with ``log j!`` by Stirling's
+    series (`_stirling_error`: a few fused kernels to compile, where ``lgamma`` expands
+    to a dozen).
 
     Below float64, ``log Pois(j; mu) = -stirling(j) - bd0(j, mu) - log(2 pi j) / 2``
     (Loader): accurate to a few ulps of the result rather than of ``j log mu``; in float64
-    the direct form (a few flops per term) is accurate enough."""
-    if mu.dtype == jnp.float64:  # j log mu - mu - log j!: its rounding is far below 1e-10
-        log_w = j * safe_log(mu) - mu - jax.scipy.special.gammaln(j + 1.0)
-        return jnp.where(mu > 0, log_w, jnp.where(j == 0, 0.0, -jnp.inf))
+    the direct form ``j log mu - mu - log j!`` (a few flops per term) is accurate enough."""
     jp = jnp.maximum(j, 1.0)
-    log_w = -_stirling_error(jp) - _bd0(jp, mu) - 0.5 * jnp.log(2 * math.pi * jp)
+    log_root = 0.5 * jnp.log(2 * math.pi * jp)
+    if mu.dtype == jnp.float64:  # its rounding is far below 1e-10
+        log_fact = jp * jnp.log(jp) - jp + log_root + _stirling_error(jp)
+        log_w = j * safe_log(mu) - mu - jnp.where(j == 0, 0.0, log_fact)
+        return jnp.where(mu > 0, log_w, jnp.where(j == 0, 0.0, -jnp.inf))
+    log_w = -_stirling_error(jp) - _bd0(jp, mu) - log_root
     return jnp.where(j == 0, -mu, log_w)
 
 
@@ -206,13 +209,12 @@ def _poisson_blocks(ks, mu, lo, hi, member, log_rho) -> _Blocks:
     inside = inside & member[:, None]
     log_w = jnp.where(inside, _log_pois(starts.astype(dtype)[None], mu[:, None]), -jnp.inf)
     x = jnp.where(member, jnp.exp(safe_log(mu) - log_rho), 0.0)  # 0 where mu = 0
-    powers = [jnp.ones_like(x)]
-    for _ in range(sub - 1):
-        powers.append(powers[-1] * x)
     r = jnp.arange(sub)
+    # x^r as a running product (one kernel; a chain of products compiles to one each)
+    powers = jnp.cumprod(jnp.where(r[None] > 0, x[:, None], 1.0), axis=1)
     steps = (starts[:, None] + r[None]).astype(dtype)
     falling = jnp.cumsum(jnp.where(r > 0, jnp.log(jnp.maximum(steps, 1.0)), 0.0), axis=1)
-    return _Blocks(log_w, jnp.stack(powers, axis=1), r * log_rho - falling)
+    return _Blocks(log_w, powers, r * log_rho - falling)
 
 
 def _by_scale(ks, mu, lo, hi, fn, init, combine):
@@ -285,7 +287,7 @@ def _run_segment(cfg: Stream, ops, v):
     def body(v, _):
         return _step(rate, diag, src, dst, v), v
 
-    v_end, vs = jax.lax.scan(body, v, None, length=cfg.segment, unroll=UNROLL)
+    v_end, vs = jax.lax.scan(body, v, None, length=cfg.segment)
     return vs, v_end
 
 
@@ -383,12 +385,15 @@ def _stride(n: Array) -> Array:
     return jnp.maximum(1, -(-n // CHECKPOINTS))
 
 
-def _save(buffer, i: Array | int, stride: Array, value):
+def _save(buffer, i: Array | int, stride: Array, value, when: Array | bool = True):
     """``buffer`` (a pytree of ``(CHECKPOINTS, ...)`` arrays) with ``value`` stored at
-    slot ``i // stride`` when ``i`` is a multiple of ``stride``."""
+    slot ``i // stride`` when ``i`` is a multiple of ``stride`` (and ``when``)."""
     slot = jnp.minimum(i // stride, CHECKPOINTS - 1)
-    saved = jax.tree.map(lambda buf, x: buf.at[slot].set(x), buffer, value)
-    return jax.tree.map(lambda new, old: jnp.where(i % stride == 0, new, old), saved, buffer)
+    keep = (i % stride != 0) | ~jnp.asarray(when)
+    # one row rewritten (with itself unless ``i`` is a multiple), not the whole buffer
+    return jax.tree.map(
+        lambda buf, x: buf.at[slot].set(jnp.where(keep, buf[slot], x)), buffer, value
+    )
 
 
 def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: bool):
@@ -647,7 +652,7 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
             return (w, d_rate + dr, d_diag + dd), None
 
         (w, d_rate, d_diag), _ = jax.lax.scan(
-            back, (w, d_rate, d_diag), jnp.arange(cfg.segment), reverse=True, unroll=UNROLL
+            back, (w, d_rate, d_diag), jnp.arange(cfg.segment), reverse=True
         )
         if not cfg.identity:
             d_proj = d_proj + vs.T @ g_c
@@ -659,37 +664,41 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
         count = jnp.minimum(stride, n_seg - first)
         v0, carry0 = jax.tree.map(lambda x: x[c], ckpt)
         inner = jax.tree.map(lambda x: jnp.zeros((CHECKPOINTS,) + x.shape, x.dtype), (v0, carry0))
-
-        def fill(j, st):
-            v, carry, inner = st
-            _, v, _, carry, _ = advance(first + j, v, carry)
-            return v, carry, _save(inner, j + 1, inner_stride, (v, carry))
-
-        # the interval's first vector is checkpoint ``c`` itself; the last segment's end
-        # is never needed (so an interval of one segment recomputes nothing here)
-        inner = _save(inner, 0, inner_stride, (v0, carry0))
-        _, _, inner = jax.lax.fori_loop(0, count - 1, fill, (v0, carry0, inner))
+        inner = _save(inner, 0, inner_stride, (v0, carry0))  # checkpoint ``c`` itself
 
         def segment(i, st):
-            (w, ell_w), carry_bar, d_rate, d_diag, d_proj, d_offset = st
+            inner, (w, ell_w), carry_bar, d_rate, d_diag, d_proj, d_offset = st
             j = count - 1 - i
             s = first + j
-            v, carry = jax.tree.map(lambda x: x[j // inner_stride], inner)
+            # the last segment replays the interval from its checkpoint, storing the inner
+            # checkpoints on its way; the others replay from their nearest inner checkpoint
+            # (storing identical values again). One replay loop: the segment is traced
+            # (compiled) once in the backward pass.
+            base = jnp.where(i == 0, 0, (j // inner_stride) * inner_stride)
+            start = jax.tree.map(lambda x: x[base // inner_stride], inner)
 
-            def skip(r, vc):
-                return advance(first + (j // inner_stride) * inner_stride + r, *vc)[1:4:2]
+            def replay(r, st):
+                v, carry, inner, _ = st
+                vs, v, coeff, carry, log_scale = advance(first + base + r, v, carry)
+                # (the end of the interval is the next interval's checkpoint: not stored)
+                index = base + r + 1
+                inner = _save(inner, index, inner_stride, (v, carry), index < count)
+                return v, carry, inner, (vs, coeff, carry[0], log_scale)
 
-            v, carry = jax.lax.fori_loop(0, j % inner_stride, skip, (v, carry))
-            vs, _, coeff, (ell, _, _), log_scale = advance(s, v, carry)
+            out = jax.eval_shape(lambda: replay(0, (*start, inner, None))[3])
+            out = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), out)
+            _, _, inner, (vs, coeff, ell, log_scale) = jax.lax.fori_loop(
+                0, j - base + 1, replay, (*start, inner, out)
+            )
             g_cp = mix_grad(s, coeff, log_scale)
             g_c, carry_bar, d_off = coeff_grad(s * cfg.segment + ks0, ell, g_cp, carry_bar)
             # the adjoint of the next segment's first vector, rescaled to this segment
             w = w * jnp.where(jnp.isnan(ell_w), 1.0, jnp.exp(ell - ell_w))
             w, d_rate, d_diag, d_proj = adjoint(vs, g_c, w, d_rate, d_diag, d_proj)
-            return (w, ell), carry_bar, d_rate, d_diag, d_proj, d_offset + d_off
+            return inner, (w, ell), carry_bar, d_rate, d_diag, d_proj, d_offset + d_off
 
-        st = (w, carry_bar, d_rate, d_diag, d_proj, d_offset)
-        st = jax.lax.fori_loop(0, count, segment, st)
+        st = (inner, w, carry_bar, d_rate, d_diag, d_proj, d_offset)
+        _, *st = jax.lax.fori_loop(0, count, segment, st)
         return (c - 1, *st)
 
     q = g.shape[1]
