@@ -478,7 +478,8 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: boo
     return log_f, ckpt
 
 
-_LO_MIN, _HI_MAX = 11, 12  # the per-batch window bounds among the kernels' arguments
+# among the kernels' arguments: mu, and the per-batch window bounds
+_MU, _LO_MIN, _HI_MAX = 8, 11, 12
 
 
 def _shared_control(fn):
@@ -546,20 +547,27 @@ def _first_order_only_jvp(primals, tangents):
     )
 
 
-def _stream_fwd(cfg, *args):
+def _stream_fwd(cfg, *primals):
+    # the shifted sums (the cotangent of ``mu``, q more columns to mix) only when ``mu``
+    # is differentiated (e.g. in ``t``; not for a likelihood's gradient in theta)
+    shift = cfg.poisson and primals[_MU].perturbed
+    args = tuple(x.value for x in primals)
     # under an outer derivative of this gradient the inputs carry tangents: raise there
     args = tuple(_first_order_only(x) if eqx.is_inexact_array(x) else x for x in args)
-    out, ckpt = _forward_kernel(cfg, cfg.poisson)(*args)
-    q = out.shape[1] // 2 if cfg.poisson else out.shape[1]
+    out, ckpt = _forward_kernel(cfg, shift)(*args)
+    q = out.shape[1] // 2 if shift else out.shape[1]
     log_f = out[:, :q]
-    return log_f, (args, log_f, out[:, q:], ckpt)
+    return log_f, (args, log_f, out[:, q:] if shift else None, ckpt)
 
 
 def _stream_bwd(cfg, residuals, g):
     args, log_f, log_shifted, ckpt = residuals
     rate, diag, proj, alpha, offset, src, dst, lam, *data = args
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        g = jnp.zeros(g.shape, g.dtype)
     d_rate, d_diag, d_proj, w0, d_offset = _backward_kernel(cfg)(*args, log_f, ckpt, g)
-    if cfg.poisson:  # d/dmu sum_k Pois(k; mu) c'_k = sum_k (Pois(k - 1; mu) - Pois(k; mu)) c'_k
+    if log_shifted is not None:
+        # d/dmu sum_k Pois(k; mu) c'_k = sum_k (Pois(k - 1; mu) - Pois(k; mu)) c'_k
         finite = jnp.isfinite(log_f)
         ratio = jnp.exp(log_shifted - jnp.where(finite, log_f, 0.0))
         d_mu = jnp.sum(jnp.where(finite, g * (ratio - 1.0), 0.0), axis=1)
@@ -718,7 +726,7 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
     return d_rate, d_diag, d_proj, w0, jnp.asarray(d_offset, offset.dtype)
 
 
-_stream.defvjp(_stream_fwd, _stream_bwd)
+_stream.defvjp(_stream_fwd, _stream_bwd, symbolic_zeros=True)
 
 
 def mix(
