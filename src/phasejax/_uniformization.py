@@ -601,7 +601,6 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
     stride = _stride(n_seg)
     inner_stride = _stride(stride)
     ks0 = jnp.arange(cfg.segment)
-    step = partial(_step, src=src, dst=dst)
 
     def advance(s, v, carry):
         return _segment(cfg, ops, proj, lam, offset, s, v, carry)
@@ -649,19 +648,21 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
         return g_c, carry_prev_bar, jnp.sum(g_cp)
 
     def adjoint(vs, g_c, w, d_rate, d_diag, d_proj):
-        """``w_k = proj g_k + P w_{k+1}`` backwards over the segment, with the cotangents
-        of the rates and of ``proj``."""
+        """``w_k = proj g_k + P w_{k+1}`` backwards over the segment (``P w = w - M w``), and
+        the cotangents of the rates, ``diag`` and ``proj``. With ``w_{k+1}`` the adjoint of
+        ``v_{k+1} = v_k P``: ``d rate_e += v_k[src_e] w_{k+1}[dst_e]`` (0 into absorption;
+        the gather of ``w_{k+1}`` is shared with ``M w_{k+1}``) and
+        ``d diag_i -= v_k[i] w_{k+1}[i]`` (summed over the segment at once)."""
 
         def back(state, j):
-            w_next, d_rate, d_diag = state
-            _, vjp = jax.vjp(lambda r, d, x: step(r, d, v=x), rate, diag, vs[j])
-            dr, dd, dv = vjp(w_next)
-            w = (g_c[j] if cfg.identity else proj @ g_c[j]) + dv
-            return (w, d_rate + dr, d_diag + dd), None
+            w_next, d_rate = state
+            w_dst = _sparse.pad_zero(w_next)[dst]
+            m_w = diag * w_next - _sparse.segment_sum(rate * w_dst, src, diag.shape[0])
+            w = w_next - m_w + (g_c[j] if cfg.identity else proj @ g_c[j])
+            return (w, d_rate + vs[j][src] * w_dst), w_next
 
-        (w, d_rate, d_diag), _ = jax.lax.scan(
-            back, (w, d_rate, d_diag), jnp.arange(cfg.segment), reverse=True
-        )
+        (w, d_rate), ws = jax.lax.scan(back, (w, d_rate), jnp.arange(cfg.segment), reverse=True)
+        d_diag = d_diag - jnp.sum(vs * ws, axis=0)
         if not cfg.identity:
             d_proj = d_proj + vs.T @ g_c
         return w, d_rate, d_diag, d_proj
