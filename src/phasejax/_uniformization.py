@@ -197,7 +197,7 @@ class _Blocks(NamedTuple):
     """
 
     log_w: Array  # (batch, M): log Pois(k_m; mu_i), -inf where sub-block m misses the window
-    powers: Array  # (batch, SUB): powers[:, 1] is x_i
+    x: Array  # (batch,)
     log_ratio: Array  # (M, SUB): r log rho - sum_{j=1..r} log(k_m + j)
 
 
@@ -210,11 +210,9 @@ def _poisson_blocks(ks, mu, lo, hi, member, log_rho) -> _Blocks:
     log_w = jnp.where(inside, _log_pois(starts.astype(dtype)[None], mu[:, None]), -jnp.inf)
     x = jnp.where(member, jnp.exp(safe_log(mu) - log_rho), 0.0)  # 0 where mu = 0
     r = jnp.arange(sub)
-    # x^r as a running product (one kernel; a chain of products compiles to one each)
-    powers = jnp.cumprod(jnp.where(r[None] > 0, x[:, None], 1.0), axis=1)
     steps = (starts[:, None] + r[None]).astype(dtype)
     falling = jnp.cumsum(jnp.where(r > 0, jnp.log(jnp.maximum(steps, 1.0)), 0.0), axis=1)
-    return _Blocks(log_w, powers, r * log_rho - falling)
+    return _Blocks(log_w, x, r * log_rho - falling)
 
 
 def _by_scale(ks, mu, lo, hi, fn, init, combine):
@@ -225,9 +223,15 @@ def _by_scale(ks, mu, lo, hi, fn, init, combine):
     span = SPAN[mu.dtype.itemsize]
     log_mu = safe_log(mu)
     finite = jnp.isfinite(log_mu)
-    low = jnp.min(jnp.where(finite, log_mu, jnp.inf))
-    high = jnp.max(jnp.where(finite, log_mu, -jnp.inf))
-    low, high = (jnp.where(jnp.any(finite), x, 0.0) for x in (low, high))
+
+    def bounds(mask):
+        """Smallest and largest finite ``log mu`` over ``mask`` (0 and 0 where there is
+        none), as one reduction (each compiles to a kernel or two)."""
+        ends = jnp.max(jnp.where(mask & finite, jnp.stack([-log_mu, log_mu]), -jnp.inf), axis=1)
+        ends = jnp.where(jnp.isfinite(ends), ends, 0.0)
+        return -ends[0], ends[1]
+
+    low, high = bounds(True)
     count = jnp.maximum(jnp.ceil((high - low) / span), 1.0).astype(jnp.int32)
     scaled = jnp.floor((jnp.where(finite, log_mu, low) - low) / span)
     group = jnp.clip(scaled, 0, count - 1).astype(jnp.int32)
@@ -235,9 +239,8 @@ def _by_scale(ks, mu, lo, hi, fn, init, combine):
     def body(g, acc):
         member = group == g
         # the centre of the members' range (the batch's when there is one group)
-        g_low = jnp.min(jnp.where(member & finite, log_mu, jnp.inf))
-        g_high = jnp.max(jnp.where(member & finite, log_mu, -jnp.inf))
-        log_rho = jnp.where(jnp.any(member & finite), (g_low + g_high) / 2, 0.0)
+        g_low, g_high = bounds(member)
+        log_rho = (g_low + g_high) / 2
         return combine(acc, fn(_poisson_blocks(ks, mu, lo, hi, member, log_rho)))
 
     return jax.lax.fori_loop(0, count, body, init)
@@ -252,9 +255,9 @@ def _poisson_mix(blocks: _Blocks, coeff):
     top = jnp.max(log_c, axis=1)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     unit = jnp.exp(log_c - top[:, None])
-    # Horner in x_i = powers_i1 (one fused chain of multiply-adds, no small matrix
+    # Horner in x_i (one fused chain of multiply-adds, no small matrix
     # products), sub-blocks on the minor axis (XLA CPU reduces over it fastest)
-    x = blocks.powers[:, 1, None, None]
+    x = blocks.x[:, None, None]
     unit = jnp.transpose(unit, (1, 2, 0))  # (SUB, q, M)
     sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
     for r in range(sub - 2, -1, -1):
@@ -275,7 +278,10 @@ def _poisson_mix_grad(blocks: _Blocks, log_r, g):
     top = jnp.max(log_z, axis=0)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     z = g[:, :, None] * jnp.exp(log_z - top[None])
-    sums = jnp.einsum("ir,iqm->mrq", blocks.powers, z)
+    # x^r as a running product (one kernel; a chain of products compiles to one each)
+    r = jnp.arange(blocks.log_ratio.shape[1])
+    powers = jnp.cumprod(jnp.where(r[None] > 0, blocks.x[:, None], 1.0), axis=1)
+    sums = jnp.einsum("ir,iqm->mrq", powers, z)
     scale = jnp.exp(jnp.minimum(blocks.log_ratio[:, :, None] + top.T[:, None], 300.0))
     return (sums * scale).reshape(-1, g.shape[1])
 
