@@ -71,7 +71,6 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from . import _sparse
 from ._structure import is_traced
 
-UNROLL = 8  # series steps per loop iteration (amortises the per-iteration overhead)
 # steps per sub-block of the Poisson mixture (float64, float32), and the log-width of a
 # group of observations sharing one centre rho: (mu_i / rho)^r, r < SUB, stays in range
 # for |log(mu_i / rho)| <= SPAN / 2 (e^600 < e^709 in float64, e^60 < e^88 in float32)
@@ -164,16 +163,20 @@ def _bd0(x, m):
 
 
 def _log_pois(j, mu):
-    """``log Pois(j; mu)`` (broadcasting; ``Pois(0; 0) = 1``).
+    """``log Pois(j; mu)`` (broadcasting; ``Pois(0; 0) = 1``), with ``log j!`` by Stirling's
+    series (`_stirling_error`: a few fused kernels to compile, where ``lgamma`` expands
+    to a dozen).
 
     Below float64, ``log Pois(j; mu) = -stirling(j) - bd0(j, mu) - log(2 pi j) / 2``
     (Loader): accurate to a few ulps of the result rather than of ``j log mu``; in float64
-    the direct form (a few flops per term) is accurate enough."""
-    if mu.dtype == jnp.float64:  # j log mu - mu - log j!: its rounding is far below 1e-10
-        log_w = j * safe_log(mu) - mu - jax.scipy.special.gammaln(j + 1.0)
-        return jnp.where(mu > 0, log_w, jnp.where(j == 0, 0.0, -jnp.inf))
+    the direct form ``j log mu - mu - log j!`` (a few flops per term) is accurate enough."""
     jp = jnp.maximum(j, 1.0)
-    log_w = -_stirling_error(jp) - _bd0(jp, mu) - 0.5 * jnp.log(2 * math.pi * jp)
+    log_root = 0.5 * jnp.log(2 * math.pi * jp)
+    if mu.dtype == jnp.float64:  # its rounding is far below 1e-10
+        log_fact = jp * jnp.log(jp) - jp + log_root + _stirling_error(jp)
+        log_w = j * safe_log(mu) - mu - jnp.where(j == 0, 0.0, log_fact)
+        return jnp.where(mu > 0, log_w, jnp.where(j == 0, 0.0, -jnp.inf))
+    log_w = -_stirling_error(jp) - _bd0(jp, mu) - log_root
     return jnp.where(j == 0, -mu, log_w)
 
 
@@ -194,7 +197,7 @@ class _Blocks(NamedTuple):
     """
 
     log_w: Array  # (batch, M): log Pois(k_m; mu_i), -inf where sub-block m misses the window
-    powers: Array  # (batch, SUB): powers[:, 1] is x_i
+    x: Array  # (batch,)
     log_ratio: Array  # (M, SUB): r log rho - sum_{j=1..r} log(k_m + j)
 
 
@@ -206,13 +209,10 @@ def _poisson_blocks(ks, mu, lo, hi, member, log_rho) -> _Blocks:
     inside = inside & member[:, None]
     log_w = jnp.where(inside, _log_pois(starts.astype(dtype)[None], mu[:, None]), -jnp.inf)
     x = jnp.where(member, jnp.exp(safe_log(mu) - log_rho), 0.0)  # 0 where mu = 0
-    powers = [jnp.ones_like(x)]
-    for _ in range(sub - 1):
-        powers.append(powers[-1] * x)
     r = jnp.arange(sub)
     steps = (starts[:, None] + r[None]).astype(dtype)
     falling = jnp.cumsum(jnp.where(r > 0, jnp.log(jnp.maximum(steps, 1.0)), 0.0), axis=1)
-    return _Blocks(log_w, jnp.stack(powers, axis=1), r * log_rho - falling)
+    return _Blocks(log_w, x, r * log_rho - falling)
 
 
 def _by_scale(ks, mu, lo, hi, fn, init, combine):
@@ -223,9 +223,15 @@ def _by_scale(ks, mu, lo, hi, fn, init, combine):
     span = SPAN[mu.dtype.itemsize]
     log_mu = safe_log(mu)
     finite = jnp.isfinite(log_mu)
-    low = jnp.min(jnp.where(finite, log_mu, jnp.inf))
-    high = jnp.max(jnp.where(finite, log_mu, -jnp.inf))
-    low, high = (jnp.where(jnp.any(finite), x, 0.0) for x in (low, high))
+
+    def bounds(mask):
+        """Smallest and largest finite ``log mu`` over ``mask`` (0 and 0 where there is
+        none), as one reduction (each compiles to a kernel or two)."""
+        ends = jnp.max(jnp.where(mask & finite, jnp.stack([-log_mu, log_mu]), -jnp.inf), axis=1)
+        ends = jnp.where(jnp.isfinite(ends), ends, 0.0)
+        return -ends[0], ends[1]
+
+    low, high = bounds(True)
     count = jnp.maximum(jnp.ceil((high - low) / span), 1.0).astype(jnp.int32)
     scaled = jnp.floor((jnp.where(finite, log_mu, low) - low) / span)
     group = jnp.clip(scaled, 0, count - 1).astype(jnp.int32)
@@ -233,9 +239,8 @@ def _by_scale(ks, mu, lo, hi, fn, init, combine):
     def body(g, acc):
         member = group == g
         # the centre of the members' range (the batch's when there is one group)
-        g_low = jnp.min(jnp.where(member & finite, log_mu, jnp.inf))
-        g_high = jnp.max(jnp.where(member & finite, log_mu, -jnp.inf))
-        log_rho = jnp.where(jnp.any(member & finite), (g_low + g_high) / 2, 0.0)
+        g_low, g_high = bounds(member)
+        log_rho = (g_low + g_high) / 2
         return combine(acc, fn(_poisson_blocks(ks, mu, lo, hi, member, log_rho)))
 
     return jax.lax.fori_loop(0, count, body, init)
@@ -250,9 +255,9 @@ def _poisson_mix(blocks: _Blocks, coeff):
     top = jnp.max(log_c, axis=1)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     unit = jnp.exp(log_c - top[:, None])
-    # Horner in x_i = powers_i1 (one fused chain of multiply-adds, no small matrix
+    # Horner in x_i (one fused chain of multiply-adds, no small matrix
     # products), sub-blocks on the minor axis (XLA CPU reduces over it fastest)
-    x = blocks.powers[:, 1, None, None]
+    x = blocks.x[:, None, None]
     unit = jnp.transpose(unit, (1, 2, 0))  # (SUB, q, M)
     sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
     for r in range(sub - 2, -1, -1):
@@ -273,7 +278,10 @@ def _poisson_mix_grad(blocks: _Blocks, log_r, g):
     top = jnp.max(log_z, axis=0)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     z = g[:, :, None] * jnp.exp(log_z - top[None])
-    sums = jnp.einsum("ir,iqm->mrq", blocks.powers, z)
+    # x^r as a running product (one kernel; a chain of products compiles to one each)
+    r = jnp.arange(blocks.log_ratio.shape[1])
+    powers = jnp.cumprod(jnp.where(r[None] > 0, blocks.x[:, None], 1.0), axis=1)
+    sums = jnp.einsum("ir,iqm->mrq", powers, z)
     scale = jnp.exp(jnp.minimum(blocks.log_ratio[:, :, None] + top.T[:, None], 300.0))
     return (sums * scale).reshape(-1, g.shape[1])
 
@@ -285,7 +293,7 @@ def _run_segment(cfg: Stream, ops, v):
     def body(v, _):
         return _step(rate, diag, src, dst, v), v
 
-    v_end, vs = jax.lax.scan(body, v, None, length=cfg.segment, unroll=UNROLL)
+    v_end, vs = jax.lax.scan(body, v, None, length=cfg.segment)
     return vs, v_end
 
 
@@ -383,12 +391,15 @@ def _stride(n: Array) -> Array:
     return jnp.maximum(1, -(-n // CHECKPOINTS))
 
 
-def _save(buffer, i: Array | int, stride: Array, value):
+def _save(buffer, i: Array | int, stride: Array, value, when: Array | bool = True):
     """``buffer`` (a pytree of ``(CHECKPOINTS, ...)`` arrays) with ``value`` stored at
-    slot ``i // stride`` when ``i`` is a multiple of ``stride``."""
+    slot ``i // stride`` when ``i`` is a multiple of ``stride`` (and ``when``)."""
     slot = jnp.minimum(i // stride, CHECKPOINTS - 1)
-    saved = jax.tree.map(lambda buf, x: buf.at[slot].set(x), buffer, value)
-    return jax.tree.map(lambda new, old: jnp.where(i % stride == 0, new, old), saved, buffer)
+    keep = (i % stride != 0) | ~jnp.asarray(when)
+    # one row rewritten (with itself unless ``i`` is a multiple), not the whole buffer
+    return jax.tree.map(
+        lambda buf, x: buf.at[slot].set(jnp.where(keep, buf[slot], x)), buffer, value
+    )
 
 
 def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: bool):
@@ -473,7 +484,8 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: boo
     return log_f, ckpt
 
 
-_LO_MIN, _HI_MAX = 11, 12  # the per-batch window bounds among the kernels' arguments
+# among the kernels' arguments: mu, and the per-batch window bounds
+_MU, _LO_MIN, _HI_MAX = 8, 11, 12
 
 
 def _shared_control(fn):
@@ -541,20 +553,27 @@ def _first_order_only_jvp(primals, tangents):
     )
 
 
-def _stream_fwd(cfg, *args):
+def _stream_fwd(cfg, *primals):
+    # the shifted sums (the cotangent of ``mu``, q more columns to mix) only when ``mu``
+    # is differentiated (e.g. in ``t``; not for a likelihood's gradient in theta)
+    shift = cfg.poisson and primals[_MU].perturbed
+    args = tuple(x.value for x in primals)
     # under an outer derivative of this gradient the inputs carry tangents: raise there
     args = tuple(_first_order_only(x) if eqx.is_inexact_array(x) else x for x in args)
-    out, ckpt = _forward_kernel(cfg, cfg.poisson)(*args)
-    q = out.shape[1] // 2 if cfg.poisson else out.shape[1]
+    out, ckpt = _forward_kernel(cfg, shift)(*args)
+    q = out.shape[1] // 2 if shift else out.shape[1]
     log_f = out[:, :q]
-    return log_f, (args, log_f, out[:, q:], ckpt)
+    return log_f, (args, log_f, out[:, q:] if shift else None, ckpt)
 
 
 def _stream_bwd(cfg, residuals, g):
     args, log_f, log_shifted, ckpt = residuals
     rate, diag, proj, alpha, offset, src, dst, lam, *data = args
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        g = jnp.zeros(g.shape, g.dtype)
     d_rate, d_diag, d_proj, w0, d_offset = _backward_kernel(cfg)(*args, log_f, ckpt, g)
-    if cfg.poisson:  # d/dmu sum_k Pois(k; mu) c'_k = sum_k (Pois(k - 1; mu) - Pois(k; mu)) c'_k
+    if log_shifted is not None:
+        # d/dmu sum_k Pois(k; mu) c'_k = sum_k (Pois(k - 1; mu) - Pois(k; mu)) c'_k
         finite = jnp.isfinite(log_f)
         ratio = jnp.exp(log_shifted - jnp.where(finite, log_f, 0.0))
         d_mu = jnp.sum(jnp.where(finite, g * (ratio - 1.0), 0.0), axis=1)
@@ -588,7 +607,6 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
     stride = _stride(n_seg)
     inner_stride = _stride(stride)
     ks0 = jnp.arange(cfg.segment)
-    step = partial(_step, src=src, dst=dst)
 
     def advance(s, v, carry):
         return _segment(cfg, ops, proj, lam, offset, s, v, carry)
@@ -636,19 +654,21 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
         return g_c, carry_prev_bar, jnp.sum(g_cp)
 
     def adjoint(vs, g_c, w, d_rate, d_diag, d_proj):
-        """``w_k = proj g_k + P w_{k+1}`` backwards over the segment, with the cotangents
-        of the rates and of ``proj``."""
+        """``w_k = proj g_k + P w_{k+1}`` backwards over the segment (``P w = w - M w``), and
+        the cotangents of the rates, ``diag`` and ``proj``. With ``w_{k+1}`` the adjoint of
+        ``v_{k+1} = v_k P``: ``d rate_e += v_k[src_e] w_{k+1}[dst_e]`` (0 into absorption;
+        the gather of ``w_{k+1}`` is shared with ``M w_{k+1}``) and
+        ``d diag_i -= v_k[i] w_{k+1}[i]`` (summed over the segment at once)."""
 
         def back(state, j):
-            w_next, d_rate, d_diag = state
-            _, vjp = jax.vjp(lambda r, d, x: step(r, d, v=x), rate, diag, vs[j])
-            dr, dd, dv = vjp(w_next)
-            w = (g_c[j] if cfg.identity else proj @ g_c[j]) + dv
-            return (w, d_rate + dr, d_diag + dd), None
+            w_next, d_rate = state
+            w_dst = _sparse.pad_zero(w_next)[dst]
+            m_w = diag * w_next - _sparse.segment_sum(rate * w_dst, src, diag.shape[0])
+            w = w_next - m_w + (g_c[j] if cfg.identity else proj @ g_c[j])
+            return (w, d_rate + vs[j][src] * w_dst), w_next
 
-        (w, d_rate, d_diag), _ = jax.lax.scan(
-            back, (w, d_rate, d_diag), jnp.arange(cfg.segment), reverse=True, unroll=UNROLL
-        )
+        (w, d_rate), ws = jax.lax.scan(back, (w, d_rate), jnp.arange(cfg.segment), reverse=True)
+        d_diag = d_diag - jnp.sum(vs * ws, axis=0)
         if not cfg.identity:
             d_proj = d_proj + vs.T @ g_c
         return w, d_rate, d_diag, d_proj
@@ -659,37 +679,41 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
         count = jnp.minimum(stride, n_seg - first)
         v0, carry0 = jax.tree.map(lambda x: x[c], ckpt)
         inner = jax.tree.map(lambda x: jnp.zeros((CHECKPOINTS,) + x.shape, x.dtype), (v0, carry0))
-
-        def fill(j, st):
-            v, carry, inner = st
-            _, v, _, carry, _ = advance(first + j, v, carry)
-            return v, carry, _save(inner, j + 1, inner_stride, (v, carry))
-
-        # the interval's first vector is checkpoint ``c`` itself; the last segment's end
-        # is never needed (so an interval of one segment recomputes nothing here)
-        inner = _save(inner, 0, inner_stride, (v0, carry0))
-        _, _, inner = jax.lax.fori_loop(0, count - 1, fill, (v0, carry0, inner))
+        inner = _save(inner, 0, inner_stride, (v0, carry0))  # checkpoint ``c`` itself
 
         def segment(i, st):
-            (w, ell_w), carry_bar, d_rate, d_diag, d_proj, d_offset = st
+            inner, (w, ell_w), carry_bar, d_rate, d_diag, d_proj, d_offset = st
             j = count - 1 - i
             s = first + j
-            v, carry = jax.tree.map(lambda x: x[j // inner_stride], inner)
+            # the last segment replays the interval from its checkpoint, storing the inner
+            # checkpoints on its way; the others replay from their nearest inner checkpoint
+            # (storing identical values again). One replay loop: the segment is traced
+            # (compiled) once in the backward pass.
+            base = jnp.where(i == 0, 0, (j // inner_stride) * inner_stride)
+            start = jax.tree.map(lambda x: x[base // inner_stride], inner)
 
-            def skip(r, vc):
-                return advance(first + (j // inner_stride) * inner_stride + r, *vc)[1:4:2]
+            def replay(r, st):
+                v, carry, inner, _ = st
+                vs, v, coeff, carry, log_scale = advance(first + base + r, v, carry)
+                # (the end of the interval is the next interval's checkpoint: not stored)
+                index = base + r + 1
+                inner = _save(inner, index, inner_stride, (v, carry), index < count)
+                return v, carry, inner, (vs, coeff, carry[0], log_scale)
 
-            v, carry = jax.lax.fori_loop(0, j % inner_stride, skip, (v, carry))
-            vs, _, coeff, (ell, _, _), log_scale = advance(s, v, carry)
+            out = jax.eval_shape(lambda: replay(0, (*start, inner, None))[3])
+            out = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), out)
+            _, _, inner, (vs, coeff, ell, log_scale) = jax.lax.fori_loop(
+                0, j - base + 1, replay, (*start, inner, out)
+            )
             g_cp = mix_grad(s, coeff, log_scale)
             g_c, carry_bar, d_off = coeff_grad(s * cfg.segment + ks0, ell, g_cp, carry_bar)
             # the adjoint of the next segment's first vector, rescaled to this segment
             w = w * jnp.where(jnp.isnan(ell_w), 1.0, jnp.exp(ell - ell_w))
             w, d_rate, d_diag, d_proj = adjoint(vs, g_c, w, d_rate, d_diag, d_proj)
-            return (w, ell), carry_bar, d_rate, d_diag, d_proj, d_offset + d_off
+            return inner, (w, ell), carry_bar, d_rate, d_diag, d_proj, d_offset + d_off
 
-        st = (w, carry_bar, d_rate, d_diag, d_proj, d_offset)
-        st = jax.lax.fori_loop(0, count, segment, st)
+        st = (inner, w, carry_bar, d_rate, d_diag, d_proj, d_offset)
+        _, *st = jax.lax.fori_loop(0, count, segment, st)
         return (c - 1, *st)
 
     q = g.shape[1]
@@ -709,7 +733,7 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
     return d_rate, d_diag, d_proj, w0, jnp.asarray(d_offset, offset.dtype)
 
 
-_stream.defvjp(_stream_fwd, _stream_bwd)
+_stream.defvjp(_stream_fwd, _stream_bwd, symbolic_zeros=True)
 
 
 def mix(

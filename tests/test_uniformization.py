@@ -1,0 +1,74 @@
+"""Internals of the streamed series (`phasejax._uniformization`): the checkpoint schedule of
+the adjoint and the Poisson weights, against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+import phasejax as pj
+from phasejax import _uniformization as unif
+
+
+def _hypoexp(rates, t):
+    """``log f(t)`` and ``d/dt log f(t)`` of a sum of exponentials with distinct ``rates``
+    (factored by the slowest rate: exact in log space at any ``t``)."""
+    slow = rates.min()
+    coef = np.array([np.prod([lj / (lj - li) for lj in rates if lj != li]) for li in rates])
+    decay = np.exp(-np.outer(t, rates - slow))
+    terms = decay @ (coef * rates)
+    return -slow * t + np.log(terms), -(decay @ (coef * rates**2)) / terms
+
+
+@pytest.mark.parametrize(
+    ("checkpoints", "t_max", "extra"),
+    [(2, 50.0, 0), (4, 1223.3, 1), (2, 3333.3, 2)],
+)
+def test_two_level_replay_value_and_gradient(monkeypatch, checkpoints, t_max, extra):
+    """Kingman n=4 (coalescence rates 6, 3, 1: Lambda = 6, a series that never dies out)
+    over 4, 63 and 165 segments with 2 or 4 checkpoints per level: intervals of 2, 16 and
+    83 segments, inner checkpoints 1, 4 and 42 segments apart (the backward pass replays
+    an interval from its checkpoint, storing the inner level, then each segment from its
+    nearest inner checkpoint; in the first two the interval's end falls on an inner slot
+    past the last, which must not be stored). Value and gradients in theta and t against
+    the closed form (``f_theta(t) = theta f_1(theta t)``)."""
+    monkeypatch.setattr(unif, "CHECKPOINTS", checkpoints)
+    n_seg = (int(unif.right_point(np.array(6 * t_max), 1e-12, np)) + 128) // 128
+    stride = -(-n_seg // checkpoints)
+    assert (n_seg, stride, -(-stride // checkpoints)) == {
+        50.0: (4, 2, 1),
+        1223.3: (63, 16, 4),
+        3333.3: (165, 83, 42),
+    }[t_max]
+    model = pj.models.kingman(4).compile()
+    # a shape of its own per case: the kernel is traced with the patched schedule here
+    t = jnp.array([0.5, 3.0, 20.0, 7.0, 9.0][: 3 + extra] + [t_max])
+    tn = np.asarray(t)
+    log_f, d_log_f = _hypoexp(np.array([6.0, 3.0, 1.0]), tn)
+    value, grad = jax.value_and_grad(lambda th, t: model(th).logpdf(t).sum(), (0, 1))(
+        jnp.array([1.0]), t
+    )
+    np.testing.assert_allclose(value, log_f.sum(), rtol=1e-12)
+    np.testing.assert_allclose(grad[1], d_log_f, rtol=1e-9)
+    np.testing.assert_allclose(grad[0][0], np.sum(1.0 + tn * d_log_f), rtol=1e-9)
+
+
+def test_log_poisson_weights_against_scipy():
+    """`_log_pois` (Stirling's series for ``log k!``) at sub-block starts from 0 to 1e7 and
+    means from 0 to 1e7, against scipy (float64) to 1e-13 relative or 1e-9 absolute (the
+    rounding of ``k log mu`` at ``k = 1e7``)."""
+    k = np.array([0, 1, 2, 15, 16, 17, 32, 100, 1024, 4096, 123456, 10**7], float)
+    mu = np.array([0.0, 1e-300, 1e-3, 0.7, 16.0, 1e3, 1.2e5, 1e7])
+    got = np.asarray(unif._log_pois(jnp.asarray(k)[:, None], jnp.asarray(mu)[None]))
+    want = scipy.stats.poisson.logpmf(k[:, None], mu[None])
+    want[:, 0] = np.where(k == 0, 0.0, -np.inf)  # Pois(0; 0) = 1
+    finite = np.isfinite(want)
+    assert np.array_equal(finite, np.isfinite(got))
+    tol = 1e-9 + 1e-13 * np.abs(want[finite])
+    assert np.all(np.abs(got[finite] - want[finite]) <= tol)
+    assert math.isclose(float(unif._log_pois(jnp.array(0.0), jnp.array(0.0))), 0.0)
