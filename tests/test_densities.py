@@ -498,13 +498,14 @@ def test_cdf_sf_gradients():
         d = model(th)
         return jnp.sum(w1 * d.cdf(t)) + jnp.sum(w2 * d.sf(t))
 
-    f = jax.jit(lambda th: (objective(th, t), model(th).pdf(t)))
-    g_theta, g_t = jax.jit(jax.grad(objective, argnums=(0, 1)))(theta, t)
-    fd = _central_difference(lambda th: f(th)[0], theta)
+    # one program: the objective (for the differences), its gradient and the pdf
+    f = jax.jit(lambda th: (jax.value_and_grad(objective, argnums=(0, 1))(th, t), model(th).pdf(t)))
+    (_, (g_theta, g_t)), pdf = f(theta)
+    fd = _central_difference(lambda th: f(th)[0][0], theta)
     np.testing.assert_allclose(np.asarray(g_theta), fd, rtol=1e-6)
     # d/dt cdf = pdf, d/dt sf = -pdf (Lambda is held constant: the exact series does not
     # depend on it)
-    pdf = np.asarray(f(theta)[1])
+    pdf = np.asarray(pdf)
     np.testing.assert_allclose(np.asarray(g_t), (w1 - w2) * pdf, rtol=1e-10)
 
 

@@ -10,14 +10,22 @@ import scipy.linalg as sl
 import phasejax as pj
 
 
-def piecewise_sf_oracle(graph, thetas, breaks, t):
+def piecewise_state_oracle(graph, thetas, breaks):
+    """``t -> (alpha e^{S_1 (t_1 - t_0)} ... e^{S_j (t - t_{j-1})}, S_j)``: the state
+    distribution at ``t`` by piecewise ``scipy`` ``expm`` (matrices built once: quadrature
+    calls it hundreds of times)."""
     mats = [graph.as_matrices(np.asarray(th))[1] for th in thetas]
-    v = graph.as_matrices(np.asarray(thetas[0]))[0]
+    alpha = graph.as_matrices(np.asarray(thetas[0]))[0]
     edges = [0.0, *breaks, np.inf]
-    for j, s in enumerate(mats):
-        if t < edges[j + 1]:
-            return v @ sl.expm(s * (t - edges[j])), s
-        v = v @ sl.expm(s * (edges[j + 1] - edges[j]))
+
+    def at(t):
+        v = alpha
+        for j, s in enumerate(mats):
+            if t < edges[j + 1]:
+                return v @ sl.expm(s * (t - edges[j])), s
+            v = v @ sl.expm(s * (edges[j + 1] - edges[j]))
+
+    return at
 
 
 def test_two_epoch_kingman_closed_form():
@@ -37,9 +45,10 @@ def test_epochs_against_piecewise_expm():
     breaks = [0.3, 1.1]
     e = pj.epochs(graph.compile(), jnp.asarray(thetas), jnp.asarray(breaks))
     ts = np.array([0.1, 0.5, 1.5, 3.0])
+    state_at = piecewise_state_oracle(graph, thetas, breaks)
     sf, pdf, probs = [], [], []
     for t in ts:
-        v, s = piecewise_sf_oracle(graph, thetas, breaks, t)
+        v, s = state_at(t)
         sf.append(v.sum())
         pdf.append(v @ (-s.sum(1)))
         probs.append(v)
@@ -48,7 +57,7 @@ def test_epochs_against_piecewise_expm():
     np.testing.assert_allclose(e.pdf(ts), pdf, rtol=1e-10)
     transient = np.asarray(graph.compile().transient_vertices)
     np.testing.assert_allclose(e.state_probability(ts)[:, transient], np.array(probs), atol=1e-12)
-    oracle_sf = lambda t: piecewise_sf_oracle(graph, thetas, breaks, t)[0].sum()
+    oracle_sf = lambda t: state_at(t)[0].sum()
     moments = [
         si.quad(lambda t: k * t ** (k - 1) * oracle_sf(t), 0, 200, limit=200, points=breaks)[0]
         for k in (1, 2, 3)
@@ -58,7 +67,7 @@ def test_epochs_against_piecewise_expm():
     reward = pj.models.sfs_rewards(graph)[0]
     r = reward[transient]
     oracle = si.quad(
-        lambda t: piecewise_sf_oracle(graph, thetas, breaks, t)[0] @ r,
+        lambda t: state_at(t)[0] @ r,
         0,
         200,
         limit=200,
@@ -74,8 +83,11 @@ def test_epoch_gradients_against_finite_differences():
         e = pj.epochs(model, rates[:, None], breaks)
         return e.moments(2)[1] + e.logpdf(jnp.array([0.2, 0.9, 2.0])).sum()
 
+    # one program for the gradient and the differences' values (eagerly: compiled op by op)
+    value_and_grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+    f = lambda rates, breaks: value_and_grad(rates, breaks)[0]
     rates, breaks = jnp.array([1.0, 0.4, 1.5]), jnp.array([0.5, 1.2])
-    g_rates, g_breaks = jax.grad(f, argnums=(0, 1))(rates, breaks)
+    g_rates, g_breaks = value_and_grad(rates, breaks)[1]
     eps = 1e-6
     for i in range(3):
         fd = (f(rates.at[i].add(eps), breaks) - f(rates.at[i].add(-eps), breaks)) / (2 * eps)
@@ -198,30 +210,48 @@ def test_epoch_maps_against_ode_oracle():
 def test_one_epoch_equals_phase_type():
     graph = pj.models.kingman(4)
     model = graph.compile()
-    d = model(jnp.array([1.3]))
-    e = pj.epochs(model, jnp.array([[1.3]]), jnp.zeros(0))
     sfs = pj.models.sfs_rewards(graph)
+    length = np.asarray(sfs).sum(0)  # total branch length
     t = jnp.array([0.0, 0.3, 1.0, 4.0, jnp.inf])
-    for name in ("pdf", "cdf", "sf", "state_probability"):
-        np.testing.assert_allclose(getattr(e, name)(t), getattr(d, name)(t), rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(e.moments(3, sfs[0]), d.moments(3, sfs[0]), rtol=1e-10)
-    np.testing.assert_allclose(e.var(sfs[1]), d.var(sfs[1]), rtol=1e-10)
-    np.testing.assert_allclose(e.covariance_matrix(sfs), d.covariance_matrix(sfs), rtol=1e-10)
-    np.testing.assert_allclose(e.cov(sfs[0], sfs[1]), d.cov(sfs[0], sfs[1]), rtol=1e-10)
     s = jnp.array([0.0, 0.5, 7.0])
-    np.testing.assert_allclose(e.laplace(s, sfs[0]), d.laplace(s, sfs[0]), rtol=1e-10)
     q = jnp.array([0.0, 0.05, 0.5, 0.99, 1.0])
-    x = e.quantile(q)
-    np.testing.assert_allclose(d.cdf(x[1:-1]), q[1:-1], rtol=1e-12)
-    assert x[0] == 0 and np.isinf(x[-1])
-    # total branch length: the distribution of Y against the one-epoch reward transform
-    length = np.asarray(sfs).sum(0)
-    y, yd = e.reward_transform(length), d.reward_transform(length)
-    np.testing.assert_allclose(y.moments(3), yd.moments(3), rtol=1e-10)
     ys = jnp.array([0.0, 0.2, 1.0, 3.0, 8.0])
-    np.testing.assert_allclose(y.cdf(ys), yd.cdf(ys), atol=1e-10)
-    np.testing.assert_allclose(y.pdf(ys[1:]), yd.pdf(ys[1:]), atol=1e-10)
-    np.testing.assert_allclose(yd.cdf(y.quantile(jnp.array([0.3, 0.8]))), [0.3, 0.8], atol=1e-10)
+
+    @jax.jit  # one program for every quantity of both (one compilation, not one per call)
+    def quantities(theta):
+        d = model(theta)
+        e = pj.epochs(model, theta[None], jnp.zeros(0))
+        out = {}
+        for tag, dist in (("e", e), ("d", d)):
+            out[tag] = {name: getattr(dist, name)(t) for name in ("pdf", "cdf", "sf")}
+            out[tag]["state_probability"] = dist.state_probability(t)
+            out[tag]["moments"] = dist.moments(3, sfs[0])
+            out[tag]["var"] = dist.var(sfs[1])
+            out[tag]["covariance_matrix"] = dist.covariance_matrix(sfs)
+            out[tag]["cov"] = dist.cov(sfs[0], sfs[1])
+            out[tag]["laplace"] = dist.laplace(s, sfs[0])
+            # the distribution of Y against the one-epoch reward transform
+            y = dist.reward_transform(length)
+            out[tag]["y_moments"] = y.moments(3)
+            out[tag]["y_cdf"] = y.cdf(ys)
+            out[tag]["y_pdf"] = y.pdf(ys[1:])
+        x = e.quantile(q)
+        out["x"], out["cdf_at_x"] = x, d.cdf(x[1:-1])
+        y_quantile = e.reward_transform(length).quantile(jnp.array([0.3, 0.8]))
+        out["y_cdf_at_quantile"] = d.reward_transform(length).cdf(y_quantile)
+        return out
+
+    out = quantities(jnp.array([1.3]))
+    e, d = out["e"], out["d"]
+    for name in ("pdf", "cdf", "sf", "state_probability"):
+        np.testing.assert_allclose(e[name], d[name], rtol=1e-10, atol=1e-14, err_msg=name)
+    for name in ("moments", "var", "covariance_matrix", "cov", "laplace", "y_moments"):
+        np.testing.assert_allclose(e[name], d[name], rtol=1e-10, err_msg=name)
+    np.testing.assert_allclose(out["cdf_at_x"], q[1:-1], rtol=1e-12)
+    assert out["x"][0] == 0 and np.isinf(out["x"][-1])
+    np.testing.assert_allclose(e["y_cdf"], d["y_cdf"], atol=1e-10)
+    np.testing.assert_allclose(e["y_pdf"], d["y_pdf"], atol=1e-10)
+    np.testing.assert_allclose(out["y_cdf_at_quantile"], [0.3, 0.8], atol=1e-10)
 
 
 def test_two_epoch_total_length_distribution():
@@ -272,12 +302,13 @@ def test_two_epoch_kingman_quantile_closed_form():
         h = -np.log1p(-np.asarray(q))
         return np.where(h <= lam1 * tau, h / lam1, tau + (h - lam1 * tau) / lam2)
 
-    quantile = jax.jit(lambda x, q: pk(x[:2], x[2:]).quantile(q))
-    x = jnp.array([lam1, lam2, tau])
-    np.testing.assert_allclose(quantile(x, q), exact(q, lam1, lam2, tau), rtol=1e-12)
+    quantile = lambda x, q: pk(x[:2], x[2:]).quantile(q)
     # derivatives of the quantile (implicit, through the Newton steps) in the rates and
-    # the break, against the closed form's: q = 0.9 lies in the second epoch
-    g = jax.grad(lambda x: quantile(x, q[2]))(x)
+    # the break, against the closed form's: q = 0.9 lies in the second epoch (one program)
+    values, g = jax.jit(lambda x: (quantile(x, q), jax.grad(lambda x: quantile(x, q[2]))(x)))(
+        jnp.array([lam1, lam2, tau])
+    )
+    np.testing.assert_allclose(values, exact(q, lam1, lam2, tau), rtol=1e-12)
     h = -np.log1p(-0.9)
     np.testing.assert_allclose(g, [-tau / lam2, -(h - lam1 * tau) / lam2**2, 1 - lam1 / lam2])
 
@@ -324,26 +355,41 @@ def test_epoch_hessians_against_finite_differences():
             ]
         )
 
-    hessian = jax.jit(jax.hessian(quantities))
-    jacobian = jax.jit(jax.jacrev(quantities))
+    def jacrev_twice(x):
+        jac = jax.jacrev(quantities)(x)
+        return jac, jac
+
+    # jax.hessian is jacfwd(jacrev): with the jacobian as jacfwd's aux output, one program
+    # (one compilation) gives both the hessian and the jacobian the differences are taken of
+    hessian_and_jacobian = jax.jit(jax.jacfwd(jacrev_twice, has_aux=True))
     eps = 1e-5
     for x in (jnp.array([1.0, 0.3, 0.8]), jnp.array([0.5, 2.0, 0.3])):
-        h = hessian(x)
+        h, _ = hessian_and_jacobian(x)
         np.testing.assert_allclose(h, jnp.swapaxes(h, 1, 2), rtol=1e-9, atol=1e-12)
         fd = jnp.stack(
             [
-                (jacobian(x.at[i].add(eps)) - jacobian(x.at[i].add(-eps))) / (2 * eps)
+                (
+                    hessian_and_jacobian(x.at[i].add(eps))[1]
+                    - hessian_and_jacobian(x.at[i].add(-eps))[1]
+                )
+                / (2 * eps)
                 for i in range(3)
             ],
             axis=-1,
         )
         np.testing.assert_allclose(h, fd, rtol=1e-6, atol=1e-8)
-    # the forms that failed on the uniformization engine: jacfwd(grad) and grad(grad)
+    # the forms that failed on the uniformization engine: jacfwd(grad) and grad(grad),
+    # against jax.hessian (one program for the three)
     mean = lambda x: pj.epochs(model, x[:2, None], x[2:]).mean()
-    reference = jax.jit(jax.hessian(mean))(x)
-    np.testing.assert_allclose(jax.jit(jax.jacfwd(jax.grad(mean)))(x), reference, rtol=1e-10)
-    along_break = jax.jit(jax.grad(jax.grad(lambda b: mean(x.at[2].set(b)))))
-    np.testing.assert_allclose(along_break(x[2]), reference[2, 2], rtol=1e-10)
+
+    @jax.jit
+    def second_derivatives(x):
+        along_break = jax.grad(jax.grad(lambda b: mean(x.at[2].set(b))))(x[2])
+        return jax.hessian(mean)(x), jax.jacfwd(jax.grad(mean))(x), along_break
+
+    reference, fwd_of_grad, along_break = second_derivatives(x)
+    np.testing.assert_allclose(fwd_of_grad, reference, rtol=1e-10)
+    np.testing.assert_allclose(along_break, reference[2, 2], rtol=1e-10)
 
 
 def test_dense_expm_accuracy_and_range():

@@ -187,18 +187,26 @@ def test_kingman3_exact_rational():
 
 def test_marginals_match_mutation_counts():
     graph = pj.models.kingman(4)
-    dist = graph.compile()(jnp.array([1.1]))
+    model = graph.compile()
     sfs = pj.models.sfs_rewards(graph)
     mu, bound = 0.15, 14
     shape = (bound + 1,) * 3
     grid = np.indices(shape).reshape(3, -1).T
-    joint = np.asarray(pj.joint_mutation_pmf(dist, mu, sfs, grid)).reshape(shape)
-    assert 0 <= 1 - joint.sum() < 1e-9  # the grid holds all but a tiny tail
     k = np.arange(8)
     # marginal of each class, and the total number of segregating sites (reward: the sum),
     # against the univariate DPH (zero rewards folded, dense inverse, uniformized pmf)
     rewards = [sfs[0], sfs[2], sfs.sum(0)]
-    univariate = np.stack([pj.mutation_counts(dist, mu, r).pmf(k, max_steps=16) for r in rewards])
+
+    @jax.jit  # one program (eagerly each reward's chain compiled op by op)
+    def pmfs(theta):
+        dist = model(theta)
+        joint = pj.joint_mutation_pmf(dist, mu, sfs, grid)
+        univariate = [pj.mutation_counts(dist, mu, r).pmf(k, max_steps=16) for r in rewards]
+        return joint, jnp.stack(univariate)
+
+    joint, univariate = (np.asarray(x) for x in pmfs(jnp.array([1.1])))
+    joint = joint.reshape(shape)
+    assert 0 <= 1 - joint.sum() < 1e-9  # the grid holds all but a tiny tail
     for row, c in enumerate((0, 2)):
         marginal = joint.sum(axis=tuple(a for a in range(3) if a != c))[: len(k)]
         np.testing.assert_allclose(marginal, univariate[row], rtol=1e-11, atol=1e-10)
@@ -372,16 +380,21 @@ def test_mutation_counts_closed_forms():
     )
     for n in (4, 7):
         graph = pj.models.kingman(n)
-        dist = graph.compile()(jnp.array([1.0]))
+        model = graph.compile()
         sfs = pj.models.sfs_rewards(graph)
-        counts = pj.mutation_counts(dist, theta / 2, sfs.sum(0))
+
+        @jax.jit  # one program per n (eagerly every reward's chain compiled op by op)
+        def means(th, model=model, sfs=sfs):
+            dist = model(th)
+            total = pj.mutation_counts(dist, theta / 2, sfs.sum(0)).mean()
+            return total, [pj.mutation_counts(dist, theta / 2, r).mean() for r in sfs]
+
+        total, per_class = means(jnp.array([1.0]))
         np.testing.assert_allclose(
-            counts.mean(), theta * np.sum(1 / np.arange(1, n)), rtol=1e-12
+            total, theta * np.sum(1 / np.arange(1, n)), rtol=1e-12
         )  # Watterson
         for i in range(1, n):
-            np.testing.assert_allclose(
-                pj.mutation_counts(dist, theta / 2, sfs[i - 1]).mean(), theta / i, rtol=1e-10
-            )
+            np.testing.assert_allclose(per_class[i - 1], theta / i, rtol=1e-10)
 
 
 def test_mutation_counts_against_mixture_oracle():

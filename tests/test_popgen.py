@@ -101,23 +101,38 @@ def test_tmrca_distribution_against_piecewise_kingman():
         slope = jax.grad(lambda s: tm.laplace(s))(0.0)  # -E[T]
         return tm.cdf(t), tm.pdf(t), tm.moments(3), slope, q, tm.cdf(q)
 
-    cdf, pdf, moments, slope, q, at_q = quantities(m)
-    np.testing.assert_allclose(cdf, ref.cdf(t), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(pdf, ref.pdf(t), rtol=1e-9)
-    np.testing.assert_allclose(moments, ref.moments(3), rtol=1e-9)
-    assert np.isclose(slope, -moments[0], rtol=1e-9)
-    np.testing.assert_allclose(at_q, levels, atol=1e-10)
     # total length: the same inversion on the lineage-counting chain as the epoch model's
     # reward distribution on the block-counting one (lineage count = sum of block counts)
     lineages = pj.models.sfs_rewards(pj.models.kingman(n)).sum(0)
     y = jnp.array([0.1, 0.8, 2.5])
-    length, ref_length = m.total_length(), ref.reward_transform(lineages)
-    np.testing.assert_allclose(length.cdf(y), ref_length.cdf(y), rtol=1e-8)
-    np.testing.assert_allclose(length.pdf(y), ref_length.pdf(y), rtol=1e-7)
-    median = length.quantile(0.5)
-    np.testing.assert_allclose(length.cdf(median), 0.5, atol=1e-10)
+
+    @eqx.filter_jit
+    def lengths(m, ref):
+        length, ref_length = m.total_length(), ref.reward_transform(lineages)
+        median = length.quantile(0.5)
+        return (
+            length.cdf(y),
+            ref_length.cdf(y),
+            length.pdf(y),
+            ref_length.pdf(y),
+            length.cdf(median),
+        )
+
+    cdf, pdf, moments, slope, q, at_q = quantities(m)
+    ref_cdf, ref_pdf, ref_moments = eqx.filter_jit(
+        lambda ref: (ref.cdf(t), ref.pdf(t), ref.moments(3))
+    )(ref)
+    np.testing.assert_allclose(cdf, ref_cdf, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(pdf, ref_pdf, rtol=1e-9)
+    np.testing.assert_allclose(moments, ref_moments, rtol=1e-9)
+    assert np.isclose(slope, -moments[0], rtol=1e-9)
+    np.testing.assert_allclose(at_q, levels, atol=1e-10)
+    length_cdf, ref_length_cdf, length_pdf, ref_length_pdf, at_median = lengths(m, ref)
+    np.testing.assert_allclose(length_cdf, ref_length_cdf, rtol=1e-8)
+    np.testing.assert_allclose(length_pdf, ref_length_pdf, rtol=1e-7)
+    np.testing.assert_allclose(at_median, 0.5, atol=1e-10)
     # the quantile's implicit derivative -dF/f
-    _fd_check(eqx.filter_jit(lambda d: d.tmrca().quantile(0.3)), m, lambda d: d.sizes, (0, 0))
+    _fd_check(eqx.filter_jit(lambda d: d.tmrca().quantile(0.3)), m, (lambda d: d.sizes, (0, 0)))
 
 
 def test_piecewise_sfs_routes_agree_with_epoch_engine():
@@ -204,31 +219,37 @@ def test_lineage_times_under_growth_against_tavare():
     np.testing.assert_allclose(tight[2:], ref[2:], rtol=1e-11)
 
 
-def _fd_check(fn, model, leaf, index, rel=1e-5):
+def _fd_check(fn, model, *checks, rel=1e-5):
+    """The gradient of ``fn`` (one backward pass) against central differences, at each
+    ``(leaf, index)`` of ``checks``."""
     grads = eqx.filter_grad(fn)(model)
-    g = np.asarray(leaf(grads))[index]
-    x = float(np.asarray(leaf(model))[index])
-    h = rel * max(abs(x), 1e-3)
+    for leaf, index in checks:
+        g = np.asarray(leaf(grads))[index]
+        x = float(np.asarray(leaf(model))[index])
+        h = rel * max(abs(x), 1e-3)
 
-    def at(v):
-        arr = jnp.asarray(leaf(model)).at[index].set(v)
-        return float(fn(eqx.tree_at(leaf, model, arr)))
+        def at(v, leaf=leaf, index=index):
+            arr = jnp.asarray(leaf(model)).at[index].set(v)
+            return float(fn(eqx.tree_at(leaf, model, arr)))
 
-    fd = (at(x + h) - at(x - h)) / (2 * h)
-    assert np.isclose(g, fd, rtol=1e-5, atol=1e-9 * max(1.0, abs(fd))), (g, fd)
+        fd = (at(x + h) - at(x - h)) / (2 * h)
+        assert np.isclose(g, fd, rtol=1e-5, atol=1e-9 * max(1.0, abs(fd))), (g, fd)
 
 
 def test_gradients_against_finite_differences():
     m = _im(2, 1)
     fn = eqx.filter_jit(lambda d: d.expected_sfs()[1, 0] + 0.3 * d.tmrca().var())
-    _fd_check(fn, m, lambda d: d.sizes, (1, 1))
-    _fd_check(fn, m, lambda d: d.sizes, (0, 2))
-    _fd_check(fn, m, lambda d: d.breaks, (0,))
-    _fd_check(fn, m, lambda d: d.migration, (0, 1, 2))
+    _fd_check(
+        fn,
+        m,
+        (lambda d: d.sizes, (1, 1)),
+        (lambda d: d.sizes, (0, 2)),
+        (lambda d: d.breaks, (0,)),
+        (lambda d: d.migration, (0, 1, 2)),
+    )
     growth = pg.from_demes(_graph((N0, 300), (200.0, 0, 5000.0)), {"A": 6}, check=False)
     fg = eqx.filter_jit(lambda d: d.expected_sfs()[1])
-    _fd_check(fg, growth, lambda d: d.growth, (0, 0))
-    _fd_check(fg, growth, lambda d: d.breaks, (0,))
+    _fd_check(fg, growth, (lambda d: d.growth, (0, 0)), (lambda d: d.breaks, (0,)))
 
 
 def _tavare_lineage_times(n, tau, c1, c2, dps=80):
@@ -400,5 +421,4 @@ def test_sfs_covariance_under_size_changes():
 def test_sfs_covariance_gradient():
     m = pg.from_demes(_graph((4 * N0, 500), (N0, 0)), {"A": 5})
     fn = eqx.filter_jit(lambda d: d.sfs_covariance()[1, 2] + 0.2 * d.sfs_covariance()[3, 3])
-    _fd_check(fn, m, lambda d: d.sizes, (0, 0))
-    _fd_check(fn, m, lambda d: d.breaks, (0,))
+    _fd_check(fn, m, (lambda d: d.sizes, (0, 0)), (lambda d: d.breaks, (0,)))

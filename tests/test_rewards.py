@@ -41,21 +41,36 @@ CASES = [
 def test_reward_transform_matches_dense_and_direct(name, build, theta, rewards_of):
     graph = build()
     rewards = np.asarray(rewards_of(graph), float)
-    dist = graph.compile()(jnp.asarray(theta))
-    transformed = dist.reward_transform(rewards)
+    model = graph.compile()
+    ts = np.array([0.05, 0.4, 1.0, 2.5])
+
+    @jax.jit  # one program (eagerly every quantity compiled op by op)
+    def quantities(theta):
+        dist = model(theta)
+        transformed = dist.reward_transform(rewards)
+        return {
+            "moments4": transformed.moments(4),
+            "reward_moments4": dist.moments(4, rewards),
+            "pdf": transformed.pdf(ts),
+            "sf": transformed.sf(ts),
+            "defect": transformed.defect(),
+        }
+
+    got = quantities(jnp.asarray(theta))
     # moments of the transformed PH == reward moments of the original
-    np.testing.assert_allclose(transformed.moments(4), dist.moments(4, rewards), rtol=1e-10)
+    np.testing.assert_allclose(got["moments4"], got["reward_moments4"], rtol=1e-10)
     alpha, s, _, vertices = graph.as_matrices(np.asarray(theta))
     r = rewards[vertices]
-    np.testing.assert_allclose(dist.moments(3, rewards), reward_moments(alpha, s, r, 3), rtol=1e-10)
+    np.testing.assert_allclose(
+        got["reward_moments4"][:3], reward_moments(alpha, s, r, 3), rtol=1e-10
+    )
     a_new, s_new = dense_reward_transform(alpha, s, r)
-    ts = np.array([0.05, 0.4, 1.0, 2.5])
     exit_new = -s_new.sum(1)
     pdf = np.array([a_new @ sl.expm(s_new * t) @ exit_new for t in ts])
     sf = np.array([a_new @ sl.expm(s_new * t) @ np.ones(len(a_new)) for t in ts])
-    np.testing.assert_allclose(transformed.pdf(ts), pdf, rtol=1e-10)
-    np.testing.assert_allclose(transformed.sf(ts), sf, rtol=1e-10)
-    np.testing.assert_allclose(transformed.defect(), 1 - a_new.sum(), atol=1e-13)
+    np.testing.assert_allclose(got["pdf"], pdf, rtol=1e-10)
+    np.testing.assert_allclose(got["sf"], sf, rtol=1e-10)
+    np.testing.assert_allclose(got["defect"], 1 - a_new.sum(), atol=1e-13)
 
 
 def test_reward_transform_gradients_and_jit():
@@ -68,10 +83,12 @@ def test_reward_transform_gradients_and_jit():
     def f(theta, r):
         return plan(model(theta), r).var() + plan(model(theta), r).pdf(jnp.array([0.7]))[0]
 
-    f_jit = jax.jit(f)
+    # the differences from the jitted function too (eagerly each call is many small programs)
+    f = jax.jit(f)
+    grad = jax.jit(jax.grad(f, argnums=(0, 1)))
     for theta in ([0.7, 1.2], [2.0, 0.4]):
         theta = jnp.asarray(theta)
-        g_theta, g_r = jax.grad(f_jit, argnums=(0, 1))(theta, jnp.asarray(rewards))
+        g_theta, g_r = grad(theta, jnp.asarray(rewards))
         eps = 1e-6
         for i in range(2):
             fd = (f(theta.at[i].add(eps), rewards) - f(theta.at[i].add(-eps), rewards)) / (2 * eps)
