@@ -75,6 +75,34 @@ def test_infinite_time_limits(kingman10):
     assert np.all(np.isfinite(grad))
 
 
+def test_concrete_times_sorted_on_host_match_traced_times(kingman10):
+    """Concrete times are sorted on the host, traced ones in the kernel: unsorted 2-D times
+    with ties, 0 and inf give the same values (in the caller's order and shape) and the
+    same theta-gradient both ways; a scalar keeps its shape."""
+    graph, model = kingman10
+    t = np.array([[2.5, 0.1, np.inf], [0.0, 7.0, 0.1]])
+    theta = jnp.array([1.3])
+    alpha, s, _, _ = graph.as_matrices(np.array([1.3]))
+    exit_ = -s.sum(1)
+    want = [np.log(alpha @ scipy.linalg.expm(s * x) @ exit_) for x in (2.5, 0.1, 7.0)]
+    many = np.random.default_rng(0).exponential(2.0, (3, 100))  # several batches
+    many[1, 7] = np.inf
+    for kind, times in [("logpdf", t), ("cdf", t), ("state_probability", t), ("logpdf", many)]:
+        host = getattr(model(theta), kind)(times)
+        traced = jax.jit(lambda t, kind=kind: getattr(model(theta), kind)(t))(times)
+        assert host.shape == traced.shape and host.shape[:2] == times.shape
+        np.testing.assert_allclose(host, traced, rtol=1e-13, atol=1e-300)
+    host = model(theta).logpdf(t)
+    np.testing.assert_allclose([host[0, 0], host[0, 1], host[1, 1]], want, rtol=1e-11)
+    assert host[1, 2] == host[0, 1] and host[0, 2] == -np.inf
+    finite = many[np.isfinite(many)]
+    grad_host = jax.grad(lambda th: model(th).logpdf(finite).sum())(theta)
+    grad_traced = jax.grad(lambda th: jax.jit(lambda t: model(th).logpdf(t))(finite).sum())(theta)
+    np.testing.assert_allclose(grad_host, grad_traced, rtol=1e-12)
+    assert model(theta).logpdf(np.float64(2.5)).shape == ()
+    np.testing.assert_allclose(model(theta).logpdf(np.float64(2.5)), want[0], rtol=1e-11)
+
+
 def test_state_probability_at_requested_times_only():
     """All states at a few times (memory O(times x n), not steps x n): against expm."""
     graph = pj.models.kingman(15)

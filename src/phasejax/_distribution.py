@@ -116,6 +116,7 @@ class AbstractPhaseType(eqx.Module):
         order=0,
         offset: Array | float = 0.0,
         key: Array | None = None,
+        presorted: bool = False,
     ):
         """``log`` of the windowed series mixture per observation, shape ``(t, q)``
         (`phasejax._uniformization.mix`; ``proj=None``: every state)."""
@@ -132,7 +133,7 @@ class AbstractPhaseType(eqx.Module):
         )
         lam = jax.lax.stop_gradient(jnp.asarray(lam, self.diag.dtype))
         args = (self.rate, self.diag, proj, self.alpha, m.src, m.dst, lam, mu, lo, hi, offset)
-        return _unif.mix(stream, *args, key=key)
+        return _unif.mix(stream, *args, key=key, presorted=presorted)
 
     @_jit_checking_rewards
     def sample(
@@ -316,6 +317,9 @@ class PhaseType(AbstractPhaseType):
         ``method``: ``"uniformization"``, ``"expm"`` or ``"auto"``
         (`phasejax._expm.choose`)."""
         tol = _unif.check_tol(tol)
+        # concrete data stays concrete under an outer jit only before jnp.asarray
+        checked = _unif.is_concrete(t)
+        values = _unif.check_times(np.asarray(t, self.diag.dtype)) if checked else None
         t = jnp.asarray(t, self.diag.dtype)
         if self.diag.dtype == jnp.float32:
             warnings.warn(
@@ -325,11 +329,8 @@ class PhaseType(AbstractPhaseType):
                 "1e-10 accuracy.",
                 stacklevel=3,
             )
-        checked = _unif.is_concrete(t)
         mu = None  # Lambda t per time, when concrete and needed (a method or cap to pick)
         if checked:
-            _unif.check_times(t)
-            values = np.asarray(t)
             needed = method != "uniformization" or max_steps is not None
             if needed and _unif.is_concrete(self.diag):
                 lam = float(np.max(np.asarray(self.diag), initial=0.0))
@@ -343,25 +344,42 @@ class PhaseType(AbstractPhaseType):
         elif mu is not None and max_steps is not None:
             _unif.check_cap(_unif.right_point(mu, tol, np), max_steps, values, "time")
             max_steps = None  # checked: nothing left to check in the kernel
-        return self._transient_kernel(t, kind, tol, max_steps, checked, order, plan)
+        inverse = None
+        if checked and plan is None:
+            # sorted on the host: the executable then carries no sort of the times (each
+            # small op around the series is a kernel of its own, compiled on first call)
+            key = np.ravel(np.where(np.isinf(values), 0.0, values))
+            perm = np.argsort(key, kind="stable")
+            inverse = np.empty_like(perm)
+            inverse[perm] = np.arange(perm.size)
+            t, inverse = jnp.asarray(values.ravel()[perm]), jnp.asarray(inverse.reshape(t.shape))
+        return self._transient_kernel(t, kind, tol, max_steps, checked, order, plan, inverse)
 
     @eqx.filter_jit
-    def _transient_kernel(self, t, kind, tol, max_steps, checked, order, plan=None):
+    def _transient_kernel(self, t, kind, tol, max_steps, checked, order, plan=None, inverse=None):
         """One kernel per ``kind``: ``"logpdf"``, ``"sf"``, ``"cdf"``, ``"state"``
         (``alpha e^{St}``, transient states), ``"occupancy"`` (``int_0^t alpha e^{Su} du``)
         and ``"integral"`` (``int_0^t u^order alpha e^{Su} 1 du``), flattened over ``t``;
         by uniformization, or by dense scaling and squaring (`phasejax._expm`) given a
         ``plan``.
 
+        ``inverse``: ``None``, or ``t`` is flat and sorted (finite times ascending, ``inf``
+        as 0) and the answer at the original position ``j`` is that at ``inverse[j]``
+        (``inverse`` has the original shape).
+
         ``t = inf`` is evaluated at 0 and replaced by its limit, so its gradient is 0.
         """
+        shape = t.shape if inverse is None else inverse.shape
+
+        def restore(x):  # flat (per time) -> the original order and shape
+            return x.reshape(shape + x.shape[1:]) if inverse is None else x[inverse]
+
         flat = jnp.ravel(t)
         if not checked:
             flat = _unif.check_times(flat)
         infinite = jnp.isinf(flat)
         lam = jax.lax.stop_gradient(jnp.max(self.diag))
         finite_t = jnp.where(infinite, 0.0, flat)
-        n = self.structure.n_transient
         if plan is not None:
             log_v = _expm.transient(
                 plan,
@@ -375,14 +393,15 @@ class PhaseType(AbstractPhaseType):
                 finite_t,
             )
         else:
-            log_v = self._series(kind, tol, max_steps, order, lam, finite_t, flat)
+            presorted = inverse is not None
+            log_v = self._series(kind, tol, max_steps, order, lam, finite_t, flat, presorted)
         if kind == "logpdf":
-            return jnp.where(infinite, -jnp.inf, log_v[:, 0]).reshape(t.shape)
+            return restore(jnp.where(infinite, -jnp.inf, log_v[:, 0]))
         if kind in ("sf", "cdf"):  # probabilities: clipped to [0, 1] against rounding
             value = jnp.clip(jnp.exp(log_v[:, 0]), 0.0, 1.0)
-            return jnp.where(infinite, float(kind == "cdf"), value).reshape(t.shape)
+            return restore(jnp.where(infinite, float(kind == "cdf"), value))
         if kind == "integral":
-            return jnp.exp(log_v[:, 0]).reshape(t.shape)
+            return restore(jnp.exp(log_v[:, 0]))
         value = jnp.exp(log_v)
         if kind == "occupancy":
             # the limit t -> inf, solved only when asked for: with a singular S (an
@@ -395,10 +414,11 @@ class PhaseType(AbstractPhaseType):
             value = jnp.where(infinite[:, None], total, value)
         else:
             value = jnp.where(infinite[:, None], 0.0, value)
-        return value.reshape(t.shape + (n,))
+        return restore(value)
 
-    def _series(self, kind, tol, max_steps, order, lam, finite_t, flat):
-        """``log`` of ``kind`` per time by uniformization (`_mix`), shape ``(t, q)``."""
+    def _series(self, kind, tol, max_steps, order, lam, finite_t, flat, presorted=False):
+        """``log`` of ``kind`` per time by uniformization (`_mix`), shape ``(t, q)``
+        (``presorted``: ``finite_t`` is non-decreasing)."""
         mu = lam * finite_t
         hi = _unif.check_cap(_unif.right_point(mu, tol), max_steps, flat, "time")
         lo = jnp.zeros_like(hi)
@@ -417,6 +437,7 @@ class PhaseType(AbstractPhaseType):
             order=order,
             offset=self.defect() if kind == "cdf" else 0.0,
             key=finite_t,  # the order of mu, shared by every theta of a batch
+            presorted=presorted,
         )
 
     def logpdf(
