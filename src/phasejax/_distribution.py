@@ -330,7 +330,7 @@ class PhaseType(AbstractPhaseType):
                 stacklevel=3,
             )
         mu = None  # Lambda t per time, when concrete and needed (a method or cap to pick)
-        if checked:
+        if values is not None:
             needed = method != "uniformization" or max_steps is not None
             if needed and _unif.is_concrete(self.diag):
                 lam = float(np.max(np.asarray(self.diag), initial=0.0))
@@ -341,11 +341,11 @@ class PhaseType(AbstractPhaseType):
         if method == "expm":
             mu_max = None if mu is None else float(np.max(mu, initial=0.0))
             plan = _expm.make_plan(kind, n, max(1, int(np.size(t))), mu_max)
-        elif mu is not None and max_steps is not None:
+        elif mu is not None and values is not None and max_steps is not None:
             _unif.check_cap(_unif.right_point(mu, tol, np), max_steps, values, "time")
             max_steps = None  # checked: nothing left to check in the kernel
         inverse = None
-        if checked and plan is None:
+        if values is not None and plan is None:
             # sorted on the host: the executable then carries no sort of the times (each
             # small op around the series is a kernel of its own, compiled on first call)
             key = np.ravel(np.where(np.isinf(values), 0.0, values))

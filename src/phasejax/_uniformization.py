@@ -60,7 +60,7 @@ from __future__ import annotations
 import functools
 import math
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import equinox as eqx
 import jax
@@ -570,7 +570,7 @@ def _stream_bwd(cfg, residuals, g):
     args, log_f, log_shifted, ckpt = residuals
     rate, diag, proj, alpha, offset, src, dst, lam, *data = args
     if isinstance(g, jax.custom_derivatives.SymbolicZero):
-        g = jnp.zeros(g.shape, g.dtype)
+        g = jnp.zeros(jnp.shape(log_f), log_f.dtype)  # the cotangent of log_f
     d_rate, d_diag, d_proj, w0, d_offset = _backward_kernel(cfg)(*args, log_f, ckpt, g)
     if log_shifted is not None:
         # d/dmu sum_k Pois(k; mu) c'_k = sum_k (Pois(k - 1; mu) - Pois(k; mu)) c'_k
@@ -854,7 +854,10 @@ def is_concrete(*xs) -> bool:
     return not any(is_traced(x) for x in jax.tree.leaves(xs))
 
 
-def check_times(t: Array, name: str = "times") -> Array:
+ArrayT = TypeVar("ArrayT", Array, np.ndarray)
+
+
+def check_times(t: ArrayT, name: str = "times") -> ArrayT:
     """Error for negative or NaN times: in Python (naming the first bad entry) when ``t``
     is concrete, else through ``eqx.error_if``."""
     if is_concrete(t):
