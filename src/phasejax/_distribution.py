@@ -331,10 +331,10 @@ class PhaseType(AbstractPhaseType):
             )
         mu = None  # Lambda t per time, when concrete and needed (a method or cap to pick)
         if values is not None:
+            finite = np.where(np.isinf(values), 0.0, values)  # t = inf runs as t = 0
             needed = method != "uniformization" or max_steps is not None
             if needed and _unif.is_concrete(self.diag):
-                lam = float(np.max(np.asarray(self.diag), initial=0.0))
-                mu = lam * np.where(np.isinf(values), 0.0, values)
+                mu = float(np.max(np.asarray(self.diag), initial=0.0)) * finite
         n = self.structure.n_transient
         method = _expm.choose(method, kind, n, self.structure.src.shape[0], mu, tol)
         plan = None
@@ -348,8 +348,7 @@ class PhaseType(AbstractPhaseType):
         if values is not None and plan is None:
             # sorted on the host: the executable then carries no sort of the times (each
             # small op around the series is a kernel of its own, compiled on first call)
-            key = np.ravel(np.where(np.isinf(values), 0.0, values))
-            perm = np.argsort(key, kind="stable")
+            perm = np.argsort(np.ravel(finite), kind="stable")
             inverse = np.empty_like(perm)
             inverse[perm] = np.arange(perm.size)
             t, inverse = jnp.asarray(values.ravel()[perm]), jnp.asarray(inverse.reshape(t.shape))

@@ -259,17 +259,16 @@ class EpochPhaseType(eqx.Module):
     ) -> Array:
         """The ``q``-quantile ``inf {t : P(T <= t) >= q}`` of the absorption time, for each
         ``q`` in ``[0, 1]`` (see `phasejax._epochs.invert_cdf`)."""
-        if self.is_dense:  # one chain for the whole search
-            dist, cdf, pdf = self.chain(), PiecewiseChain.cdf, PiecewiseChain.pdf
+        if self.is_dense:  # one chain for the whole search, one pass per Newton step
+            dist, cdf = self.chain(), PiecewiseChain.cdf
+            cdf_pdf = lambda d, t: d.distribution(t)[1:]
             m1, m2 = dist.reward_moments(self._chain_rewards(None), 2)
         else:
             dist = self
             cdf = lambda d, t: d.cdf(t, tol=tol, max_steps=max_steps)
-            pdf = lambda d, t: d.pdf(t, tol=tol, max_steps=max_steps)
+            cdf_pdf = lambda d, t: (cdf(d, t), d.pdf(t, tol=tol, max_steps=max_steps))
             m1, m2 = self.moments(2, tol=tol, max_steps=max_steps)
-        return invert_cdf(
-            cdf, lambda d, t: (cdf(d, t), pdf(d, t)), dist, q, quantile_bracket(m1, m2)
-        )
+        return invert_cdf(cdf, cdf_pdf, dist, q, quantile_bracket(m1, m2))
 
     @eqx.filter_jit
     def mean(

@@ -54,7 +54,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from . import _sparse
-from ._uniformization import right_point, safe_log
+from ._uniformization import _log_pois, right_point, safe_log
 
 TERMS = 18  # Horner terms of E(h): Pois(k; x <= 1) summed to k = 18 (tail < 1 / 19!)
 EXPM_LIMIT = 1024  # largest n for the dense method (n^2 memory per time in flight)
@@ -96,9 +96,10 @@ def make_plan(kind: str, n: int, n_times: int, mu_max: float | None) -> Plan:
     return Plan(kind, squarings, chunk, mu_max is not None)
 
 
-def squarings_needed(mu: np.ndarray) -> np.ndarray:
-    """``s = ceil(log2(Lambda t))`` (0 for ``Lambda t <= 1``) on the host."""
-    return np.ceil(np.log2(np.maximum(mu, 1.0)))
+def squarings_needed(mu, xnp=np):
+    """``s = ceil(log2(Lambda t))`` (0 for ``Lambda t <= 1``); ``xnp``: numpy on the
+    host, ``jax.numpy`` in a kernel."""
+    return xnp.ceil(xnp.log2(xnp.maximum(mu, 1.0)))
 
 
 def choose(method: str, kind: str, n: int, edges: int, mu: np.ndarray | None, tol: float) -> str:
@@ -130,19 +131,20 @@ def prefer(n: int, edges: int, mu: np.ndarray, tol: float) -> bool:
     ``(TERMS + s_max) n^3`` per time."""
     if n > EXPM_LIMIT or mu.size == 0:
         return False
-    terms = float(right_point(float(np.max(mu)), tol, np))
+    mu_max = float(np.max(mu))
+    terms = float(right_point(mu_max, tol, np))
     if terms < AUTO_TERMS:
         return False
     series = max(100.0, 5.0 * (edges + n)) * terms
-    per_time = 2e4 + 0.1 * (TERMS + float(squarings_needed(np.max(mu)))) * n**3
+    per_time = 2e4 + 0.1 * (TERMS + float(squarings_needed(mu_max))) * n**3
     return mu.size * per_time < series
 
 
 def _poisson_weights(x: Float[Array, ""], count: int) -> Float[Array, " count"]:
     """``Pois(j; x)`` for ``j = 0 .. count - 1`` (``x`` in ``[0, 1]``)."""
     j = jnp.arange(count, dtype=x.dtype)
-    log_w = j * safe_log(x) - x - jax.scipy.special.gammaln(j + 1.0)
-    return jnp.where(j == 0, jnp.exp(-x), jnp.exp(jnp.where(x > 0, log_w, -jnp.inf)))
+    # j = 0 apart: its weight e^{-x} keeps its derivative at x = 0
+    return jnp.where(j == 0, jnp.exp(-x), jnp.exp(_log_pois(j, x)))
 
 
 def _horner(coeffs: Float[Array, " k"], p: Float[Array, "n n"], base: Array) -> Array:
@@ -173,7 +175,7 @@ def _one_time(plan: Plan, p, exit_, alpha, defect, lam, t):
     n = p.shape[0]
     dtype = p.dtype
     mu = lam * t
-    s = jnp.ceil(jnp.log2(jnp.maximum(jax.lax.stop_gradient(mu), 1.0)))
+    s = squarings_needed(jax.lax.stop_gradient(mu), jnp)
     x = mu * jnp.exp2(-s)
     extra = TERMS + 16  # P(N_x > k) for k <= TERMS from the weights beyond it
     w = _poisson_weights(x, extra)

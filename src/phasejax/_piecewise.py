@@ -301,19 +301,27 @@ class PiecewiseChain(eqx.Module):
         p, _, shape = self._at(t)
         return p.reshape(shape + (-1,))
 
+    def distribution(self, t: ArrayLike) -> tuple[Array, Array, Array]:
+        """``(P(T > t), P(T <= t), f(t))`` of the absorption time ``T`` from one pass over
+        the epochs: the survival, the absorbed mass (not ``1 - sf``, so small values keep
+        their relative precision) and the density (the flow into absorption)."""
+        p, q, shape = self._at(t)
+        absorbing = np.flatnonzero(self.absorbing)
+        into = jnp.sum(q[:, :, absorbing], axis=2)
+        return (
+            jnp.sum(p[:, self._transient], axis=1).reshape(shape),
+            jnp.sum(p[:, absorbing], axis=1).reshape(shape),
+            jnp.sum(p * into, axis=1).reshape(shape),
+        )
+
     def sf(self, t) -> Array:
         """``P(T > t)`` for the absorption time ``T``."""
-        p, _, shape = self._at(t)
-        return jnp.sum(p[:, self._transient], axis=1).reshape(shape)
+        return self.distribution(t)[0]
 
     def cdf(self, t: ArrayLike) -> Array:
-        """``P(T <= t)``: the absorbed mass (not ``1 - sf``, so small values keep their
-        relative precision)."""
-        p, _, shape = self._at(t)
-        return jnp.sum(p[:, np.flatnonzero(self.absorbing)], axis=1).reshape(shape)
+        """``P(T <= t)`` (see `distribution`)."""
+        return self.distribution(t)[1]
 
     def pdf(self, t) -> Array:
         """Density of the absorption time ``T``."""
-        p, q, shape = self._at(t)
-        into = jnp.sum(q[:, :, np.flatnonzero(self.absorbing)], axis=2)
-        return jnp.sum(p * into, axis=1).reshape(shape)
+        return self.distribution(t)[2]

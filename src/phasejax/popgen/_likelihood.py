@@ -163,18 +163,20 @@ def _newton(f, x0: Array, steps: int) -> tuple[Array, Array]:
     lengths = jnp.asarray(_STEP_LENGTHS, x0.dtype)
 
     def direction(x):
-        # the Hessian as the Jacobian of the gradient, the gradient kept from that pass
-        h, g = jax.jacfwd(lambda y: (lambda gy: (gy, gy))(jax.grad(f)(y)), has_aux=True)(x)
+        # the Hessian as the Jacobian of the gradient; the value and gradient kept from
+        # that pass
+        h, (value, g) = jax.jacfwd(
+            lambda y: (lambda vg: (vg[1], vg))(jax.value_and_grad(f)(y)), has_aux=True
+        )(x)
         # where -H is not positive definite (away from a maximum) shift its spectrum
         # (Levenberg-Marquardt), so that d is still an ascent direction
         eig = jnp.linalg.eigvalsh(-h)
         shift = jnp.where(eig[0] > 0, 0.0, 1e-3 * jnp.max(jnp.abs(eig)) - eig[0])
         d = jnp.linalg.solve(-h + shift * jnp.eye(x.shape[0], dtype=x.dtype), g)
-        return d, g @ d
+        return d, g @ d, value
 
     def body(x, _):
-        d, _ = direction(x)
-        now = f(x)
+        d, _, now = direction(x)
         values = jax.vmap(lambda a: f(x + a * d))(lengths)
         ok = jnp.isfinite(values) & (values >= now - 1e-12 * jnp.abs(now))
         # where no step is acceptable (or the direction is not finite) x stays put

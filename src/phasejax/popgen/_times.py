@@ -65,8 +65,9 @@ class CoalescenceTime(eqx.Module):
         return extrapolate(self.chains, lambda c: reward_distribution(c, self.rewards, t)[1])
 
     def _cdf_pdf(self, t: ArrayLike) -> tuple[Array, Array]:
-        if self.is_time:
-            return self.cdf(t), self.pdf(t)
+        if self.is_time:  # one pass over each chain's epochs
+            sf, pdf = extrapolate(self.chains, lambda c: c.distribution(t)[::2])
+            return 1.0 - sf, pdf
         return extrapolate(self.chains, lambda c: reward_distribution(c, self.rewards, t))
 
     def quantile(self, q: ArrayLike) -> Array:
