@@ -26,28 +26,34 @@ def _hypoexp(rates, t):
 
 
 @pytest.mark.parametrize(
-    ("checkpoints", "t_max", "extra"),
-    [(2, 50.0, 0), (4, 1223.3, 1), (2, 3333.3, 2)],
+    ("checkpoints", "t_max", "extra", "budget"),
+    [(2, 50.0, 0, 0), (4, 1223.3, 1, 0), (2, 3333.3, 2, 0), (4, 3333.3, 3, None)],
 )
-def test_two_level_replay_value_and_gradient(monkeypatch, checkpoints, t_max, extra):
+def test_two_level_replay_value_and_gradient(monkeypatch, checkpoints, t_max, extra, budget):
     """Kingman n=4 (coalescence rates 6, 3, 1: Lambda = 6, a series that never dies out)
-    over 4, 63 and 165 segments with 2 or 4 checkpoints per level: intervals of 2, 16 and
-    83 segments, inner checkpoints 1, 4 and 42 segments apart (the backward pass replays
-    an interval from its checkpoint, storing the inner level, then each segment from its
-    nearest inner checkpoint; in the first two the interval's end falls on an inner slot
-    past the last, which must not be stored). Value and gradients in theta and t against
-    the closed form (``f_theta(t) = theta f_1(theta t)``)."""
+    over 4, 63 and 165 segments with 2 or 4 checkpoints per level (no byte budget):
+    intervals of 2, 16 and 83 segments, inner checkpoints 1, 4 and 42 segments apart (the
+    backward pass replays an interval from its checkpoint, storing the inner level, then
+    each segment from its nearest inner checkpoint; in the first two the interval's end
+    falls on an inner slot past the last, which must not be stored); and with the default
+    budget, whose 4096 first-level checkpoints hold all 165 segment starts (one replay per
+    segment). Value and gradients in theta and t against the closed form
+    (``f_theta(t) = theta f_1(theta t)``)."""
     monkeypatch.setattr(unif, "CHECKPOINTS", checkpoints)
+    if budget is not None:
+        monkeypatch.setattr(unif, "CHECKPOINT_BYTES", budget)
     n_seg = (int(unif.right_point(np.array(6 * t_max), 1e-12, np)) + 128) // 128
-    stride = -(-n_seg // checkpoints)
+    first = unif.make_stream(4, 1, 4 + extra, poisson=True).checkpoints
+    stride = -(-n_seg // first)
     assert (n_seg, stride, -(-stride // checkpoints)) == {
-        50.0: (4, 2, 1),
-        1223.3: (63, 16, 4),
-        3333.3: (165, 83, 42),
-    }[t_max]
+        (50.0, 0): (4, 2, 1),
+        (1223.3, 0): (63, 16, 4),
+        (3333.3, 0): (165, 83, 42),
+        (3333.3, None): (165, 1, 1),
+    }[t_max, budget]
     model = pj.models.kingman(4).compile()
     # a shape of its own per case: the kernel is traced with the patched schedule here
-    t = jnp.array([0.5, 3.0, 20.0, 7.0, 9.0][: 3 + extra] + [t_max])
+    t = jnp.array([0.5, 3.0, 20.0, 7.0, 9.0, 11.0][: 3 + extra] + [t_max])
     tn = np.asarray(t)
     log_f, d_log_f = _hypoexp(np.array([6.0, 3.0, 1.0]), tn)
     value, grad = jax.value_and_grad(lambda th, t: model(th).logpdf(t).sum(), (0, 1))(

@@ -44,8 +44,9 @@ truncated moments ``int_0^h u^a alpha e^{S u} proj du`` of epoch models.
 
 **Gradients.** One ``custom_vjp`` over the whole stream. The backward pass walks the
 segments in reverse, recomputing each segment's vectors from checkpoints (two levels:
-``CHECKPOINTS`` vectors stored by the forward pass at a stride that grows with the
-number of segments, and as many again per interval in the backward pass), and runs
+``cfg.checkpoints`` vectors stored by the forward pass at a stride that grows with the
+number of segments, and ``CHECKPOINTS`` per interval in the backward pass; while every
+segment's start is stored, one replay per segment suffices, else about two), and runs
 the adjoint recursion ``w_k = proj g_k + P w_{k+1}``. Memory does not grow with the
 number of steps; recomputation costs at most a few forward passes. The coefficients'
 cotangents are the transposed block products; those of ``mu`` (hence ``t``) come from
@@ -76,7 +77,8 @@ from ._structure import is_traced
 # for |log(mu_i / rho)| <= SPAN / 2 (e^600 < e^709 in float64, e^60 < e^88 in float32)
 SUB = {8: 16, 4: 4}
 SPAN = {8: 80.0, 4: 40.0}
-CHECKPOINTS = 64  # stored vectors per level of checkpointing
+CHECKPOINTS = 64  # fewest stored vectors per level of checkpointing
+CHECKPOINT_BYTES = 2**28  # the forward pass's checkpoints may use up to this much (float64)
 
 
 def _float0(x):
@@ -101,6 +103,7 @@ class Stream(NamedTuple):
     - `poisson`: Poisson weights ``Pois(k; mu)`` (else weight 1 inside the window).
     - `cumulative`: mix the cumulative coefficients ``c'`` of order `order` (module doc).
     - `identity`: ``proj`` is the identity (``c_k = v_k``; no ``n x n`` matrix built).
+    - `checkpoints`: vectors stored by the forward pass for the backward pass's replays.
     """
 
     segment: int
@@ -109,6 +112,7 @@ class Stream(NamedTuple):
     cumulative: bool
     order: int
     identity: bool
+    checkpoints: int
 
 
 def make_stream(
@@ -118,14 +122,19 @@ def make_stream(
     a segment's vectors (``B x n``) stay under 8 MB (a segment holds whole sub-blocks of
     the Poisson mixture, at least 16 steps), a (batch x segment x q) block under 2 MB, and
     a batch is no larger than the observations need (a power of two, at most 64: the
-    windows of a small batch are close, so its blocks hold few steps outside them)."""
+    windows of a small batch are close, so its blocks hold few steps outside them).
+    Checkpoints: as many as fit in ``CHECKPOINT_BYTES`` (at least ``CHECKPOINTS``, at most
+    4096), so that a long series of a large model (Kingman n=40: 37,337 states, ~520
+    segments of 16 steps) still stores every segment's start and replays each once."""
     segment = 128
     while segment > max(SUB.values()) and segment * max(n, q) > 2**20:
         segment //= 2
     batch = min(64, 1 << max(0, t - 1).bit_length())
     while batch > 1 and batch * segment * q > 2**18:
         batch //= 2
-    return Stream(segment, batch, poisson, cumulative, order, identity)
+    row = 8 * (n + q * (order + 1) + 1)  # a checkpoint: the vector and the carry
+    checkpoints = int(np.clip(CHECKPOINT_BYTES // row, CHECKPOINTS, 4096))
+    return Stream(segment, batch, poisson, cumulative, order, identity, checkpoints)
 
 
 _STIRLING_TABLE = np.array(
@@ -385,16 +394,21 @@ def _lead(w, log_row):
     return jnp.exp(lead - top[:, None]), top
 
 
-def _stride(n: Array) -> Array:
-    """Steps between two of ``CHECKPOINTS`` checkpoints over ``n`` steps (the forward
-    and backward passes must agree on it)."""
-    return jnp.maximum(1, -(-n // CHECKPOINTS))
+def _stride(count: int, n: Array) -> Array:
+    """Steps between two of ``count`` checkpoints over ``n`` steps (the forward and
+    backward passes must agree on it)."""
+    return jnp.maximum(1, -(-n // count))
+
+
+def _checkpoint_buffer(count: int, value):
+    """Zeros for ``count`` copies of the pytree ``value``."""
+    return jax.tree.map(lambda x: jnp.zeros((count,) + x.shape, x.dtype), value)
 
 
 def _save(buffer, i: Array | int, stride: Array, value, when: Array | bool = True):
-    """``buffer`` (a pytree of ``(CHECKPOINTS, ...)`` arrays) with ``value`` stored at
-    slot ``i // stride`` when ``i`` is a multiple of ``stride`` (and ``when``)."""
-    slot = jnp.minimum(i // stride, CHECKPOINTS - 1)
+    """``buffer`` (a pytree of ``(count, ...)`` arrays) with ``value`` stored at slot
+    ``i // stride`` when ``i`` is a multiple of ``stride`` (and ``when``)."""
+    slot = jnp.minimum(i // stride, jax.tree.leaves(buffer)[0].shape[0] - 1)
     keep = (i % stride != 0) | ~jnp.asarray(when)
     # one row rewritten (with itself unless ``i`` is a multiple), not the whole buffer
     return jax.tree.map(
@@ -412,7 +426,7 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: boo
     dtype = alpha.dtype
     total = data.mu.shape[0]
     n_seg = _n_segments(cfg, data)
-    stride = _stride(n_seg)
+    stride = _stride(cfg.checkpoints, n_seg)
     ks0 = jnp.arange(cfg.segment)
     width = 2 * q if shift else q
 
@@ -470,7 +484,7 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: boo
         return s + 1, v_next, carry, m, acc, ckpt
 
     carry0 = _init_carry(cfg, q, dtype)
-    ckpt = jax.tree.map(lambda x: jnp.zeros((CHECKPOINTS,) + x.shape, x.dtype), (alpha, carry0))
+    ckpt = _checkpoint_buffer(cfg.checkpoints, (alpha, carry0))
     init = (
         jnp.asarray(0, n_seg.dtype),
         alpha,
@@ -604,8 +618,8 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
     g = jnp.where(finite, g, 0.0)
     log_f = jnp.where(finite, log_f, 0.0)
     n_seg = _n_segments(cfg, data)
-    stride = _stride(n_seg)
-    inner_stride = _stride(stride)
+    stride = _stride(cfg.checkpoints, n_seg)
+    inner_stride = _stride(CHECKPOINTS, stride)
     ks0 = jnp.arange(cfg.segment)
 
     def advance(s, v, carry):
@@ -678,7 +692,7 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
         first = c * stride
         count = jnp.minimum(stride, n_seg - first)
         v0, carry0 = jax.tree.map(lambda x: x[c], ckpt)
-        inner = jax.tree.map(lambda x: jnp.zeros((CHECKPOINTS,) + x.shape, x.dtype), (v0, carry0))
+        inner = _checkpoint_buffer(CHECKPOINTS, (v0, carry0))
         inner = _save(inner, 0, inner_stride, (v0, carry0))  # checkpoint ``c`` itself
 
         def segment(i, st):
