@@ -617,6 +617,7 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
     finite = jnp.isfinite(log_f)
     g = jnp.where(finite, g, 0.0)
     log_f = jnp.where(finite, log_f, 0.0)
+    n, q, dtype = alpha.shape[0], g.shape[1], alpha.dtype
     n_seg = _n_segments(cfg, data)
     stride = _stride(cfg.checkpoints, n_seg)
     inner_stride = _stride(CHECKPOINTS, stride)
@@ -714,8 +715,9 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
                 inner = _save(inner, index, inner_stride, (v, carry), index < count)
                 return v, carry, inner, (vs, coeff, carry[0], log_scale)
 
-            out = jax.eval_shape(lambda: replay(0, (*start, inner, None))[3])
-            out = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), out)
+            # the replayed segment: its vectors, coefficients, ``ell`` and ``log_scale``
+            out = (jnp.zeros((cfg.segment, n), dtype), jnp.zeros((cfg.segment, q), dtype))
+            out = (*out, jnp.zeros((), dtype), jnp.zeros((), dtype))
             _, _, inner, (vs, coeff, ell, log_scale) = jax.lax.fori_loop(
                 0, j - base + 1, replay, (*start, inner, out)
             )
@@ -730,11 +732,10 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
         _, *st = jax.lax.fori_loop(0, count, segment, st)
         return (c - 1, *st)
 
-    q = g.shape[1]
     init = (
         (n_seg + stride - 1) // stride - 1,
         (jnp.zeros_like(alpha), jnp.full((), jnp.nan, alpha.dtype)),
-        _init_carry(cfg, q, alpha.dtype)[1:],
+        _init_carry(cfg, q, dtype)[1:],
         jnp.zeros_like(rate),
         jnp.zeros_like(diag),
         jnp.zeros_like(proj),
