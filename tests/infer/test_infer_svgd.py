@@ -294,9 +294,9 @@ MULTI = textwrap.dedent(
 
 def test_sharded_over_four_devices_equals_single_device(tmp_path):
     out = tmp_path / "single.npy"
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
-    )
+    # four host devices, on top of the suite's compiler settings (conftest.py)
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", f"OUT = {str(out)!r}\n" + MULTI],
         env=env,
