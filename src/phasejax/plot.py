@@ -353,15 +353,17 @@ def _draw_layered(ax, g, layers, theta, rate_fn, param_names, labels, state_labe
 
 
 @eqx.filter_jit
-def _call(dist, methods: tuple[str, ...], *args):
-    """``tuple(dist.method(*args) for method in methods)``, compiled once per model
-    structure, methods and argument shapes (op-by-op evaluation of a density compiles
-    its series at every call)."""
-    return tuple(getattr(dist, method)(*args) for method in methods)
+def _call(dist, method: str, *args):
+    """``dist.method(*args)``, compiled once per model structure, method and argument
+    shapes (op-by-op evaluation of a density compiles its series at every call). One
+    method per program: XLA CPU (jaxlib 0.10) sometimes never completes a program that
+    holds two independent series (an epoch model's pdf and cdf: 2 of 20 fresh processes
+    hung), so the pdf and cdf panels run one after the other."""
+    return getattr(dist, method)(*args)
 
 
 def _mean_sd(dist) -> tuple[float, float]:
-    m1, m2 = (float(m) for m in np.asarray(_call(dist, ("moments",), 2)[0]))
+    m1, m2 = (float(m) for m in np.asarray(_call(dist, "moments", 2)))
     return m1, float(np.sqrt(max(m2 - m1**2, 0.0)))
 
 
@@ -403,7 +405,7 @@ def pdf(
         times = np.linspace(0.0, upper, int(n_points))
     times = np.asarray(times, dtype=np.float64)
     fig, axes = _new_axes(ax, 2 if cdf else 1, figsize)
-    values = _call(dist, ("pdf", "cdf") if len(axes) > 1 else ("pdf",), times)
+    values = [_call(dist, method, times) for method in ("pdf", "cdf")[: len(axes)]]
     axes[0].plot(times, np.asarray(values[0]), color=color, lw=1.8, label=label)
     if data is not None:
         axes[0].hist(data, bins=bins, density=True, color="0.6", alpha=0.5, label="data")
@@ -469,9 +471,7 @@ def pmf(
     freq = None
     if data is not None:
         freq = np.array([np.count_nonzero(data == k) for k in ks]) / max(data.size, 1)
-    _grouped_bars(
-        ax, ks.astype(float), np.asarray(_call(dist, ("pmf",), ks)[0]), freq, width, labels
-    )
+    _grouped_bars(ax, ks.astype(float), np.asarray(_call(dist, "pmf", ks)), freq, width, labels)
     ax.set_xlabel("k")
     ax.set_ylabel("P(K = k)")
     return fig, ax
