@@ -12,17 +12,8 @@ import pytest
 import scipy.stats
 
 import phasejax as pj
+from helpers.oracle import hypoexponential_log_pdf
 from phasejax import _uniformization as unif
-
-
-def _hypoexp(rates, t):
-    """``log f(t)`` and ``d/dt log f(t)`` of a sum of exponentials with distinct ``rates``
-    (factored by the slowest rate: exact in log space at any ``t``)."""
-    slow = rates.min()
-    coef = np.array([np.prod([lj / (lj - li) for lj in rates if lj != li]) for li in rates])
-    decay = np.exp(-np.outer(t, rates - slow))
-    terms = decay @ (coef * rates)
-    return -slow * t + np.log(terms), -(decay @ (coef * rates**2)) / terms
 
 
 @pytest.mark.parametrize(
@@ -55,7 +46,7 @@ def test_two_level_replay_value_and_gradient(monkeypatch, checkpoints, t_max, ex
     # a shape of its own per case: the kernel is traced with the patched schedule here
     t = jnp.array([0.5, 3.0, 20.0, 7.0, 9.0, 11.0][: 3 + extra] + [t_max])
     tn = np.asarray(t)
-    log_f, d_log_f = _hypoexp(np.array([6.0, 3.0, 1.0]), tn)
+    log_f, d_log_f = hypoexponential_log_pdf(np.array([6.0, 3.0, 1.0]), tn)
     value, grad = jax.value_and_grad(lambda th, t: model(th).logpdf(t).sum(), (0, 1))(
         jnp.array([1.0]), t
     )

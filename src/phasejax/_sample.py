@@ -48,12 +48,12 @@ def sample_paths(
 
     def pick(cdf, u):
         """The index ``j`` with ``cdf[j-1] <= u cdf[-1] < cdf[j]`` (inverse cdf: items of
-        weight 0 are never picked)."""
-        return jnp.sum(cdf <= u * cdf[-1]).astype(dst.dtype)
+        weight 0 are never picked), at most the last index (against rounding)."""
+        return jnp.minimum(jnp.sum(cdf <= u * cdf[-1]), cdf.shape[0] - 1).astype(dst.dtype)
 
     def one(key):
         k_start, k_path = jax.random.split(key)
-        state = jnp.minimum(pick(start_cdf, jax.random.uniform(k_start, (), u_dtype)), n)
+        state = pick(start_cdf, jax.random.uniform(k_start, (), u_dtype))
 
         def body(carry):
             i, y, jumps = carry
@@ -65,11 +65,7 @@ def sample_paths(
                 hold = -jnp.log1p(-u[0]) / diag[i]
             edges = out_edges[i]
             j = pick(jnp.cumsum(rate_pad[edges]), u[1])
-            return (
-                dst_pad[edges[jnp.minimum(j, edges.shape[0] - 1)]],
-                y + rewards[i] * hold,
-                jumps + 1,
-            )
+            return dst_pad[edges[j]], y + rewards[i] * hold, jumps + 1
 
         init = (state, jnp.zeros(rewards.shape[1], rewards.dtype), 0)
         if max_jumps is None:  # paths absorb with probability 1 (checked at compile time)

@@ -366,6 +366,18 @@ def ph_pdf_cdf_sf(alpha, S, t):
     return states @ exit_, 1.0 - sf, sf
 
 
+def hypoexponential_log_pdf(rates, t):
+    """``log f(t)`` and ``d/dt log f(t)`` of a sum of exponentials with distinct ``rates``
+    (``f(t) = sum_i c_i l_i e^{-l_i t}``, ``c_i = prod_{j != i} l_j / (l_j - l_i)``),
+    factored by the slowest rate: exact in log space at any ``t``."""
+    rates, t = np.asarray(rates, dtype=np.float64), np.asarray(t, dtype=np.float64)
+    slow = rates.min()
+    coef = np.array([np.prod([lj / (lj - li) for lj in rates if lj != li]) for li in rates])
+    decay = np.exp(-np.multiply.outer(t, rates - slow))
+    terms = decay @ (coef * rates)
+    return -slow * t + np.log(terms), -(decay @ (coef * rates**2)) / terms
+
+
 def ph_laplace(alpha, S, r, s):
     """``E[exp(-s Y)] = defect + alpha (s R - S)^{-1} exit`` for each ``s >= 0``."""
     alpha, S = np.asarray(alpha, dtype=np.float64), np.asarray(S, dtype=np.float64)
