@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from . import _sparse
+from . import _linalg, _sparse
 from ._distribution import DiscretePhaseType, PhaseType
 from ._rewards import reward_transform
 from ._solve import solve
@@ -84,7 +84,7 @@ def mutation_counts(
     mu = jnp.asarray(mutation_rate, dist.rate.dtype)
     mu = eqx.error_if(mu, (mu <= 0) | jnp.isnan(mu), "mutation_rate must be positive")
     m = _sparse.dense_matrix(structure.src, structure.dst, dist.rate, dist.diag)  # -S
-    t_matrix = jnp.linalg.inv(jnp.eye(n, dtype=m.dtype) + m / mu)
+    t_matrix = _linalg.inv(jnp.eye(n, dtype=m.dtype) + m / mu)
     exit_prob = 1.0 - t_matrix.sum(axis=1)
     rate = jnp.concatenate([t_matrix[rows, cols], exit_prob])
     diag = 1.0 - jnp.diag(t_matrix)

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from . import _linalg
+
 # numerator coefficients of the [13/13] Pade approximant of exp (Higham 2005)
 _PADE13 = (
     64764752532480000.0,
@@ -86,7 +88,7 @@ def expm(a: Array) -> Array:
         a6 @ (b[13] * a6 + b[11] * a4 + b[9] * a2) + b[7] * a6 + b[5] * a4 + b[3] * a2 + b[1] * eye
     )
     v = a6 @ (b[12] * a6 + b[10] * a4 + b[8] * a2) + b[6] * a6 + b[4] * a4 + b[2] * a2 + b[0] * eye
-    r = jnp.linalg.solve(v - u, v + u)
+    r = _linalg.solve(v - u, v + u)
 
     def square(r, i):
         return jax.lax.cond(i < s, lambda m: m @ m, lambda m: m, r), None
@@ -167,7 +169,7 @@ class PiecewiseChain(eqx.Module):
             step, (self.initial, jnp.zeros_like(self.initial)), lambda c, m: (c[0] @ m, c[1])
         )
         tr = self._transient
-        last = jnp.linalg.solve(-self._last_transient().T, pi[tr])
+        last = _linalg.solve(-self._last_transient().T, pi[tr])
         return (acc.at[tr].add(last)).at[np.flatnonzero(self.absorbing)].set(0.0)
 
     def reward_moments(self, rewards: Float[Array, " V"], k: int) -> Float[Array, " k"]:
@@ -188,7 +190,7 @@ class PiecewiseChain(eqx.Module):
         qt = -self._last_transient()
         g = [jnp.ones(n, v.dtype)]
         for _ in range(k):
-            g.append(jnp.zeros(n, v.dtype).at[tr].set(jnp.linalg.solve(qt, (r * g[-1])[tr])))
+            g.append(jnp.zeros(n, v.dtype).at[tr].set(_linalg.solve(qt, (r * g[-1])[tr])))
         fact = np.cumprod(np.arange(1, k + 1, dtype=np.float64))
         return jnp.stack(
             [fact[a - 1] * sum(v[b] @ g[a - b] for b in range(a + 1)) for a in range(1, k + 1)]
@@ -215,8 +217,8 @@ class PiecewiseChain(eqx.Module):
         row, _ = self._epochs(step, row, apply_map)
         tr = self._transient
         m_t = -self._last_transient()
-        pi_u = jnp.linalg.solve(m_t.T, row[:n][tr])
-        tail = jnp.linalg.solve(m_t.T, pi_u * r[tr] + row[n : 2 * n][tr])
+        pi_u = _linalg.solve(m_t.T, row[:n][tr])
+        tail = _linalg.solve(m_t.T, pi_u * r[tr] + row[n : 2 * n][tr])
         return (row[2 * n :].at[tr].add(tail)).at[np.flatnonzero(self.absorbing)].set(0.0)
 
     def reward_cross_moments(
@@ -248,7 +250,7 @@ class PiecewiseChain(eqx.Module):
                 return w @ expm(h * (q - si * jnp.diag(r))), None
 
             w, _ = self._epochs(step, self.initial.astype(jnp.result_type(si, r)))
-            rest = jnp.linalg.solve(si * jnp.diag(r[tr]) - qt, exit_rates)
+            rest = _linalg.solve(si * jnp.diag(r[tr]) - qt, exit_rates)
             return jnp.sum(jnp.where(jnp.asarray(self.absorbing), w, 0.0)) + w[tr] @ rest
 
         s = jnp.asarray(s, jnp.result_type(s, self.initial.dtype))
@@ -272,7 +274,7 @@ class PiecewiseChain(eqx.Module):
         m_t = jnp.where(kept[:, None], -qt, jnp.eye(tr.size, dtype=qt.dtype))
         exit_rates = jnp.where(kept, -jnp.sum(qt, axis=1), 0.0)
         absorbed = jnp.sum(jnp.where(jnp.asarray(self.absorbing), w, 0.0))
-        return absorbed + w[tr] @ jnp.linalg.solve(m_t, exit_rates)
+        return absorbed + w[tr] @ _linalg.solve(m_t, exit_rates)
 
     def _at(self, t):
         """State distribution at the times ``t`` and the generator acting there."""

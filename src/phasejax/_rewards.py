@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int
 
-from . import _sparse
+from . import _linalg, _sparse
 from ._distribution import AbstractPhaseType, DiscretePhaseType, PhaseType
 from ._structure import Structure, at_trace_time, check_rewards, make_structure
 
@@ -154,7 +154,7 @@ class RewardTransform(eqx.Module):
                 jnp.where(leave, rate, 0.0),
                 (z_count + 1, p_count + 1),
             )[:z_count]
-            b = jnp.linalg.solve(m_zz, rhs)  # (Z, P + 1)
+            b = _linalg.solve(m_zz, rhs)  # (Z, P + 1)
             enter = ~from_z & to_z
             a_pz = _dense(
                 jnp.where(enter, loc_src, p_count),

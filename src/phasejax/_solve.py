@@ -11,7 +11,7 @@ one interface and are chosen at compile time from the static structure:
 - [`BlockSweep`][phasejax.BlockSweep] (cyclic graphs whose strongly connected components are small):
   the same sweep over the condensation, each component's block inverted densely
   (GTH-style, batched by size). Exact, also for near-reducible cycles.
-- [`DenseLU`][phasejax.DenseLU]: the dense matrix factorised by lineax's LU (small cyclic graphs).
+- [`DenseLU`][phasejax.DenseLU]: the dense matrix LU-factorised (small cyclic graphs).
 - [`GMRES`][phasejax.GMRES]: restarted GMRES (lineax) on the Jacobi-preconditioned sparse operator
   ``I - D^{-1} A`` (graphs with a component too large to invert); never forms a matrix.
 
@@ -35,7 +35,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from . import _sparse, _topology
+from . import _linalg, _sparse, _topology
 
 
 class System(eqx.Module):
@@ -298,22 +298,18 @@ class BlockSweep(AbstractSolver):
         return out[: system.n]
 
 
-def _columnwise(fn, rhs: Array) -> Array:
-    """Apply a vector solve to each column of a (n, m) right-hand side."""
-    return fn(rhs) if rhs.ndim == 1 else jax.vmap(fn, in_axes=1, out_axes=1)(rhs)
-
-
 class DenseLU(AbstractSolver):
-    """Dense LU factorisation (lineax), computed once per operator."""
+    """Dense LU factorisation (LAPACK ``getrf``, one matrix per call: `_linalg`),
+    computed once per operator."""
 
     def prepare(self, system):
-        matrix = _sparse.dense_matrix(system.src, system.dst, system.rate, system.diag)
-        return lx.LU().init(lx.MatrixLinearOperator(matrix), {})
+        system = jax.lax.stop_gradient(system)
+        return _linalg.lu_factor(
+            _sparse.dense_matrix(system.src, system.dst, system.rate, system.diag)
+        )
 
     def raw_solve(self, system, state, rhs, transpose):
-        if transpose:
-            state, _ = lx.LU().transpose(state, {})
-        return _columnwise(lambda b: lx.LU().compute(state, b, {})[0], rhs)
+        return _linalg.lu_solve(state, rhs, transpose)
 
 
 class GMRES(AbstractSolver):
@@ -372,7 +368,9 @@ class GMRES(AbstractSolver):
             u = lx.linear_solve(op, b / safe, method, throw=True).value * safe
             return precondition(u) if transpose else u
 
-        return _columnwise(one, rhs)
+        # one column at a time: lineax's GMRES solves its small least-squares problems by
+        # LAPACK QR, which should not be batched (`_linalg`; a batch of thetas still is)
+        return one(rhs) if rhs.ndim == 1 else jax.lax.map(one, rhs.T).T
 
 
 def solve(

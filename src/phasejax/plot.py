@@ -355,10 +355,7 @@ def _draw_layered(ax, g, layers, theta, rate_fn, param_names, labels, state_labe
 @eqx.filter_jit
 def _call(dist, method: str, *args):
     """``dist.method(*args)``, compiled once per model structure, method and argument
-    shapes (op-by-op evaluation of a density compiles its series at every call). One
-    method per program: XLA CPU (jaxlib 0.10) sometimes never completes a program that
-    holds two independent series (an epoch model's pdf and cdf: 2 of 20 fresh processes
-    hung), so the pdf and cdf panels run one after the other."""
+    shapes (op-by-op evaluation of a density compiles its series at every call)."""
     return getattr(dist, method)(*args)
 
 

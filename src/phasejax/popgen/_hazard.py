@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .. import _linalg
 from .._piecewise import open_epoch_transient
 
 ORDER = 4  # Taylor order P of the weight in growing or shrinking epochs
@@ -154,5 +155,5 @@ def occupancy(
         if m is not None:
             pi = pi @ m
     q = open_epoch_transient(np.asarray(generators[-1])[np.ix_(transient, transient)])
-    last = jnp.linalg.solve(-q.T, pi[transient]) * last_weight
+    last = _linalg.solve(-q.T, pi[transient]) * last_weight
     return occ.at[transient].add(last)

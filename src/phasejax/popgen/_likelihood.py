@@ -26,6 +26,8 @@ import numpy as np
 from jax.scipy.special import gammaln, xlogy
 from jaxtyping import Array, ArrayLike, Float
 
+from .. import _linalg
+
 
 def sfs_mask(shape: tuple[int, ...], folded: bool = False) -> np.ndarray:
     """Entries that carry data: all but the corners ``0`` and ``n`` (monomorphic);
@@ -133,7 +135,7 @@ def godambe_covariance(loglik: Callable[[Array], Array], params: ArrayLike) -> F
     scores = jax.jacrev(loglik)(params)  # (B, p)
     _block_count(scores.shape[:-1])
     info = -jax.hessian(_total(loglik))(params)
-    bread = jnp.linalg.inv(info)
+    bread = _linalg.inv(info)
     return bread @ (scores.T @ scores) @ bread
 
 
@@ -170,9 +172,9 @@ def _newton(f, x0: Array, steps: int) -> tuple[Array, Array]:
         )(x)
         # where -H is not positive definite (away from a maximum) shift its spectrum
         # (Levenberg-Marquardt), so that d is still an ascent direction
-        eig = jnp.linalg.eigvalsh(-h)
+        eig = _linalg.eigvalsh(-h)
         shift = jnp.where(eig[0] > 0, 0.0, 1e-3 * jnp.max(jnp.abs(eig)) - eig[0])
-        d = jnp.linalg.solve(-h + shift * jnp.eye(x.shape[0], dtype=x.dtype), g)
+        d = _linalg.solve(-h + shift * jnp.eye(x.shape[0], dtype=x.dtype), g)
         return d, g @ d, value
 
     def body(x, _):
@@ -247,7 +249,7 @@ def standard_errors(
     params = _flat(params)
     if method == "hessian":
         info = -jax.hessian(_total(loglik))(params)
-        return jnp.sqrt(jnp.diag(jnp.linalg.inv(info)))
+        return jnp.sqrt(jnp.diag(_linalg.inv(info)))
     if method == "godambe":
         return jnp.sqrt(jnp.diag(godambe_covariance(loglik, params)))
     if method == "bootstrap":
