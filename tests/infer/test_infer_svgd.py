@@ -294,7 +294,7 @@ MULTI = textwrap.dedent(
 
 def test_sharded_over_four_devices_equals_single_device(tmp_path):
     out = tmp_path / "single.npy"
-    # four host devices, on top of the user's own XLA settings
+    # four host devices, on top of the suite's compiler settings (conftest.py)
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     proc = subprocess.run(
