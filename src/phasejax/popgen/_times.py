@@ -55,7 +55,7 @@ class CoalescenceTime(eqx.Module):
         total length, not phase-type under time-dependent rates) its Laplace transform
         inverted numerically, as for [`EpochReward`][phasejax.EpochReward]."""
         if self.is_time:
-            return 1.0 - self.sf(t)
+            return extrapolate(self.chains, lambda c: c.cdf(t))
         return extrapolate(self.chains, lambda c: reward_distribution(c, self.rewards, t)[0])
 
     def pdf(self, t: ArrayLike) -> Array:
