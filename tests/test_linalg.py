@@ -74,6 +74,31 @@ def test_vmap_maps_one_matrix_at_a_time():
         )
 
 
+def test_eigvalsh_and_its_derivatives_against_jnp():
+    rng = np.random.default_rng(4)
+    h = rng.normal(size=(4, 4))
+    hs = np.stack([h + h.T, 2 * (h + h.T) + np.eye(4), h @ h.T])
+
+    def f(eig, m):
+        w = eig(m)
+        return 2 * w[0] + w[3] ** 2
+
+    for m in hs:
+        np.testing.assert_allclose(_linalg.eigvalsh(m), np.linalg.eigvalsh(m), atol=1e-13)
+        step = 1e-6 * (h + h.T)
+        fd = (f(np.linalg.eigvalsh, m + step) - f(np.linalg.eigvalsh, m - step)) / 2e-6
+        grad = jax.grad(lambda x: f(_linalg.eigvalsh, x))(m)
+        np.testing.assert_allclose(np.sum(grad * (h + h.T)), fd, rtol=1e-7)
+        np.testing.assert_allclose(
+            jax.jacfwd(_linalg.eigvalsh)(m), jax.jacfwd(jnp.linalg.eigvalsh)(m), atol=1e-12
+        )
+    np.testing.assert_allclose(
+        jax.vmap(jax.grad(lambda x: f(_linalg.eigvalsh, x)))(hs),
+        jax.vmap(jax.grad(lambda x: f(jnp.linalg.eigvalsh, x)))(hs),
+        atol=1e-12,
+    )
+
+
 def _lapack_operand_ranks(hlo: str) -> list[int]:
     ranks = []
     for line in hlo.splitlines():
@@ -84,8 +109,8 @@ def _lapack_operand_ranks(hlo: str) -> list[int]:
 
 
 def test_no_batched_lapack_call_in_vmapped_programs():
-    """The structure the deadlock needs is absent: under vmap (thetas, and times inside the
-    epoch engine) every LAPACK call gets one matrix (rank 2 operands at most)."""
+    """The structure the deadlock needs is absent: under vmap (thetas, tangents, and times
+    inside the epoch engine) every LAPACK call gets one matrix (rank 2 operands at most)."""
     epochs = pj.models.PiecewiseKingman(4)
     times = jnp.linspace(0.1, 3.0, 7)
 
@@ -93,18 +118,21 @@ def test_no_batched_lapack_call_in_vmapped_programs():
         dist = epochs(rates, jnp.array([0.5]))
         return dist.pdf(times), dist.cdf(times), dist.mean()
 
-    cyclic = pj.models.two_island(2, 1).compile(solver="dense")
+    graph = pj.models.two_island(2, 1)
+    dense, gmres = graph.compile(solver="dense"), graph.compile(solver="gmres")
+    thetas = jnp.array([[1.0, 0.5, 0.3, 0.2], [2.0, 0.1, 1.0, 0.7]])
 
-    def cyclic_moments(theta):
-        dist = cyclic(theta)
-        return dist.mean(), dist.var()
+    def moments(model):
+        return lambda theta: (model(theta).mean(), model(theta).var())
 
     for fn, batch in (
-        (epoch_pdf_cdf, jnp.array([[1.0, 0.2], [0.7, 1.5], [2.0, 0.4]])),
-        (cyclic_moments, jnp.array([[1.0, 0.5, 0.3, 0.2], [2.0, 0.1, 1.0, 0.7]])),
+        (jax.vmap(epoch_pdf_cdf), jnp.array([[1.0, 0.2], [0.7, 1.5], [2.0, 0.4]])),
+        (jax.vmap(moments(dense)), thetas),
+        (jax.vmap(moments(gmres)), thetas),  # lineax's GMRES: QR of its Hessenberg matrix
+        (jax.jacfwd(lambda th: gmres(th).mean()), thetas[0]),  # tangents batched
+        (jax.vmap(jax.jacfwd(lambda m: _linalg.eigvalsh(m + m.T))), thetas.reshape(2, 2, 2)),
     ):
-        hlo = jax.jit(jax.vmap(fn)).lower(batch).as_text()
-        ranks = _lapack_operand_ranks(hlo)
+        ranks = _lapack_operand_ranks(jax.jit(fn).lower(batch).as_text())
         assert ranks and max(ranks) <= 2, ranks
 
 

@@ -22,10 +22,12 @@ from jaxtyping import Array, Float
 
 def sequential_vmap(fn: Callable) -> Callable:
     """``fn`` (positional pytree arguments; every traced value it uses must be one of
-    them) with a ``vmap`` rule that evaluates it one batch element at a time: the batched
-    leaves are scanned by ``lax.map``, the others closed over. Forward-mode derivatives
-    pass through; use it under ``custom_linear_solve`` or ``stop_gradient`` where reverse
-    mode is needed."""
+    them: the rule may be traced again later, e.g. by ``custom_linear_solve``'s batching,
+    where a closed-over tracer would be stale) with a ``vmap`` rule that evaluates it one
+    batch element at a time: the batched leaves are scanned by ``lax.map``, the others
+    closed over. Forward-mode derivatives pass through; use it under
+    ``custom_linear_solve``, ``custom_jvp`` or ``stop_gradient`` where reverse mode is
+    needed."""
 
     @jax.custom_batching.custom_vmap
     def wrapped(*args):
@@ -35,6 +37,9 @@ def sequential_vmap(fn: Callable) -> Callable:
     def rule(axis_size, in_batched, *args):
         leaves, tree = jax.tree.flatten(args)
         flags = jax.tree.leaves(in_batched)
+        if not any(flags):  # e.g. jacfwd: only the tangents are batched
+            out = fn(*args)
+            return out, jax.tree.map(lambda _: False, out)
 
         def one(batched):
             it = iter(batched)
@@ -53,7 +58,21 @@ _lu_solve = tuple(
     sequential_vmap(lambda lu, piv, b, trans=trans: jsl.lu_solve((lu, piv), b, trans=trans))
     for trans in (0, 1)
 )
-eigvalsh = sequential_vmap(jnp.linalg.eigvalsh)
+_eigh = sequential_vmap(jnp.linalg.eigh)
+
+
+@jax.custom_jvp
+def eigvalsh(a: Float[Array, "n n"]) -> Float[Array, " n"]:
+    """Eigenvalues of a symmetric matrix, ascending (as ``jnp.linalg.eigvalsh``); first
+    derivatives ``dw_i = v_i^T da v_i`` in both modes."""
+    return _eigh(a)[0]
+
+
+@eigvalsh.defjvp
+def _eigvalsh_jvp(primals, tangents):
+    (a,), (da,) = primals, tangents
+    w, v = _eigh(a)
+    return w, jnp.real(jnp.einsum("ji,jk,ki->i", v.conj(), da, v))
 
 
 def lu_solve(factors: tuple[Array, Array], b: Array, transpose: bool = False) -> Array:

@@ -339,6 +339,18 @@ class GMRES(AbstractSolver):
         return None if self.preconditioner is None else self.preconditioner.prepare(system)
 
     def raw_solve(self, system, state, rhs, transpose):
+        # one member of a batch (thetas, tangents) at a time: lineax's GMRES solves its
+        # small least-squares problems by LAPACK QR, which must not be batched (`_linalg`)
+        # (the solver's own arrays are arguments too: a vmap rule may be traced again later,
+        # e.g. by custom_linear_solve's batching, where a closed-over tracer would be stale)
+        arrays, static = eqx.partition(self, eqx.is_array)
+
+        def one_solve(arrays, system, state, rhs):
+            return eqx.combine(arrays, static)._solve(system, state, rhs, transpose)
+
+        return _linalg.sequential_vmap(one_solve)(arrays, system, state, rhs)
+
+    def _solve(self, system, state, rhs, transpose):
         def precondition(v):
             if self.preconditioner is None:
                 return v / system.diag
