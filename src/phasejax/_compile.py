@@ -24,7 +24,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from . import _sparse
 from ._distribution import DiscretePhaseType, PhaseType
 from ._graph import Graph
-from ._solve import AbstractSolver, LevelSweep
+from ._solve import AbstractSolver, LevelSweep, LinearRates
 from ._structure import Structure, is_traced, make_structure
 from ._topology import reachable, transient_vertices
 
@@ -172,14 +172,32 @@ class Model(eqx.Module):
 
     def _parts(self, rates: Float[Array, " E"]):
         """Transient edge rates, total out-rates and the initial vector from all edge rates."""
-        n = self.n_transient
         rate = self._transient_rates(rates)
-        diag = _sparse.segment_sum(rate, self.structure.src, n)
+        diag = _sparse.segment_sum(rate, self.structure.src, self.n_transient)
+        return rate, diag, self._alpha(rates)
+
+    def _alpha(self, rates: Float[Array, " E"]) -> Float[Array, " n"]:
+        """The initial vector (the starting vertex's edges, or ``initial``)."""
         if self.initial is None:
-            alpha = _sparse.segment_sum(rates[self.init_index], self.init_dst, n)
-        else:
-            alpha = jnp.asarray(self.initial, rates.dtype)
-        return rate, diag, alpha
+            return _sparse.segment_sum(rates[self.init_index], self.init_dst, self.n_transient)
+        return jnp.asarray(self.initial, rates.dtype)
+
+    def _linear(self, theta: Float[Array, " p"]) -> LinearRates | None:
+        """The transient edges' rates as `LinearRates` (default rate function only), so
+        that a batch of thetas need not hold an (edges x batch) array of rates."""
+        if self.rate_fn is not linear_rates:
+            return None
+        src, n = self.structure.src, self.n_transient
+        base = self._transient_rates(jnp.asarray(self.base, theta.dtype))
+        coefficients = self._transient_rates(jnp.asarray(self.coefficients, theta.dtype))
+        return LinearRates(
+            base,
+            coefficients,
+            _sparse.segment_sum(base, src, n),
+            _sparse.segment_sum(coefficients, src, n),
+            theta,
+            jnp.ones((), theta.dtype),
+        )
 
     def _transient_rates(self, rates: Float[Array, " E"]) -> Float[Array, " e"]:
         """The rates of the transient edges (``rates[edge_index]``)."""
@@ -239,7 +257,11 @@ class Model(eqx.Module):
         """Rates, their parts and the problem flags in one compiled call (no host
         callbacks, so the executable is cacheable)."""
         rates = self.rates(theta)
-        rate, diag, alpha = self._parts(rates)
+        linear = self._linear(jnp.asarray(theta, rates.dtype)) if self.n_params else None
+        if linear is None:
+            rate, diag, alpha = self._parts(rates)
+        else:  # the rates are formed where needed (a reduction, a sweep's blocks)
+            rate, diag, alpha = linear, linear.totals(), self._alpha(rates)
         return rates, rate, diag, alpha, self._problems(rates, diag, alpha, require_exit)
 
     def _name_problem(self, kind: int, theta, rates: np.ndarray, diag: np.ndarray) -> str:
@@ -299,7 +321,10 @@ class Model(eqx.Module):
         return self._build(rate, diag, alpha)
 
     def _build(self, rate, diag, alpha) -> PhaseType | DiscretePhaseType:
+        """The distribution; ``rate`` is the transient rates or their `LinearRates`."""
         kind = DiscretePhaseType if self.discrete else PhaseType
+        if isinstance(rate, LinearRates):
+            return kind(self.structure, None, diag, alpha, rate)
         return kind(self.structure, rate, diag, alpha)
 
     def guarded(self, theta: ArrayLike) -> tuple[PhaseType | DiscretePhaseType, Bool[Array, ""]]:

@@ -34,7 +34,7 @@ from jaxtyping import Array, ArrayLike, Float
 from . import _expm, _sparse
 from . import _uniformization as _unif
 from ._sample import sample_paths
-from ._solve import System, solve
+from ._solve import LinearRates, System, solve
 from ._structure import CheckedRewards, Structure, check_rewards, is_traced
 
 DEFAULT_TOL = 1e-12
@@ -72,13 +72,43 @@ class AbstractPhaseType(eqx.Module):
     """
 
     structure: Structure
-    rate: Float[Array, " e"]
+    _rate: Float[Array, " e"] | None
     diag: Float[Array, " n"]
     alpha: Float[Array, " n"]
+    linear: LinearRates | None = None
+
+    def __init__(
+        self,
+        structure: Structure,
+        rate: Float[Array, " e"] | None,
+        diag: Float[Array, " n"],
+        alpha: Float[Array, " n"],
+        linear: LinearRates | None = None,
+    ):
+        """``rate``: the transient edges' rates, or ``None`` with ``linear`` (`LinearRates`,
+        as ``model(theta)`` builds for linear rate functions), from which they are formed
+        where needed (one source: the rates cannot disagree with it)."""
+        if (rate is None) == (linear is None):
+            raise ValueError("give exactly one of `rate` and `linear`")
+        self.structure, self._rate, self.diag, self.alpha, self.linear = (
+            structure,
+            rate,
+            diag,
+            alpha,
+            linear,
+        )
+
+    @property
+    def rate(self) -> Float[Array, " e"]:
+        """The transient edges' rates (``structure.src -> structure.dst``)."""
+        if self.linear is not None:
+            return self.linear.rates()
+        assert self._rate is not None  # exactly one of them (__init__)
+        return self._rate
 
     @property
     def system(self) -> System:
-        return System(self.structure.src, self.structure.dst, self.rate, self.diag)
+        return System(self.structure.src, self.structure.dst, self.rate, self.diag, self.linear)
 
     def _solver(self, system: System | None = None):
         """``solve(rhs, transpose=False)`` for ``system`` (default: this model's ``M``)."""
@@ -224,6 +254,10 @@ class AbstractPhaseType(eqx.Module):
 
     def _rescaled(self) -> tuple[AbstractPhaseType, Float[Array, ""]]:
         c = jax.lax.stop_gradient(self._time_scale())
+        if self.linear is not None:
+            return type(self)(
+                self.structure, None, self.diag / c, self.alpha, self.linear.scaled(1 / c)
+            ), c
         return type(self)(self.structure, self.rate / c, self.diag / c, self.alpha), c
 
     @staticmethod

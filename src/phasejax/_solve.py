@@ -38,17 +38,48 @@ from jaxtyping import Array, Float, Int
 from . import _linalg, _sparse, _topology
 
 
+class LinearRates(eqx.Module):
+    """Edge rates given as data: ``rate_e = scale (base_e + coefficients_e . theta)``.
+
+    Built by ``model(theta)`` for the default linear rate function. The level sweep forms
+    each block's rates inside its loop from these (a few constants per slot and the
+    small ``theta``), so a batch of thetas never materialises an (edges x batch) array:
+    at Kingman n = 30 and 100 thetas that array is 39 MB, beyond what glibc keeps in its
+    heap, and each call would map and page-fault it afresh. ``state_base`` and
+    ``state_coefficients`` are the sums over each state's out-edges (its total out-rate).
+    """
+
+    base: Float[Array, " e"]
+    coefficients: Float[Array, "e p"]
+    state_base: Float[Array, " n"]
+    state_coefficients: Float[Array, "n p"]
+    theta: Float[Array, " p"]
+    scale: Float[Array, ""]
+
+    def rates(self) -> Float[Array, " e"]:
+        return self.scale * (self.base + self.coefficients @ self.theta)
+
+    def totals(self) -> Float[Array, " n"]:
+        """Each state's total out-rate."""
+        return self.scale * (self.state_base + self.state_coefficients @ self.theta)
+
+    def scaled(self, factor: Float[Array, ""]) -> LinearRates:
+        return eqx.tree_at(lambda x: x.scale, self, self.scale * factor)
+
+
 class System(eqx.Module):
     """The traced operator ``M = diag(diag) - A`` over ``n`` transient states.
 
     ``src``/``dst`` are the static edge list (``dst == n`` means absorption),
-    ``rate`` the edge rates and ``diag`` the total out-rate of each state.
+    ``rate`` the edge rates and ``diag`` the total out-rate of each state; ``linear``
+    (optional) the same rates as `LinearRates`.
     """
 
     src: Int[Array, " e"]
     dst: Int[Array, " e"]
     rate: Float[Array, " e"]
     diag: Float[Array, " n"]
+    linear: LinearRates | None = None
 
     @property
     def n(self) -> int:
@@ -62,7 +93,7 @@ class System(eqx.Module):
 
     def with_diag(self, diag: Float[Array, " n"]) -> System:
         """The same edges with another diagonal (e.g. ``diag + s * r`` for a Laplace transform)."""
-        return System(self.src, self.dst, self.rate, diag)
+        return System(self.src, self.dst, self.rate, diag, self.linear)
 
 
 class AbstractSolver(eqx.Module):
@@ -151,8 +182,38 @@ def _coarse_or_fine(tables, batch_size):
     return tables[1] if batch_size >= BATCH_FINE else tables[0]
 
 
+def _linear_level_kernel(tables, coefs, base, reverse):
+    """`_level_kernel` with the rates as `LinearRates` parts: ``coefs`` = (inv (n+1, ...),
+    base (E+1,), coefficients (E+1, p), theta (p, ...), scale (...)); each step forms its
+    slots' weights ``inv[g] scale (base[e] + coefficients[e] . theta)`` (padding slots:
+    edge E, all zero). Unbatched, the rates are formed once and `_level_kernel` runs."""
+    inv, edge_base, edge_coefficients, theta, scale = coefs
+    if theta.ndim == 1:  # one theta: its rates are one small array, weights streamed
+        rate = scale * (edge_base + edge_coefficients @ theta)
+        return _level_kernel(tables, (inv, rate), base, reverse)
+    gather, scatter, edge = tables
+    inv = _expand(inv, base.ndim)
+
+    def body(y, block):
+        g, s, e = block
+        products = jnp.tensordot(edge_coefficients[e], theta, axes=1)  # (slots, ...)
+        rate = _expand(edge_base[e], products.ndim) + products
+        return y.at[s].add(y[g] * (inv[g] * scale * _expand(rate, base.ndim))), None
+
+    shape = jnp.broadcast_shapes(
+        base.shape, inv.shape, (1,) + theta.shape[1:], (1,) + jnp.shape(scale)
+    )
+    y = jnp.broadcast_to(base, shape)
+    y, _ = jax.lax.scan(body, y, (gather, scatter, edge), reverse=reverse)
+    return y * inv
+
+
 _SWEEPS = {
-    r: _trailing_batch(functools.partial(_level_kernel, reverse=r), _coarse_or_fine)
+    (linear, r): _trailing_batch(
+        functools.partial(_linear_level_kernel if linear else _level_kernel, reverse=r),
+        _coarse_or_fine,
+    )
+    for linear in (False, True)
     for r in (False, True)
 }
 
@@ -181,9 +242,14 @@ class LevelSweep(AbstractSolver):
             return ((src, dst) if transpose else (dst, src)) + (edge,)
 
         inv = _sparse.pad_zero(1.0 / system.diag)
-        rate = _sparse.pad_zero(system.rate)
-        out = _SWEEPS[transpose](
-            (tables(self.blocks), tables(self.fine)), (inv, rate), _sparse.pad_zero(rhs)
+        linear = system.linear
+        if linear is None:
+            coefs = (inv, _sparse.pad_zero(system.rate))
+        else:
+            edges = (_sparse.pad_zero(linear.base), _sparse.pad_zero(linear.coefficients))
+            coefs = (inv, *edges, linear.theta, linear.scale)
+        out = _SWEEPS[linear is not None, transpose](
+            (tables(self.blocks), tables(self.fine)), coefs, _sparse.pad_zero(rhs)
         )
         return out[: system.n]
 
