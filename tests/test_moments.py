@@ -777,3 +777,23 @@ def test_theta_batch_holds_no_edges_by_batch_array():
     np.testing.assert_allclose(
         program(thetas)[:, 1], np.sum(1 / comb_arr(k) ** 2) / thetas[:, 0] ** 2, rtol=1e-13
     )
+
+
+def test_rate_checks_on_distinct_rows_match_every_edge():
+    """With the default rate function the NaN / infinite / negative checks run over the
+    distinct rows of (base, coefficients): admissibility equals that of every edge's rate
+    (numpy), for thetas that make some rates negative, NaN or infinite, under vmap."""
+    graph = _affine_chain()
+    model = graph.compile()
+    assert model.distinct_base is not None and model.distinct_base.size < graph.edges_length()
+    src, _, base, coef = graph.edge_arrays()
+    thetas = np.array(
+        [[1.0, 2.0], [-1.0, 1.0], [1.0, -0.5], [np.nan, 1.0], [np.inf, 1.0], [1.0, 1e308]]
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        rates = base + thetas @ coef.T  # (thetas, edges)
+        out = np.stack([np.bincount(src, weights=r, minlength=7)[1:6] for r in rates])
+    want = np.all(np.isfinite(rates) & (rates >= 0), axis=1) & np.all(out > 0, axis=1)
+    _, ok = jax.jit(jax.vmap(model.guarded))(jnp.asarray(thetas))
+    np.testing.assert_array_equal(np.asarray(ok), want)
+    assert want.tolist() == [True, False, False, False, False, True]

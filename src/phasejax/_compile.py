@@ -132,6 +132,10 @@ class Model(eqx.Module):
     edge_range: tuple[int, int] | None = eqx.field(static=True)
     # graph vertices of each edge (E, 2), for error messages only
     edge_vertices: _HostArray = eqx.field(static=True)
+    # the distinct rows of (base, coefficients): with the default rate function the rate
+    # checks run over these (equal rows give bitwise equal rates), not over every edge
+    distinct_base: Float[np.ndarray, " U"] | None = None
+    distinct_coefficients: Float[np.ndarray, "U p"] | None = None
 
     @property
     def n_transient(self) -> int:
@@ -228,8 +232,9 @@ class Model(eqx.Module):
         ok, _ = jax.lax.while_loop(lambda c: c[1], body, (sweep(jnp.zeros(n, bool)), True))
         return ok
 
-    def _problems(self, rates, diag, alpha, require_exit: bool) -> Bool[Array, " 7"]:
-        """One flag per entry of ``_PROBLEMS``: the single definition of admissibility.
+    def _problems(self, rates, checked, diag, alpha, require_exit: bool) -> Bool[Array, " 7"]:
+        """One flag per entry of ``_PROBLEMS``: the single definition of admissibility
+        (``checked``: the rates, or as many values holding every distinct one).
 
         A closed class can only form where the graph has cycles (an acyclic chain whose
         states are all left reaches absorption), so the fixed point runs only then.
@@ -242,9 +247,9 @@ class Model(eqx.Module):
             closed = false
         return jnp.stack(
             [
-                jnp.any(jnp.isnan(rates)),
-                jnp.any(jnp.isinf(rates)),
-                jnp.any(rates < 0),
+                jnp.any(jnp.isnan(checked)),
+                jnp.any(jnp.isinf(checked)),
+                jnp.any(checked < 0),
                 jnp.any(diag <= 0) if require_exit else false,
                 jnp.sum(alpha) > 1 + _TOL,
                 jnp.any(diag > 1 + _TOL) if self.discrete else false,
@@ -260,9 +265,13 @@ class Model(eqx.Module):
         linear = self._linear(jnp.asarray(theta, rates.dtype)) if self.n_params else None
         if linear is None:
             rate, diag, alpha = self._parts(rates)
+            checked = rates
         else:  # the rates are formed where needed (a reduction, a sweep's blocks)
             rate, diag, alpha = linear, linear.totals(), self._alpha(rates)
-        return rates, rate, diag, alpha, self._problems(rates, diag, alpha, require_exit)
+            checked = rates
+            if self.distinct_base is not None and self.distinct_coefficients is not None:
+                checked = self.distinct_base + self.distinct_coefficients @ linear.theta
+        return rates, rate, diag, alpha, self._problems(rates, checked, diag, alpha, require_exit)
 
     def _name_problem(self, kind: int, theta, rates: np.ndarray, diag: np.ndarray) -> str:
         """The message of problem ``kind`` naming the first offending edge or state."""
@@ -278,6 +287,8 @@ class Model(eqx.Module):
                 fed = ~np.isfinite(rates) & (np.asarray(self.coefficients)[:, j] != 0)
                 bad = fed if np.any(fed) else bad
                 cause = f" because theta[{j}] = {theta[j]}"
+            if not np.any(bad):  # flagged on the distinct rows, by a rounding apart
+                return message + cause + " at this theta"
             e = int(np.flatnonzero(bad)[0])
             kind = 0 if np.isnan(rates[e]) else 1 if np.isinf(rates[e]) else kind
             message = _PROBLEMS[kind] + cause
@@ -444,4 +455,15 @@ def compile_graph(
         initial=None if initial is None else initial[transient],
         edge_vertices=_HostArray(np.stack([src, dst], axis=1)),
         rate_fn=linear_rates if rate_fn is None else rate_fn,
+        **_distinct_rows(base, coef, rate_fn),
     )
+
+
+def _distinct_rows(base: np.ndarray, coef: np.ndarray, rate_fn: Callable | None) -> dict:
+    """``distinct_base`` and ``distinct_coefficients`` of `Model` (default rate function
+    with parameters only): the distinct rows of ``(base, coefficients)``, ``-0.0`` kept
+    apart from ``0.0`` so that a rate computes to the same bits."""
+    if rate_fn is not None or coef.shape[1] == 0 or base.size == 0:
+        return {}
+    rows = np.unique(np.column_stack([base, coef]).view(np.int64), axis=0).view(np.float64)
+    return {"distinct_base": rows[:, 0], "distinct_coefficients": rows[:, 1:]}
