@@ -785,7 +785,8 @@ def test_rate_checks_on_distinct_rows_match_every_edge():
     (numpy), for thetas that make some rates negative, NaN or infinite, under vmap."""
     graph = _affine_chain()
     model = graph.compile()
-    assert model.distinct_base is not None and model.distinct_base.size < graph.edges_length()
+    plan = model.linear_plan
+    assert plan is not None and plan.distinct_base.size < graph.edges_length()
     src, _, base, coef = graph.edge_arrays()
     thetas = np.array(
         [[1.0, 2.0], [-1.0, 1.0], [1.0, -0.5], [np.nan, 1.0], [np.inf, 1.0], [1.0, 1e308]]

@@ -107,6 +107,32 @@ def linear_rates(
     return coefficients @ theta
 
 
+class LinearPlan(eqx.Module):
+    """Host-built constants of the default rate function ``base + coefficients @ theta``:
+    the per-state sums of the transient edges' base weights and coefficients (total
+    out-rates, as `LinearRates.totals`), and the distinct rows of ``(base, coefficients)``
+    over every edge, on which the rate checks run (equal rows give bitwise equal rates;
+    ``-0.0`` is kept apart from ``0.0``)."""
+
+    state_base: Float[np.ndarray, " n"]
+    state_coefficients: Float[np.ndarray, "n p"]
+    distinct_base: Float[np.ndarray, " U"]
+    distinct_coefficients: Float[np.ndarray, "U p"]
+
+    @classmethod
+    def build(cls, base, coef, inner, src, n) -> LinearPlan:
+        """``inner``: the transient edges; ``src``: their source states (``0..n-1``)."""
+        state_coefficients = np.zeros((n, coef.shape[1]))
+        np.add.at(state_coefficients, src, coef[inner])
+        rows = np.unique(np.column_stack([base, coef]).view(np.int64), axis=0).view(np.float64)
+        return cls(
+            np.bincount(src, weights=base[inner], minlength=n),
+            state_coefficients,
+            rows[:, 0],
+            rows[:, 1:],
+        )
+
+
 class Model(eqx.Module):
     """A compiled phase-type model: static structure, parameters supplied per call.
 
@@ -132,10 +158,8 @@ class Model(eqx.Module):
     edge_range: tuple[int, int] | None = eqx.field(static=True)
     # graph vertices of each edge (E, 2), for error messages only
     edge_vertices: _HostArray = eqx.field(static=True)
-    # the distinct rows of (base, coefficients): with the default rate function the rate
-    # checks run over these (equal rows give bitwise equal rates), not over every edge
-    distinct_base: Float[np.ndarray, " U"] | None = None
-    distinct_coefficients: Float[np.ndarray, "U p"] | None = None
+    # constants of the default (linear) rate function, None for any other
+    linear_plan: LinearPlan | None = None
 
     @property
     def n_transient(self) -> int:
@@ -186,21 +210,17 @@ class Model(eqx.Module):
             return _sparse.segment_sum(rates[self.init_index], self.init_dst, self.n_transient)
         return jnp.asarray(self.initial, rates.dtype)
 
-    def _linear(self, theta: Float[Array, " p"]) -> LinearRates | None:
-        """The transient edges' rates as `LinearRates` (default rate function only), so
-        that a batch of thetas need not hold an (edges x batch) array of rates."""
-        if self.rate_fn is not linear_rates:
-            return None
-        src, n = self.structure.src, self.n_transient
-        base = self._transient_rates(jnp.asarray(self.base, theta.dtype))
-        coefficients = self._transient_rates(jnp.asarray(self.coefficients, theta.dtype))
+    def _linear(self, plan: LinearPlan, theta: Float[Array, " p"]) -> LinearRates:
+        """The transient edges' rates as `LinearRates`, so that a batch of thetas need not
+        hold an (edges x batch) array of rates."""
+        dtype = theta.dtype
         return LinearRates(
-            base,
-            coefficients,
-            _sparse.segment_sum(base, src, n),
-            _sparse.segment_sum(coefficients, src, n),
+            self._transient_rates(jnp.asarray(self.base, dtype)),
+            self._transient_rates(jnp.asarray(self.coefficients, dtype)),
+            jnp.asarray(plan.state_base, dtype),
+            jnp.asarray(plan.state_coefficients, dtype),
             theta,
-            jnp.ones((), theta.dtype),
+            jnp.ones((), dtype),
         )
 
     def _transient_rates(self, rates: Float[Array, " E"]) -> Float[Array, " e"]:
@@ -262,15 +282,15 @@ class Model(eqx.Module):
         """Rates, their parts and the problem flags in one compiled call (no host
         callbacks, so the executable is cacheable)."""
         rates = self.rates(theta)
-        linear = self._linear(jnp.asarray(theta, rates.dtype)) if self.n_params else None
-        if linear is None:
+        plan = self.linear_plan
+        if plan is None:
             rate, diag, alpha = self._parts(rates)
             checked = rates
         else:  # the rates are formed where needed (a reduction, a sweep's blocks)
-            rate, diag, alpha = linear, linear.totals(), self._alpha(rates)
-            checked = rates
-            if self.distinct_base is not None and self.distinct_coefficients is not None:
-                checked = self.distinct_base + self.distinct_coefficients @ linear.theta
+            rate = self._linear(plan, jnp.asarray(theta, rates.dtype))
+            diag, alpha = rate.totals(), self._alpha(rates)
+            # equal rows of (base, coefficients) give bitwise equal rates
+            checked = plan.distinct_base + plan.distinct_coefficients @ rate.theta
         return rates, rate, diag, alpha, self._problems(rates, checked, diag, alpha, require_exit)
 
     def _name_problem(self, kind: int, theta, rates: np.ndarray, diag: np.ndarray) -> str:
@@ -455,15 +475,7 @@ def compile_graph(
         initial=None if initial is None else initial[transient],
         edge_vertices=_HostArray(np.stack([src, dst], axis=1)),
         rate_fn=linear_rates if rate_fn is None else rate_fn,
-        **_distinct_rows(base, coef, rate_fn),
+        linear_plan=None
+        if rate_fn is not None or coef.shape[1] == 0
+        else LinearPlan.build(base, coef, inner, position[src[inner]], n),
     )
-
-
-def _distinct_rows(base: np.ndarray, coef: np.ndarray, rate_fn: Callable | None) -> dict:
-    """``distinct_base`` and ``distinct_coefficients`` of `Model` (default rate function
-    with parameters only): the distinct rows of ``(base, coefficients)``, ``-0.0`` kept
-    apart from ``0.0`` so that a rate computes to the same bits."""
-    if rate_fn is not None or coef.shape[1] == 0 or base.size == 0:
-        return {}
-    rows = np.unique(np.column_stack([base, coef]).view(np.int64), axis=0).view(np.float64)
-    return {"distinct_base": rows[:, 0], "distinct_coefficients": rows[:, 1:]}

@@ -405,10 +405,9 @@ class GMRES(AbstractSolver):
         return None if self.preconditioner is None else self.preconditioner.prepare(system)
 
     def raw_solve(self, system, state, rhs, transpose):
-        # one member of a batch (thetas, tangents) at a time: lineax's GMRES solves its
-        # small least-squares problems by LAPACK QR, which must not be batched (`_linalg`)
-        # (the solver's own arrays are arguments too: a vmap rule may be traced again later,
-        # e.g. by custom_linear_solve's batching, where a closed-over tracer would be stale)
+        # one member of a batch (thetas, tangents) at a time and (`_solve`) one column at a
+        # time: lineax's GMRES solves its small least-squares problems by LAPACK QR, which
+        # must not be batched (`_linalg`); the solver's own arrays are arguments too
         arrays, static = eqx.partition(self, eqx.is_array)
 
         def one_solve(arrays, system, state, rhs):
@@ -446,8 +445,6 @@ class GMRES(AbstractSolver):
             u = lx.linear_solve(op, b / safe, method, throw=True).value * safe
             return precondition(u) if transpose else u
 
-        # one column at a time: lineax's GMRES solves its small least-squares problems by
-        # LAPACK QR, which should not be batched (`_linalg`; a batch of thetas still is)
         return one(rhs) if rhs.ndim == 1 else jax.lax.map(one, rhs.T).T
 
 
