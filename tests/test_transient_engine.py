@@ -113,7 +113,9 @@ def test_vmap_batch_with_a_far_theta_does_not_abort(kingman10):
     thetas = jnp.array([[0.5], [1.0], [300.0]])  # Lambda t = 45 * 300 * 9: 1.2e5 terms
     batched = jax.vmap(lambda th: model(th).logpdf(t))(thetas)
     looped = jnp.stack([model(th).logpdf(t) for th in thetas])
-    np.testing.assert_allclose(batched, looped, rtol=1e-12)
+    # the batch shares the largest Lambda (600x that of theta = 0.5: a longer series,
+    # the same sum up to rounding)
+    np.testing.assert_allclose(batched, looped, rtol=1e-10)
     assert np.all(np.isfinite(batched))
 
 
@@ -231,7 +233,9 @@ def test_cdf_time_derivative_is_the_pdf(kingman10):
     dist = model(jnp.array([1.3]))
     t = jnp.array([0.0, 0.2, 1.5, 6.0])
     grad = jax.grad(lambda t: dist.cdf(t).sum())(t)
-    np.testing.assert_allclose(grad, dist.pdf(t), rtol=1e-10, atol=1e-14)
+    # the shifted sums cancel against the cdf's (about 1 at t = 6): absolute accuracy at
+    # the cdf's scale, not relative to the small derivative
+    np.testing.assert_allclose(grad, dist.pdf(t), rtol=1e-10, atol=1e-12)
 
 
 def test_second_derivatives_raise_through_the_series_and_work_by_expm():

@@ -33,6 +33,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from . import _expm, _sparse
 from . import _uniformization as _unif
+from ._lumping import Lumping
 from ._sample import sample_paths
 from ._solve import LinearRates, System, solve
 from ._structure import CheckedRewards, Structure, check_rewards, is_traced
@@ -76,6 +77,7 @@ class AbstractPhaseType(eqx.Module):
     diag: Float[Array, " n"]
     alpha: Float[Array, " n"]
     linear: LinearRates | None = None
+    lumping: Lumping | None = None
 
     def __init__(
         self,
@@ -84,18 +86,26 @@ class AbstractPhaseType(eqx.Module):
         diag: Float[Array, " n"],
         alpha: Float[Array, " n"],
         linear: LinearRates | None = None,
+        lumping: Lumping | None = None,
     ):
         """``rate``: the transient edges' rates, or ``None`` with ``linear`` (`LinearRates`,
         as ``model(theta)`` builds for linear rate functions), from which they are formed
-        where needed (one source: the rates cannot disagree with it)."""
+        where needed (one source: the rates cannot disagree with it).
+
+        ``lumping`` (with ``linear``; `phasejax._lumping.Lumping`, as ``model(theta)``
+        passes for a continuous model whose states lump): the absorption time's
+        densities and probabilities are then computed on the lumped chain, exactly."""
         if (rate is None) == (linear is None):
             raise ValueError("give exactly one of `rate` and `linear`")
-        self.structure, self._rate, self.diag, self.alpha, self.linear = (
+        if lumping is not None and linear is None:
+            raise ValueError("`lumping` needs the rates as `linear`")
+        self.structure, self._rate, self.diag, self.alpha, self.linear, self.lumping = (
             structure,
             rate,
             diag,
             alpha,
             linear,
+            lumping,
         )
 
     @property
@@ -336,6 +346,23 @@ class PhaseType(AbstractPhaseType):
             self.structure, self.rate / r[self.structure.src], self.diag / r, self.alpha
         )
 
+    def _lumped(self) -> PhaseType:
+        """The same distribution of the absorption time on the lumped chain (`lumping`):
+        ``alpha`` summed over each block, the lumped rates at this ``theta`` and scale."""
+        lumping, linear = self.lumping, self.linear
+        assert lumping is not None and linear is not None  # (__init__)
+        dtype = self.diag.dtype
+        lumped = LinearRates(
+            jnp.asarray(lumping.base, dtype),
+            jnp.asarray(lumping.coefficients, dtype),
+            jnp.asarray(lumping.state_base, dtype),
+            jnp.asarray(lumping.state_coefficients, dtype),
+            linear.theta,
+            linear.scale,
+        )
+        alpha = _sparse.segment_sum(self.alpha, lumping.block, lumping.n_blocks)
+        return PhaseType(lumping.structure, None, lumped.totals(), alpha, lumped)
+
     def _transient(
         self,
         t,
@@ -349,7 +376,11 @@ class PhaseType(AbstractPhaseType):
         callback and is cacheable), choose the method, then run `_transient_kernel`.
 
         ``method``: ``"uniformization"``, ``"expm"`` or ``"auto"``
-        (`phasejax._expm.choose`)."""
+        (`phasejax._expm.choose`). Quantities of the absorption time alone (``kind``
+        ``"logpdf"``, ``"sf"``, ``"cdf"``, ``"integral"``) run on the lumped chain when
+        the model lumps (`_lumped`, formed inside the compiled kernel)."""
+        lump = self.lumping is not None and kind in ("logpdf", "sf", "cdf", "integral")
+        structure = self.lumping.structure if self.lumping is not None and lump else self.structure
         tol = _unif.check_tol(tol)
         # concrete data stays concrete under an outer jit only before jnp.asarray
         checked = _unif.is_concrete(t)
@@ -367,10 +398,18 @@ class PhaseType(AbstractPhaseType):
         if values is not None:
             finite = np.where(np.isinf(values), 0.0, values)  # t = inf runs as t = 0
             needed = method != "uniformization" or max_steps is not None
-            if needed and _unif.is_concrete(self.diag):
-                mu = float(np.max(np.asarray(self.diag), initial=0.0)) * finite
-        n = self.structure.n_transient
-        method = _expm.choose(method, kind, n, self.structure.src.shape[0], mu, tol)
+            if needed and _unif.is_concrete(self.diag, self.linear):
+                diag = np.asarray(self.diag)
+                if lump:  # the lumped chain's total out-rates (at most the full chain's)
+                    lumping, linear = self.lumping, self.linear
+                    assert lumping is not None and linear is not None
+                    theta = np.asarray(linear.theta)
+                    diag = float(linear.scale) * (
+                        lumping.state_base + lumping.state_coefficients @ theta
+                    )
+                mu = float(np.max(diag, initial=0.0)) * finite
+        n = structure.n_transient
+        method = _expm.choose(method, kind, n, structure.src.shape[0], mu, tol)
         plan = None
         if method == "expm":
             mu_max = None if mu is None else float(np.max(mu, initial=0.0))
@@ -386,10 +425,15 @@ class PhaseType(AbstractPhaseType):
             inverse = np.empty_like(perm)
             inverse[perm] = np.arange(perm.size)
             t, inverse = jnp.asarray(values.ravel()[perm]), jnp.asarray(inverse.reshape(t.shape))
-        return self._transient_kernel(t, kind, tol, max_steps, checked, order, plan, inverse)
+        return self._transient_kernel(t, kind, tol, max_steps, checked, order, lump, plan, inverse)
 
     @eqx.filter_jit
-    def _transient_kernel(self, t, kind, tol, max_steps, checked, order, plan=None, inverse=None):
+    def _transient_kernel(self, t, kind, tol, max_steps, checked, order, lump, plan, inverse):
+        """`_transient_values` compiled, on the lumped chain when ``lump``."""
+        dist = self._lumped() if lump else self
+        return dist._transient_values(t, kind, tol, max_steps, checked, order, plan, inverse)
+
+    def _transient_values(self, t, kind, tol, max_steps, checked, order, plan, inverse):
         """One kernel per ``kind``: ``"logpdf"``, ``"sf"``, ``"cdf"``, ``"state"``
         (``alpha e^{St}``, transient states), ``"occupancy"`` (``int_0^t alpha e^{Su} du``)
         and ``"integral"`` (``int_0^t u^order alpha e^{Su} 1 du``), flattened over ``t``;
@@ -411,7 +455,7 @@ class PhaseType(AbstractPhaseType):
         if not checked:
             flat = _unif.check_times(flat)
         infinite = jnp.isinf(flat)
-        lam = jax.lax.stop_gradient(jnp.max(self.diag))
+        lam = _unif.uniformization_rate(self.diag, shared=max_steps is None)
         finite_t = jnp.where(infinite, 0.0, flat)
         if plan is not None:
             log_v = _expm.transient(

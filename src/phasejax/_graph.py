@@ -755,7 +755,7 @@ class Graph:
     def compile(self, **kwargs: Any):
         """Compile into a [`phasejax.Model`][]: structure -> static arrays, once.
 
-        Keyword arguments: `solver`, `rate_fn`, `initial`; see
+        Keyword arguments: `solver`, `rate_fn`, `initial`, `lump`; see
         [`phasejax.internal.compile_graph`][].
         """
         from ._compile import compile_graph  # upward convenience: _compile builds on Graph

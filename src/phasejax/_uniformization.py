@@ -19,15 +19,21 @@ memory is ``O(B n + observations x q + checkpoints x n)`` whatever ``Lambda t`` 
 and one executable serves every ``t``. Observations are sorted by their window (by
 ``t``, shared by every parameter vector) and cut into batches of at most 64; a segment
 visits only the batches whose windows it meets. Within a (batch, segment) block the
-Poisson weights factorise by sub-blocks of 16 steps ``k = k_m + r``:
+Poisson weights factorise by sub-blocks of 32 steps ``k = k_m + r``:
 ``Pois(k; mu_i) = Pois(k_m; mu_i) (mu_i / rho)^r rho^r k_m! / k!``, so a block is one
 Horner evaluation in ``mu_i / rho`` per (observation, sub-block) of coefficients
-scaled per sub-block, and a log-sum-exp over the sub-blocks: about one multiply-add
-and a quarter of a transcendental per term (windows rounded out to whole sub-blocks).
+scaled per sub-block (a matrix product of the powers with the coefficients when there
+are many columns), and a log-sum-exp over the sub-blocks: about one multiply-add and a
+sixteenth of a transcendental per term (windows rounded out to whole sub-blocks). Small
+chains (at most ``DENSE_STATES`` states) step with the dense ``P``.
 
-**Batches.** Under ``vmap`` (e.g. over parameter vectors) the members share the loop
-control (the union of their windows' bounds), so loops stay loops and offsets stay
-slices; the members run in lockstep, vectorised, each selecting its own terms.
+**Batches.** Under ``vmap`` over parameter vectors the members share ``Lambda`` (the
+batch's largest, `uniformization_rate`), hence the observations' ``mu``, windows and
+Poisson weights: the kernels' vmap rule makes the batch a members' axis, each member
+runs its own series and their coefficients are mixed side by side as ``M q`` columns of
+one block product. Other batches (e.g. over time sets) share the loop control (the
+union of their windows' bounds), so loops stay loops and offsets stay slices; the
+members run in lockstep, vectorised, each selecting its own terms.
 
 **Truncation.** For ``mu = Lambda t`` the Poisson right tail obeys (Bernstein)
 ``P(N >= mu + x) <= exp(-x^2 / (2 (mu + x / 3)))``; with ``L = log(2 / tol)`` each
@@ -60,8 +66,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import equinox as eqx
 import jax
@@ -74,9 +81,11 @@ from ._structure import is_traced
 
 # steps per sub-block of the Poisson mixture (float64, float32), and the log-width of a
 # group of observations sharing one centre rho: (mu_i / rho)^r, r < SUB, stays in range
-# for |log(mu_i / rho)| <= SPAN / 2 (e^600 < e^709 in float64, e^60 < e^88 in float32)
-SUB = {8: 16, 4: 4}
-SPAN = {8: 80.0, 4: 40.0}
+# for |log(mu_i / rho)| <= SPAN / 2 (e^620 < e^709 in float64, e^60 < e^88 in float32)
+SUB = {8: 32, 4: 4}
+SPAN = {8: 40.0, 4: 40.0}
+DENSE_STATES = 32  # chains of at most this many states step with a dense matrix
+MATMUL_COLUMNS = 8  # mixed columns from which a block is a matrix product, not Horner
 CHECKPOINTS = 64  # fewest stored vectors per level of checkpointing
 CHECKPOINT_BYTES = 2**28  # the forward pass's checkpoints may use up to this much (float64)
 
@@ -90,10 +99,45 @@ def safe_log(x):
     return jnp.where(positive, jnp.log(jnp.where(positive, x, 1.0)), -jnp.inf)
 
 
-def _step(rate, diag, src, dst, v):
-    """One step of the uniformized chain on row vectors: ``v P = v - M^T v`` (the rates
-    already divided by ``Lambda``)."""
-    return v - _sparse.rmatvec(src, dst, rate, diag, v)
+class _Sparse(NamedTuple):
+    """The uniformized chain ``P = I - M`` by its edges (rates and total out-rates already
+    divided by ``Lambda``; the edge list is shared, passed beside it)."""
+
+    rate: Array
+    diag: Array
+
+
+class _Dense(NamedTuple):
+    """The uniformized chain as the matrix ``P`` (chains of at most ``DENSE_STATES``
+    states, e.g. lumped ones: one small matrix product per step instead of a gather and a
+    scatter, and the rates' cotangent one product per segment)."""
+
+    P: Array
+
+
+def _operator(rate, diag, src, dst) -> _Sparse | _Dense:
+    """``P`` of the stream: dense for small chains, else its edges."""
+    n = diag.shape[0]
+    if n > DENSE_STATES:
+        return _Sparse(rate, diag)
+    P = jnp.eye(n, dtype=diag.dtype) - jnp.diag(diag)
+    return _Dense(P.at[src, dst].add(rate, mode="drop"))  # (absorption, dst = n, dropped)
+
+
+def _step(op: _Sparse | _Dense, src, dst, v):
+    """One step of the uniformized chain on row vectors: ``v P = v - M^T v``."""
+    if isinstance(op, _Dense):
+        return v @ op.P
+    return v - _sparse.rmatvec(src, dst, op.rate, op.diag, v)
+
+
+def _rate_cotangents(d_op: _Sparse | _Dense, src, dst):
+    """The cotangents of the rates and total out-rates from those of the operator."""
+    if isinstance(d_op, _Sparse):
+        return d_op.rate, d_op.diag
+    n = d_op.P.shape[0]
+    d_rate = jnp.where(dst < n, d_op.P[src, jnp.minimum(dst, n - 1)], 0.0)
+    return d_rate, -jnp.diagonal(d_op.P)
 
 
 class Stream(NamedTuple):
@@ -119,13 +163,13 @@ def make_stream(
     n: int, q: int, t: int, *, poisson: bool, cumulative=False, order=0, identity=False
 ):
     """Segment and batch sizes for ``n`` states, ``q`` projections and ``t`` observations:
-    a segment's vectors (``B x n``) stay under 8 MB (a segment holds whole sub-blocks of
-    the Poisson mixture, at least 16 steps), a (batch x segment x q) block under 2 MB, and
+    a segment's vectors (``B x n``) stay under 8 MB where they can (a segment holds whole
+    sub-blocks of the Poisson mixture, at least 32 steps), a (batch x segment x q) block under 2 MB, and
     a batch is no larger than the observations need (a power of two, at most 64: the
     windows of a small batch are close, so its blocks hold few steps outside them).
     Checkpoints: as many as fit in ``CHECKPOINT_BYTES`` (at least ``CHECKPOINTS``, at most
-    4096), so that a long series of a large model (Kingman n=40: 37,337 states, ~520
-    segments of 16 steps) still stores every segment's start and replays each once."""
+    4096), so that a long series of a large model (Kingman n=40 unlumped: 37,337 states,
+    ~260 segments of 32 steps) still stores every segment's start and replays each once."""
     segment = 128
     while segment > max(SUB.values()) and segment * max(n, q) > 2**20:
         segment //= 2
@@ -255,6 +299,13 @@ def _by_scale(ks, mu, lo, hi, fn, init, combine):
     return jax.lax.fori_loop(0, count, body, init)
 
 
+def _powers(blocks: _Blocks) -> Array:
+    """``x_i^r`` for ``r < SUB`` (``(batch, SUB)``), as a running product (one kernel; a
+    chain of products compiles to one each)."""
+    r = jnp.arange(blocks.log_ratio.shape[1])
+    return jnp.cumprod(jnp.where(r[None] > 0, blocks.x[:, None], 1.0), axis=1)
+
+
 def _poisson_mix(blocks: _Blocks, coeff):
     """``log sum_k Pois(k; mu_i) coeff_kq`` over the segment (``(batch, q)``): one matrix
     product of the powers with the coefficients, each sub-block scaled to max 1, and a
@@ -264,13 +315,18 @@ def _poisson_mix(blocks: _Blocks, coeff):
     top = jnp.max(log_c, axis=1)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     unit = jnp.exp(log_c - top[:, None])
-    # Horner in x_i (one fused chain of multiply-adds, no small matrix
-    # products), sub-blocks on the minor axis (XLA CPU reduces over it fastest)
-    x = blocks.x[:, None, None]
-    unit = jnp.transpose(unit, (1, 2, 0))  # (SUB, q, M)
-    sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
-    for r in range(sub - 2, -1, -1):
-        sums = sums * x + unit[r]
+    if log_c.shape[2] >= MATMUL_COLUMNS:
+        # many columns (the members of a batch side by side): one matrix product of the
+        # powers x_i^r with the scaled coefficients
+        sums = jnp.einsum("ir,mrq->iqm", _powers(blocks), unit)
+    else:
+        # Horner in x_i (one fused chain of multiply-adds, no small matrix
+        # products), sub-blocks on the minor axis (XLA CPU reduces over it fastest)
+        x = blocks.x[:, None, None]
+        unit = jnp.transpose(unit, (1, 2, 0))  # (SUB, q, M)
+        sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
+        for r in range(sub - 2, -1, -1):
+            sums = sums * x + unit[r]
     return jax.nn.logsumexp(blocks.log_w[:, None] + top.T[None] + safe_log(sums), axis=-1)
 
 
@@ -287,20 +343,16 @@ def _poisson_mix_grad(blocks: _Blocks, log_r, g):
     top = jnp.max(log_z, axis=0)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     z = g[:, :, None] * jnp.exp(log_z - top[None])
-    # x^r as a running product (one kernel; a chain of products compiles to one each)
-    r = jnp.arange(blocks.log_ratio.shape[1])
-    powers = jnp.cumprod(jnp.where(r[None] > 0, blocks.x[:, None], 1.0), axis=1)
-    sums = jnp.einsum("ir,iqm->mrq", powers, z)
+    sums = jnp.einsum("ir,iqm->mrq", _powers(blocks), z)
     scale = jnp.exp(jnp.minimum(blocks.log_ratio[:, :, None] + top.T[:, None], 300.0))
     return (sums * scale).reshape(-1, g.shape[1])
 
 
-def _run_segment(cfg: Stream, ops, v):
+def _run_segment(cfg: Stream, op, src, dst, v):
     """The ``B`` vectors ``v_0 .. v_{B-1}`` of a segment from its first vector, and ``v_B``."""
-    rate, diag, src, dst = ops
 
     def body(v, _):
-        return _step(rate, diag, src, dst, v), v
+        return _step(op, src, dst, v), v
 
     v_end, vs = jax.lax.scan(body, v, None, length=cfg.segment)
     return vs, v_end
@@ -314,7 +366,7 @@ def _rising(cfg: Stream, ks, dtype):
     return out
 
 
-def _segment(cfg: Stream, ops, proj, lam, offset, s, v, carry):
+def _segment(cfg: Stream, op, src, dst, proj, lam, offset, s, v, carry):
     """Segment ``s`` from its first vector ``v``: its (rescaled) vectors, the first vector of
     the next segment, ``c'`` of its steps divided by ``exp(log_scale)``, the carry into the
     next segment, and ``log_scale``.
@@ -328,7 +380,7 @@ def _segment(cfg: Stream, ops, proj, lam, offset, s, v, carry):
     sigma = jnp.max(jnp.abs(v))
     sigma = jnp.where(sigma > 0, sigma, 1.0)
     v, ell = v / sigma, ell + jnp.log(sigma)
-    vs, v_next = _run_segment(cfg, ops, v)
+    vs, v_next = _run_segment(cfg, op, src, dst, v)
     c = vs if cfg.identity else vs @ proj
     if not cfg.cumulative:
         return vs, v_next, c, (ell, prefix, hist), ell
@@ -400,35 +452,87 @@ def _stride(count: int, n: Array) -> Array:
     return jnp.maximum(1, -(-n // count))
 
 
-def _checkpoint_buffer(count: int, value):
-    """Zeros for ``count`` copies of the pytree ``value``."""
-    return jax.tree.map(lambda x: jnp.zeros((count,) + x.shape, x.dtype), value)
-
-
-def _save(buffer, i: Array | int, stride: Array, value, when: Array | bool = True):
-    """``buffer`` (a pytree of ``(count, ...)`` arrays) with ``value`` stored at slot
-    ``i // stride`` when ``i`` is a multiple of ``stride`` (and ``when``)."""
-    slot = jnp.minimum(i // stride, jax.tree.leaves(buffer)[0].shape[0] - 1)
-    keep = (i % stride != 0) | ~jnp.asarray(when)
-    # one row rewritten (with itself unless ``i`` is a multiple), not the whole buffer
+def _checkpoint_buffer(count: int, value, axis: int = 0):
+    """Zeros for ``count`` copies of the pytree ``value``, stacked along ``axis`` (1:
+    after the members' axis of a member-batched kernel)."""
     return jax.tree.map(
-        lambda buf, x: buf.at[slot].set(jnp.where(keep, buf[slot], x)), buffer, value
+        lambda x: jnp.zeros(x.shape[:axis] + (count,) + x.shape[axis:], x.dtype), value
     )
 
 
-def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: bool):
+def _load(buffer, slot, axis: int = 0):
+    """Slot ``slot`` of a checkpoint buffer (see `_checkpoint_buffer`)."""
+    return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, slot, axis, False), buffer)
+
+
+def _save(buffer, i: Array | int, stride: Array, value, when: Array | bool = True, axis: int = 0):
+    """``buffer`` (a pytree of arrays with ``count`` slots along ``axis``) with ``value``
+    stored at slot ``i // stride`` when ``i`` is a multiple of ``stride`` (and ``when``)."""
+    slot = jnp.minimum(i // stride, jax.tree.leaves(buffer)[0].shape[axis] - 1)
+    keep = (i % stride != 0) | ~jnp.asarray(when)
+    # one row rewritten (with itself unless ``i`` is a multiple), not the whole buffer
+    return jax.tree.map(
+        lambda buf, x, old: jax.lax.dynamic_update_index_in_dim(
+            buf, jnp.where(keep, old, x), slot, axis
+        ),
+        buffer,
+        value,
+        _load(buffer, slot, axis),
+    )
+
+
+def _fold(x: Array) -> Array:
+    """Members' columns side by side: ``(M, R, q) -> (R, M q)`` (member-major)."""
+    return jnp.transpose(x, (1, 0, 2)).reshape(x.shape[1], -1)
+
+
+def _unfold(x: Array, size: int) -> Array:
+    """The inverse of `_fold`: ``(R, M q) -> (M, R, q)``."""
+    return jnp.transpose(x.reshape(x.shape[0], size, -1), (1, 0, 2))
+
+
+def _advance(cfg: Stream, op, src, dst, proj, lam, offset, members: bool):
+    """``advance(s, v, carry)``: `_segment` ``s`` of the stream, of every member at once
+    when ``members`` (the member-dependent arrays then carry a leading members' axis)."""
+
+    def one(op, proj, offset, s, v, carry):
+        return _segment(cfg, op, src, dst, proj, lam, offset, s, v, carry)
+
+    if members:
+        one = jax.vmap(one, in_axes=(0, 0, 0, None, 0, 0))
+    return partial(one, op, proj, offset)
+
+
+def _each(fn, members: bool, in_axes: int | tuple[int | None, ...] = 0) -> Callable[..., Any]:
+    """``fn`` per member (``in_axes`` as for ``jax.vmap``) when ``members``."""
+    return jax.vmap(fn, in_axes=in_axes) if members else fn
+
+
+def _forward(
+    cfg: Stream, rate, diag, src, dst, proj, alpha, offset, lam, data: _Data, shift, members
+):
     """``log f`` per observation (``(total, q)``) and the checkpoints; with ``shift``, also
     ``log sum_k Pois(k - 1; mu_i) c'_k`` (the ``mu`` cotangent of the backward pass), as
     ``q`` more columns: ``Pois(k - 1; mu) = Pois(k; mu) k / mu`` shares the weights, so it
-    costs one more column of the matrix product (``mu = 0``: the limit ``c'_1``)."""
-    n = alpha.shape[0]
-    q = n if cfg.identity else proj.shape[1]
+    costs one more column of the matrix product (``mu = 0``: the limit ``c'_1``).
+
+    ``members``: ``rate``, ``diag``, ``proj``, ``alpha`` and ``offset`` carry a leading
+    axis of ``M`` members (e.g. parameter vectors) sharing the observations: each runs
+    its own series, and their coefficients are mixed side by side as ``M q`` columns of
+    one block product (the Poisson weights are computed once). The outputs then carry
+    the members' axis first."""
+    n = alpha.shape[-1]
+    size = alpha.shape[0] if members else 1
+    q = n if cfg.identity else proj.shape[-1]
+    cols = size * q  # the mixed columns
     dtype = alpha.dtype
     total = data.mu.shape[0]
     n_seg = _n_segments(cfg, data)
     stride = _stride(cfg.checkpoints, n_seg)
     ks0 = jnp.arange(cfg.segment)
-    width = 2 * q if shift else q
+    width = 2 * cols if shift else cols
+    op = _each(_operator, members, (0, 0, None, None))(rate, diag, src, dst)
+    advance = _advance(cfg, op, src, dst, proj, lam, offset, members)
 
     def mix(s, coeff, log_scale, m, acc):
         """Add segment ``s`` to the running ``log``-sums, per batch: `_poisson_mix`, or for
@@ -456,15 +560,15 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: boo
                     jnp.full((mu_b.shape[0], coeff.shape[1]), -jnp.inf, dtype),
                     jnp.logaddexp,
                 )
-                part = part + log_scale
+                part = part + (jnp.tile(log_scale, 2) if shift and members else log_scale)
             else:
                 lead, top = _lead(_indicator(ks, lo_b, hi_b, dtype), log_row)
-                part = safe_log(lead @ unit) + (top + log_scale)[:, None]
+                part = safe_log(lead @ unit) + top[:, None] + log_scale
             if shift:
                 zero = mu_b == 0
-                shifted = part[:, q:] - safe_log(jnp.where(zero, 1.0, mu_b))[:, None]
+                shifted = part[:, cols:] - safe_log(jnp.where(zero, 1.0, mu_b))[:, None]
                 shifted = jnp.where(zero[:, None], at_zero, shifted)
-                part = jnp.concatenate([part[:, :q], shifted], axis=1)
+                part = jnp.concatenate([part[:, :cols], shifted], axis=1)
             m_b, acc_b = _slice(m, b, cfg.batch), _slice(acc, b, cfg.batch)
             new_m = jnp.maximum(m_b, part)
             safe = jnp.where(jnp.isfinite(new_m), new_m, 0.0)
@@ -478,13 +582,17 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: boo
 
     def body(state):
         s, v, carry, m, acc, ckpt = state
-        ckpt = _save(ckpt, s, stride, (v, carry))
-        _, v_next, coeff, carry, log_scale = _segment(cfg, ops, proj, lam, offset, s, v, carry)
+        ckpt = _save(ckpt, s, stride, (v, carry), axis=int(members))
+        _, v_next, coeff, carry, log_scale = advance(s, v, carry)
+        if members:  # side by side; each member's scale repeated over its columns
+            coeff, log_scale = _fold(coeff), jnp.repeat(log_scale, q)
         m, acc = mix(s, coeff, log_scale, m, acc)
         return s + 1, v_next, carry, m, acc, ckpt
 
     carry0 = _init_carry(cfg, q, dtype)
-    ckpt = _checkpoint_buffer(cfg.checkpoints, (alpha, carry0))
+    if members:
+        carry0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (size,) + x.shape), carry0)
+    ckpt = _checkpoint_buffer(cfg.checkpoints, (alpha, carry0), axis=int(members))
     init = (
         jnp.asarray(0, n_seg.dtype),
         alpha,
@@ -495,20 +603,33 @@ def _forward(cfg: Stream, ops, proj, alpha, offset, lam, data: _Data, shift: boo
     )
     _, _, _, m, acc, ckpt = jax.lax.while_loop(lambda st: st[0] < n_seg, body, init)
     log_f = jnp.where(acc > 0, jnp.where(jnp.isfinite(m), m, 0.0) + safe_log(acc), -jnp.inf)
+    if members:  # (total, [M q | M q]) -> (M, total, [q | q])
+        halves = jnp.split(log_f, 2 if shift else 1, axis=1)
+        log_f = jnp.concatenate([_unfold(h, size) for h in halves], axis=2)
     return log_f, ckpt
 
 
-# among the kernels' arguments: mu, and the per-batch window bounds
+# among the kernels' arguments: the member-dependent ones (rates, diag, proj, alpha,
+# offset; the backward kernel's log f, checkpoints and cotangents), those shared by every
+# member of a batch (edges, Lambda and the observations), mu and the window bounds
+_MEMBER = (0, 1, 2, 3, 4, 13, 14, 15)
+_SHARED = (5, 6, 7, 8, 9, 10, 11, 12)
 _MU, _LO_MIN, _HI_MAX = 8, 11, 12
 
 
-def _shared_control(fn):
-    """``fn(*arrays)`` (a forward or backward kernel) with a vmap rule that keeps its loops
-    unbatched: the members of a batch (e.g. parameter vectors) share the per-batch window
-    bounds (their union), so every trip count and window offset is one scalar for the
-    whole batch, the loops stay loops and the offsets slices; each member's own windows
-    still select its terms. The members then run in lockstep, vectorised (the series of
-    a member whose windows end early runs on, unread)."""
+def _shared_control(kernel, members: bool):
+    """``kernel(members)(*arrays)`` (a forward or backward kernel) with a vmap rule.
+
+    Where the batch shares the observations (the usual batch over parameter vectors:
+    one ``Lambda`` by `uniformization_rate`, hence one ``mu``), the batch becomes the
+    members' axis of the member-batched kernel (merged with its own when ``members``):
+    each member runs its series and their coefficients are mixed as side-by-side
+    columns with the Poisson weights computed once. Otherwise (e.g. a batch of time
+    sets) the kernel is vectorised with its loops unbatched: the members share the
+    per-batch window bounds (their union), so trip counts and offsets stay scalars, and
+    run in lockstep, each selecting its own terms (a member's series whose windows end
+    early runs on, unread)."""
+    fn = kernel(members)
 
     @jax.custom_batching.custom_vmap
     def wrapped(*args):
@@ -517,6 +638,22 @@ def _shared_control(fn):
     @wrapped.def_vmap
     def rule(axis_size, in_batched, *args):
         args, in_batched = list(args), list(in_batched)
+        if not any(in_batched[i] for i in _SHARED):
+            merged = []
+            for i, (x, batched) in enumerate(zip(args, in_batched)):
+                if i in _MEMBER:  # (batch, [M,] ...) -> (batch [x M], ...); a pytree
+                    x = jax.tree.map(
+                        lambda a, b: a if b else jnp.broadcast_to(a, (axis_size,) + a.shape),
+                        x,
+                        batched,
+                    )
+                    if members:
+                        x = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), x)
+                merged.append(x)
+            out = _shared_control(kernel, True)(*merged)
+            if members:
+                out = jax.tree.map(lambda a: a.reshape((axis_size, -1) + a.shape[1:]), out)
+            return out, jax.tree.map(lambda _: True, out)
         for i, reduce in ((_LO_MIN, jnp.min), (_HI_MAX, jnp.max)):
             if in_batched[i]:
                 args[i], in_batched[i] = reduce(args[i], axis=0), False
@@ -533,16 +670,21 @@ def _shared_control(fn):
 
 @functools.cache
 def _forward_kernel(cfg: Stream, shift: bool = False):
-    def forward(rate, diag, proj, alpha, offset, src, dst, lam, mu, lo, hi, lo_min, hi_max):
-        data = _Data(mu, lo, hi, lo_min, hi_max)
-        return _forward(cfg, (rate, diag, src, dst), proj, alpha, offset, lam, data, shift)
+    def kernel(members):
+        def forward(rate, diag, proj, alpha, offset, src, dst, lam, mu, lo, hi, lo_min, hi_max):
+            data = _Data(mu, lo, hi, lo_min, hi_max)
+            return _forward(
+                cfg, rate, diag, src, dst, proj, alpha, offset, lam, data, shift, members
+            )
 
-    return _shared_control(forward)
+        return forward
+
+    return _shared_control(kernel, False)
 
 
 @functools.cache
 def _backward_kernel(cfg: Stream):
-    return _shared_control(partial(_backward, cfg))
+    return _shared_control(lambda members: partial(_backward, cfg, members), False)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -607,24 +749,27 @@ def _stream_bwd(cfg, residuals, g):
     )
 
 
-def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
+def _backward(cfg, members, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
     """The adjoint pass (module doc): cotangents of the rates, ``proj``, ``alpha`` (``w_0``)
     and ``offset``, given those ``g`` of ``log f`` (``mu``'s comes from the forward pass's
-    shifted sums, `_stream_bwd`)."""
+    shifted sums, `_stream_bwd`). ``members``: as in `_forward` (the coefficients'
+    cotangents of all members come from one transposed block product)."""
     *data, log_f, ckpt, g = rest
     data = _Data(*data)
-    ops = (rate, diag, src, dst)
     finite = jnp.isfinite(log_f)
     g = jnp.where(finite, g, 0.0)
     log_f = jnp.where(finite, log_f, 0.0)
-    n, q, dtype = alpha.shape[0], g.shape[1], alpha.dtype
+    n, q, dtype = alpha.shape[-1], g.shape[-1], alpha.dtype
+    size = alpha.shape[0] if members else 1
+    lead = alpha.shape[:-1]  # (M,) or ()
+    if members:
+        g, log_f = _fold(g), _fold(log_f)
     n_seg = _n_segments(cfg, data)
     stride = _stride(cfg.checkpoints, n_seg)
     inner_stride = _stride(CHECKPOINTS, stride)
     ks0 = jnp.arange(cfg.segment)
-
-    def advance(s, v, carry):
-        return _segment(cfg, ops, proj, lam, offset, s, v, carry)
+    op = _each(_operator, members, (0, 0, None, None))(rate, diag, src, dst)
+    advance = _advance(cfg, op, src, dst, proj, lam, offset, members)
 
     def mix_grad(s, coeff, log_scale):
         """``g'_kq = sum_i g_iq w_ik exp(log_scale) / f_iq``, the cotangent of ``coeff`` over
@@ -651,8 +796,11 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
             ratio = jnp.exp(jnp.minimum(w[:, :, None] + log_scale - lf_b[:, None], 300.0))
             return g_c + jnp.einsum("ikq,iq->kq", ratio, g_b)
 
+        if members:  # side by side, as in the forward pass
+            coeff, log_scale = _fold(coeff), jnp.repeat(log_scale, q)
         b0, b1 = _batch_range(cfg, s, data.lo_min, data.hi_max)
-        return jax.lax.fori_loop(b0, b1, one, jnp.zeros_like(coeff))
+        g_c = jax.lax.fori_loop(b0, b1, one, jnp.zeros_like(coeff))
+        return _unfold(g_c, size) if members else g_c
 
     def coeff_grad(ks, ell, g_cp, carry_bar):
         """Cotangents of the rescaled coefficients from those of ``c'``."""
@@ -668,36 +816,49 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
         carry_prev_bar = (prefix_bar + jnp.sum(g_exclusive, axis=0), hist_prev_bar)
         return g_c, carry_prev_bar, jnp.sum(g_cp)
 
-    def adjoint(vs, g_c, w, d_rate, d_diag, d_proj):
-        """``w_k = proj g_k + P w_{k+1}`` backwards over the segment (``P w = w - M w``), and
-        the cotangents of the rates, ``diag`` and ``proj``. With ``w_{k+1}`` the adjoint of
-        ``v_{k+1} = v_k P``: ``d rate_e += v_k[src_e] w_{k+1}[dst_e]`` (0 into absorption;
-        the gather of ``w_{k+1}`` is shared with ``M w_{k+1}``) and
-        ``d diag_i -= v_k[i] w_{k+1}[i]`` (summed over the segment at once)."""
+    def adjoint(op, proj, vs, g_c, w, d_op, d_proj):
+        """``w_k = proj g_k + P w_{k+1}`` backwards over the segment, and the cotangents of
+        the operator and ``proj``. With ``w_{k+1}`` the adjoint of ``v_{k+1} = v_k P``:
+        ``d P += v_k^T w_{k+1}`` (dense: one product per segment); by edges (``P w = w -
+        M w``), ``d rate_e += v_k[src_e] w_{k+1}[dst_e]`` (0 into absorption; the gather of
+        ``w_{k+1}`` is shared with ``M w_{k+1}``) and ``d diag_i -= v_k[i] w_{k+1}[i]``
+        (summed over the segment at once)."""
 
-        def back(state, j):
-            w_next, d_rate = state
-            w_dst = _sparse.pad_zero(w_next)[dst]
-            m_w = diag * w_next - _sparse.segment_sum(rate * w_dst, src, diag.shape[0])
-            w = w_next - m_w + (g_c[j] if cfg.identity else proj @ g_c[j])
-            return (w, d_rate + vs[j][src] * w_dst), w_next
+        def inject(j):
+            return g_c[j] if cfg.identity else proj @ g_c[j]
 
-        (w, d_rate), ws = jax.lax.scan(back, (w, d_rate), jnp.arange(cfg.segment), reverse=True)
-        d_diag = d_diag - jnp.sum(vs * ws, axis=0)
+        steps = jnp.arange(cfg.segment)
+        if isinstance(op, _Dense):
+
+            def back_dense(w_next, j):
+                return op.P @ w_next + inject(j), w_next
+
+            w, ws = jax.lax.scan(back_dense, w, steps, reverse=True)
+            d_op = _Dense(d_op.P + vs.T @ ws)
+        else:
+
+            def back(state, j):
+                w_next, d_rate = state
+                w_dst = _sparse.pad_zero(w_next)[dst]
+                m_w = op.diag * w_next - _sparse.segment_sum(op.rate * w_dst, src, w.shape[0])
+                return (w_next - m_w + inject(j), d_rate + vs[j][src] * w_dst), w_next
+
+            (w, d_rate), ws = jax.lax.scan(back, (w, d_op.rate), steps, reverse=True)
+            d_op = _Sparse(d_rate, d_op.diag - jnp.sum(vs * ws, axis=0))
         if not cfg.identity:
             d_proj = d_proj + vs.T @ g_c
-        return w, d_rate, d_diag, d_proj
+        return w, d_op, d_proj
 
     def interval(state):
-        c, w, carry_bar, d_rate, d_diag, d_proj, d_offset = state
+        c, w, carry_bar, d_op, d_proj, d_offset = state
         first = c * stride
         count = jnp.minimum(stride, n_seg - first)
-        v0, carry0 = jax.tree.map(lambda x: x[c], ckpt)
+        v0, carry0 = _load(ckpt, c, axis=int(members))
         inner = _checkpoint_buffer(CHECKPOINTS, (v0, carry0))
         inner = _save(inner, 0, inner_stride, (v0, carry0))  # checkpoint ``c`` itself
 
         def segment(i, st):
-            inner, (w, ell_w), carry_bar, d_rate, d_diag, d_proj, d_offset = st
+            inner, (w, ell_w), carry_bar, d_op, d_proj, d_offset = st
             j = count - 1 - i
             s = first + j
             # the last segment replays the interval from its checkpoint, storing the inner
@@ -716,35 +877,41 @@ def _backward(cfg, rate, diag, proj, alpha, offset, src, dst, lam, *rest):
                 return v, carry, inner, (vs, coeff, carry[0], log_scale)
 
             # the replayed segment: its vectors, coefficients, ``ell`` and ``log_scale``
-            out = (jnp.zeros((cfg.segment, n), dtype), jnp.zeros((cfg.segment, q), dtype))
-            out = (*out, jnp.zeros((), dtype), jnp.zeros((), dtype))
+            out = (
+                jnp.zeros(lead + (cfg.segment, n), dtype),
+                jnp.zeros(lead + (cfg.segment, q), dtype),
+            )
+            out = (*out, jnp.zeros(lead, dtype), jnp.zeros(lead, dtype))
             _, _, inner, (vs, coeff, ell, log_scale) = jax.lax.fori_loop(
                 0, j - base + 1, replay, (*start, inner, out)
             )
             g_cp = mix_grad(s, coeff, log_scale)
-            g_c, carry_bar, d_off = coeff_grad(s * cfg.segment + ks0, ell, g_cp, carry_bar)
+            ks = s * cfg.segment + ks0
+            g_c, carry_bar, d_off = _each(coeff_grad, members, (None, 0, 0, 0))(
+                ks, ell, g_cp, carry_bar
+            )
             # the adjoint of the next segment's first vector, rescaled to this segment
-            w = w * jnp.where(jnp.isnan(ell_w), 1.0, jnp.exp(ell - ell_w))
-            w, d_rate, d_diag, d_proj = adjoint(vs, g_c, w, d_rate, d_diag, d_proj)
-            return inner, (w, ell), carry_bar, d_rate, d_diag, d_proj, d_offset + d_off
+            w = w * jnp.where(jnp.isnan(ell_w), 1.0, jnp.exp(ell - ell_w))[..., None]
+            w, d_op, d_proj = _each(adjoint, members)(op, proj, vs, g_c, w, d_op, d_proj)
+            return inner, (w, ell), carry_bar, d_op, d_proj, d_offset + d_off
 
-        st = (inner, w, carry_bar, d_rate, d_diag, d_proj, d_offset)
+        st = (inner, w, carry_bar, d_op, d_proj, d_offset)
         _, *st = jax.lax.fori_loop(0, count, segment, st)
         return (c - 1, *st)
 
     init = (
         (n_seg + stride - 1) // stride - 1,
-        (jnp.zeros_like(alpha), jnp.full((), jnp.nan, alpha.dtype)),
-        _init_carry(cfg, q, dtype)[1:],
-        jnp.zeros_like(rate),
-        jnp.zeros_like(diag),
+        (jnp.zeros_like(alpha), jnp.full(lead, jnp.nan, alpha.dtype)),
+        jax.tree.map(lambda x: jnp.broadcast_to(x, lead + x.shape), _init_carry(cfg, q, dtype)[1:]),
+        jax.tree.map(jnp.zeros_like, op),
         jnp.zeros_like(proj),
         jnp.zeros_like(offset),
     )
-    _, (w0, ell0), _, d_rate, d_diag, d_proj, d_offset = jax.lax.while_loop(
+    _, (w0, ell0), _, d_op, d_proj, d_offset = jax.lax.while_loop(
         lambda st: st[0] >= 0, interval, init
     )
-    w0 = w0 * jnp.where(jnp.isnan(ell0), 1.0, jnp.exp(-ell0))
+    d_rate, d_diag = _each(_rate_cotangents, members, (0, None, None))(d_op, src, dst)
+    w0 = w0 * jnp.where(jnp.isnan(ell0), 1.0, jnp.exp(-ell0))[..., None]
     return d_rate, d_diag, d_proj, w0, jnp.asarray(d_offset, offset.dtype)
 
 
@@ -837,6 +1004,29 @@ def mix(
     )
     out = out[:total] if order is None else out[jnp.argsort(order)]  # padding dropped
     return out + log_scale
+
+
+@jax.custom_batching.custom_vmap
+def _batch_max(x):
+    return x
+
+
+@_batch_max.def_vmap
+def _batch_max_rule(axis_size, in_batched, x):
+    (batched,) = in_batched
+    return (jnp.max(x, axis=0) if batched else x), False
+
+
+def uniformization_rate(diag: Float[Array, " n"], shared: bool = True) -> Float[Array, ""]:
+    """``Lambda = max_i d_i`` under ``stop_gradient`` (the exact sum does not depend on
+    it). With ``shared``, under ``vmap`` the members share the batch's largest ``Lambda``
+    (an unbatched value; any ``Lambda >= max_i d_i`` is exact): the lockstep members run
+    the series of the largest anyway, and with one ``Lambda`` they share ``mu = Lambda
+    t``, hence their windows and Poisson weights, so a batch mixes its members as extra
+    columns of one block product instead of each weighting its own. (Not shared where a
+    step cap applies: each member's series length is then its own.)"""
+    lam = jax.lax.stop_gradient(jnp.max(diag))
+    return jax.lax.stop_gradient(_batch_max(lam)) if shared else lam
 
 
 def right_point(mu: ArrayLike, tol: float, xnp=jnp) -> Array:
