@@ -85,7 +85,8 @@ def test_concrete_times_sorted_on_host_match_traced_times(kingman10):
         host = getattr(model(theta), kind)(times)
         traced = jax.jit(lambda t, kind=kind: getattr(model(theta), kind)(t))(times)
         assert host.shape == traced.shape and host.shape[:2] == times.shape
-        np.testing.assert_allclose(host, traced, rtol=1e-13, atol=1e-300)
+        # (rounding apart: the identity projection's many columns are summed linearly)
+        np.testing.assert_allclose(host, traced, rtol=1e-12, atol=1e-300)
     host = model(theta).logpdf(t)
     np.testing.assert_allclose([host[0, 0], host[0, 1], host[1, 1]], want, rtol=1e-11)
     assert host[1, 2] == host[0, 1] and host[0, 2] == -np.inf

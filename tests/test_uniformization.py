@@ -29,12 +29,14 @@ def test_two_level_replay_value_and_gradient(monkeypatch, checkpoints, t_max, ex
     falls on an inner slot past the last, which must not be stored); and with the default
     budget, whose 4096 first-level checkpoints hold all 165 segment starts (one replay per
     segment). Value and gradients in theta and t against the closed form
-    (``f_theta(t) = theta f_1(theta t)``)."""
+    (``f_theta(t) = theta f_1(theta t)``). The full chain (4 states, not lumped) with
+    sparse steps (128-step segments)."""
     monkeypatch.setattr(unif, "CHECKPOINTS", checkpoints)
+    monkeypatch.setattr(unif, "DENSE_STATES", 0)
     if budget is not None:
         monkeypatch.setattr(unif, "CHECKPOINT_BYTES", budget)
     n_seg = (int(unif.right_point(np.array(6 * t_max), 1e-12, np)) + 128) // 128
-    first = unif.make_stream(4, 1, 4 + extra, poisson=True).checkpoints
+    first = unif._checkpoint_count(unif.make_stream(4, 1, 4 + extra, poisson=True), 4, 1, 1)
     stride = -(-n_seg // first)
     assert (n_seg, stride, -(-stride // checkpoints)) == {
         (50.0, 0): (4, 2, 1),
@@ -42,7 +44,7 @@ def test_two_level_replay_value_and_gradient(monkeypatch, checkpoints, t_max, ex
         (3333.3, 0): (165, 83, 42),
         (3333.3, None): (165, 1, 1),
     }[t_max, budget]
-    model = pj.models.kingman(4).compile()
+    model = pj.models.kingman(4).compile(lump=False)
     # a shape of its own per case: the kernel is traced with the patched schedule here
     t = jnp.array([0.5, 3.0, 20.0, 7.0, 9.0, 11.0][: 3 + extra] + [t_max])
     tn = np.asarray(t)
@@ -69,3 +71,26 @@ def test_log_poisson_weights_against_scipy():
     tol = 1e-9 + 1e-13 * np.abs(want[finite])
     assert np.all(np.abs(got[finite] - want[finite]) <= tol)
     assert math.isclose(float(unif._log_pois(jnp.array(0.0), jnp.array(0.0))), 0.0)
+
+
+@pytest.mark.parametrize("apart", [0.0, 900.0])
+def test_linear_combination_of_sub_blocks_against_log_sum_exp(apart):
+    """`_combine` (many columns: sub-blocks summed linearly, scaled per observation and per
+    column) equals the log-sum-exp; where the Poisson weights and the coefficients peak
+    ``apart`` (in log scale) in different sub-blocks, the scaled products underflow and it
+    must fall back to the log-sum-exp rather than return -inf."""
+    rng = np.random.default_rng(1)
+    log_w = rng.normal(0.0, 3.0, (5, 4)) + np.linspace(-apart, 0.0, 4)  # peaks at m = 3
+    log_w[0, :2] = -np.inf  # an observation whose window misses two sub-blocks
+    top = rng.normal(0.0, 3.0, (4, 9)) + np.linspace(0.0, -apart, 4)[:, None]  # at m = 0
+    sums = rng.uniform(0.5, 2.0, (5, 9, 4))
+    sums[1, 2] = 0.0  # a column with no mass for one observation
+    want = unif._log_sum(jnp.asarray(log_w), jnp.asarray(top), jnp.asarray(sums))
+    got = unif._combine(jnp.asarray(log_w), jnp.asarray(top), jnp.asarray(sums))
+    # unscaled, the far-apart case underflows where the answer is finite (the fallback)
+    scaled_w = np.exp(log_w - np.max(log_w, axis=1, keepdims=True))
+    scaled_c = np.exp(top - np.max(top, axis=0))
+    naive = np.einsum("im,mq,iqm->iq", scaled_w, scaled_c, sums)
+    assert np.any((naive < 1e-250) & np.isfinite(np.asarray(want))) == (apart > 0)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-13)
+    assert np.all(np.isfinite(np.asarray(got)[np.isfinite(np.asarray(want))]))

@@ -50,7 +50,7 @@ truncated moments ``int_0^h u^a alpha e^{S u} proj du`` of epoch models.
 
 **Gradients.** One ``custom_vjp`` over the whole stream. The backward pass walks the
 segments in reverse, recomputing each segment's vectors from checkpoints (two levels:
-``cfg.checkpoints`` vectors stored by the forward pass at a stride that grows with the
+`_checkpoint_count` vectors stored by the forward pass at a stride that grows with the
 number of segments, and ``CHECKPOINTS`` per interval in the backward pass; while every
 segment's start is stored, one replay per segment suffices, else about two), and runs
 the adjoint recursion ``w_k = proj g_k + P w_{k+1}``. Memory does not grow with the
@@ -87,7 +87,10 @@ SPAN = {8: 40.0, 4: 40.0}
 DENSE_STATES = 32  # chains of at most this many states step with a dense matrix
 MATMUL_COLUMNS = 8  # mixed columns from which a block is a matrix product, not Horner
 CHECKPOINTS = 64  # fewest stored vectors per level of checkpointing
-CHECKPOINT_BYTES = 2**28  # the forward pass's checkpoints may use up to this much (float64)
+# the forward pass's checkpoints (all members of a batch together) use at most this much
+# (float64), below glibc's largest mmap threshold (32 MiB): a larger buffer would be mapped
+# and page-faulted afresh on every call
+CHECKPOINT_BYTES = 2**24
 
 
 def _float0(x):
@@ -147,7 +150,6 @@ class Stream(NamedTuple):
     - `poisson`: Poisson weights ``Pois(k; mu)`` (else weight 1 inside the window).
     - `cumulative`: mix the cumulative coefficients ``c'`` of order `order` (module doc).
     - `identity`: ``proj`` is the identity (``c_k = v_k``; no ``n x n`` matrix built).
-    - `checkpoints`: vectors stored by the forward pass for the backward pass's replays.
     """
 
     segment: int
@@ -156,29 +158,33 @@ class Stream(NamedTuple):
     cumulative: bool
     order: int
     identity: bool
-    checkpoints: int
 
 
 def make_stream(
     n: int, q: int, t: int, *, poisson: bool, cumulative=False, order=0, identity=False
 ):
     """Segment and batch sizes for ``n`` states, ``q`` projections and ``t`` observations:
-    a segment's vectors (``B x n``) stay under 8 MB where they can (a segment holds whole
-    sub-blocks of the Poisson mixture, at least 32 steps), a (batch x segment x q) block under 2 MB, and
-    a batch is no larger than the observations need (a power of two, at most 64: the
-    windows of a small batch are close, so its blocks hold few steps outside them).
-    Checkpoints: as many as fit in ``CHECKPOINT_BYTES`` (at least ``CHECKPOINTS``, at most
-    4096), so that a long series of a large model (Kingman n=40 unlumped: 37,337 states,
-    ~260 segments of 32 steps) still stores every segment's start and replays each once."""
-    segment = 128
+    a segment has 128 steps (512 for a dense chain, whose steps cost little beside each
+    segment's mixing) and its vectors (``B x n``) stay under 8 MB where they can (a
+    segment holds whole sub-blocks of the Poisson mixture, at least 32 steps), a (batch
+    x segment x q) block under 2 MB, and a batch is no larger than the observations need
+    (a power of two, at most 64: the windows of a small batch are close, so its blocks
+    hold few steps outside them)."""
+    segment = 512 if n <= DENSE_STATES else 128  # small chains: cheap steps, costly segments
     while segment > max(SUB.values()) and segment * max(n, q) > 2**20:
         segment //= 2
     batch = min(64, 1 << max(0, t - 1).bit_length())
     while batch > 1 and batch * segment * q > 2**18:
         batch //= 2
-    row = 8 * (n + q * (order + 1) + 1)  # a checkpoint: the vector and the carry
-    checkpoints = int(np.clip(CHECKPOINT_BYTES // row, CHECKPOINTS, 4096))
-    return Stream(segment, batch, poisson, cumulative, order, identity, checkpoints)
+    return Stream(segment, batch, poisson, cumulative, order, identity)
+
+
+def _checkpoint_count(cfg: Stream, n: int, q: int, members: int) -> int:
+    """Checkpoints stored by the forward pass: as many as fit in ``CHECKPOINT_BYTES`` for
+    all ``members`` (at least ``CHECKPOINTS``, at most 4096). While they hold every
+    segment's start the backward pass replays each segment once, else about twice."""
+    row = 8 * members * (n + q * (cfg.order + 1) + 1)  # a checkpoint: the vector and carry
+    return int(np.clip(CHECKPOINT_BYTES // row, CHECKPOINTS, 4096))
 
 
 _STIRLING_TABLE = np.array(
@@ -327,7 +333,34 @@ def _poisson_mix(blocks: _Blocks, coeff):
         sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
         for r in range(sub - 2, -1, -1):
             sums = sums * x + unit[r]
-    return jax.nn.logsumexp(blocks.log_w[:, None] + top.T[None] + safe_log(sums), axis=-1)
+    combine = _log_sum if log_c.shape[2] < MATMUL_COLUMNS else _combine
+    return combine(blocks.log_w, top, sums)
+
+
+def _combine(log_w, top, sums):
+    """``log sum_m exp(log_w_im + top_mq) sums_iqm`` (``(batch, q)``): linearly, with
+    ``exp(log_w)`` scaled per observation and ``exp(top)`` per column (a multiply-add per
+    sub-block and column, where a log-sum-exp costs two transcendentals), unless a live
+    sum then falls below the float range's floor (the Poisson weights and the
+    coefficients peak in sub-blocks far apart): then by the log-sum-exp (exact)."""
+    top_w = jnp.max(log_w, axis=1)
+    top_w = jnp.where(jnp.isfinite(top_w), top_w, 0.0)
+    top_c = jnp.max(top, axis=0)  # (finite: `_poisson_mix`)
+    a = jnp.exp(log_w - top_w[:, None])  # (batch, M)
+    b = jnp.exp(top - top_c[None])  # (M, q)
+    linear = jnp.einsum("im,mq,iqm->iq", a, b, sums)
+    floor = jnp.finfo(sums.dtype).tiny ** 0.8
+    live = jnp.any(jnp.isfinite(log_w)[:, None] & (sums > 0), axis=-1)
+    return jax.lax.cond(
+        jnp.any(live & (linear < floor)),
+        lambda: _log_sum(log_w, top, sums),
+        lambda: safe_log(linear) + top_w[:, None] + top_c[None],
+    )
+
+
+def _log_sum(log_w, top, sums):
+    """``log sum_m exp(log_w_im + top_mq) sums_iqm`` by a log-sum-exp."""
+    return jax.nn.logsumexp(log_w[:, None] + top.T[None] + safe_log(sums), axis=-1)
 
 
 def _poisson_mix_grad(blocks: _Blocks, log_r, g):
@@ -528,7 +561,8 @@ def _forward(
     dtype = alpha.dtype
     total = data.mu.shape[0]
     n_seg = _n_segments(cfg, data)
-    stride = _stride(cfg.checkpoints, n_seg)
+    count = _checkpoint_count(cfg, n, q, size)
+    stride = _stride(count, n_seg)
     ks0 = jnp.arange(cfg.segment)
     width = 2 * cols if shift else cols
     op = _each(_operator, members, (0, 0, None, None))(rate, diag, src, dst)
@@ -592,7 +626,7 @@ def _forward(
     carry0 = _init_carry(cfg, q, dtype)
     if members:
         carry0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (size,) + x.shape), carry0)
-    ckpt = _checkpoint_buffer(cfg.checkpoints, (alpha, carry0), axis=int(members))
+    ckpt = _checkpoint_buffer(count, (alpha, carry0), axis=int(members))
     init = (
         jnp.asarray(0, n_seg.dtype),
         alpha,
@@ -765,7 +799,7 @@ def _backward(cfg, members, rate, diag, proj, alpha, offset, src, dst, lam, *res
     if members:
         g, log_f = _fold(g), _fold(log_f)
     n_seg = _n_segments(cfg, data)
-    stride = _stride(cfg.checkpoints, n_seg)
+    stride = _stride(jax.tree.leaves(ckpt)[0].shape[int(members)], n_seg)  # as stored
     inner_stride = _stride(CHECKPOINTS, stride)
     ks0 = jnp.arange(cfg.segment)
     op = _each(_operator, members, (0, 0, None, None))(rate, diag, src, dst)
@@ -824,14 +858,13 @@ def _backward(cfg, members, rate, diag, proj, alpha, offset, src, dst, lam, *res
         ``w_{k+1}`` is shared with ``M w_{k+1}``) and ``d diag_i -= v_k[i] w_{k+1}[i]``
         (summed over the segment at once)."""
 
-        def inject(j):
-            return g_c[j] if cfg.identity else proj @ g_c[j]
+        inject = g_c if cfg.identity else g_c @ proj.T  # (B, n): one product per segment
 
         steps = jnp.arange(cfg.segment)
         if isinstance(op, _Dense):
 
             def back_dense(w_next, j):
-                return op.P @ w_next + inject(j), w_next
+                return op.P @ w_next + inject[j], w_next
 
             w, ws = jax.lax.scan(back_dense, w, steps, reverse=True)
             d_op = _Dense(d_op.P + vs.T @ ws)
@@ -841,7 +874,7 @@ def _backward(cfg, members, rate, diag, proj, alpha, offset, src, dst, lam, *res
                 w_next, d_rate = state
                 w_dst = _sparse.pad_zero(w_next)[dst]
                 m_w = op.diag * w_next - _sparse.segment_sum(op.rate * w_dst, src, w.shape[0])
-                return (w_next - m_w + inject(j), d_rate + vs[j][src] * w_dst), w_next
+                return (w_next - m_w + inject[j], d_rate + vs[j][src] * w_dst), w_next
 
             (w, d_rate), ws = jax.lax.scan(back, (w, d_op.rate), steps, reverse=True)
             d_op = _Sparse(d_rate, d_op.diag - jnp.sum(vs * ws, axis=0))
