@@ -193,3 +193,30 @@ def test_nothing_lumps_discrete_or_custom_rates():
     assert pj.models.erlang(4).compile().lumping is None
     assert pj.models.kingman(5).compile(rate_fn=lambda th, c: c @ th**2).lumping is None
     assert coarsest_lumping(3, np.array([0, 1, 2]), np.array([1, 2, 3]), np.ones((3, 1))) is None
+
+
+def test_admissibility_checks_survive_the_lumped_chain_under_jit():
+    """model(theta)'s checks hang on ``diag`` under jit; the lumped chain is built from the
+    rates as data, so it must carry ``diag`` along or a bad theta would come back as
+    silent -inf."""
+    model = pj.models.kingman(4).compile()
+    assert model.lumping is not None
+    t = np.array([0.5, 1.0])
+    loglik = jax.jit(lambda th: model(th).logpdf(t))
+    for bad, problem in ((-1.0, "negative"), (np.nan, "NaN")):
+        with pytest.raises(Exception, match=problem):
+            jax.block_until_ready(loglik(jnp.array([bad])))
+
+
+def test_jacobian_of_a_vmapped_likelihood():
+    """jacrev over a vmapped logpdf: the cotangents' vmap runs over the members' kernel
+    (nested batching, empty carries of order 0), against per-theta gradients."""
+    model = pj.models.kingman(4).compile()
+    t = np.array([0.5, 1.0])
+    thetas = jnp.array([[1.0], [1.5], [2.0]])
+    jac = jax.jacrev(lambda ths: jax.vmap(lambda th: model(th).logpdf(t))(ths))(thetas)
+    for i in range(3):
+        want = jax.jacrev(lambda th: model(th).logpdf(t))(thetas[i])
+        np.testing.assert_allclose(np.asarray(jac[i, :, i]), np.asarray(want), rtol=1e-11)
+        others = np.delete(np.asarray(jac[i]), i, axis=1)
+        assert np.all(others == 0.0)

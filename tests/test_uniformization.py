@@ -94,3 +94,32 @@ def test_linear_combination_of_sub_blocks_against_log_sum_exp(apart):
     assert np.any((naive < 1e-250) & np.isfinite(np.asarray(want))) == (apart > 0)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-13)
     assert np.all(np.isfinite(np.asarray(got)[np.isfinite(np.asarray(want))]))
+
+
+def test_linear_combination_keeps_a_term_with_huge_powers():
+    """A sub-block whose Poisson weight is tiny (e^-800) but whose sums are huge (e^600,
+    large powers of mu / rho) holds the dominant term (e^-200 against e^-400): scaling
+    the sums into the weights keeps it from underflowing unseen."""
+    q = 8
+    log_w = jnp.array([[0.0, -800.0]])
+    top = jnp.stack([jnp.full(q, -400.0), jnp.zeros(q)])
+    sums = jnp.stack([jnp.ones((1, q)), jnp.full((1, q), np.exp(600.0))], axis=-1)
+    np.testing.assert_allclose(np.asarray(unif._combine(log_w, top, sums)), -200.0, rtol=1e-14)
+
+
+def test_fast_decay_within_a_segment_keeps_far_tails():
+    """A small (dense) chain whose series decays by 0.2 per step (e^-206 per 128-step
+    segment): vectors are rescaled once per segment, so a segment must not span more
+    decay than the float range (512-step segments lost these far tails). Continuous
+    (closed form: a mixture of two exponentials) and discrete (geometric)."""
+    alpha, S = np.array([0.5, 0.5]), np.diag([-1.0, -0.8])
+    dist = pj.Graph.from_matrices(alpha, S).compile()()
+    t = np.array([500.0, 2000.0, 2500.0])
+    want = np.logaddexp(np.log(0.5) - t, np.log(0.4) - 0.8 * t)
+    np.testing.assert_allclose(
+        np.asarray(dist.logpdf(t, method="uniformization")), want, rtol=1e-13
+    )
+    geometric = pj.Graph.from_matrices(np.array([1.0]), np.array([[0.1]]), discrete=True)
+    k = np.array([100, 300, 400])
+    want = (k - 1) * np.log(0.1) + np.log(0.9)
+    np.testing.assert_allclose(np.asarray(geometric.compile()().logpmf(k)), want, rtol=1e-13)

@@ -361,7 +361,10 @@ class PhaseType(AbstractPhaseType):
             linear.scale,
         )
         alpha = _sparse.segment_sum(self.alpha, lumping.block, lumping.n_blocks)
-        return PhaseType(lumping.structure, None, lumped.totals(), alpha, lumped)
+        # zero, but it carries ``diag`` into the lumped chain: under jit, model(theta)'s
+        # admissibility checks hang on ``diag`` and would otherwise be dropped as unused
+        carried = 0.0 * _sparse.segment_sum(self.diag, lumping.block, lumping.n_blocks)
+        return PhaseType(lumping.structure, None, lumped.totals() + carried, alpha, lumped)
 
     def _transient(
         self,

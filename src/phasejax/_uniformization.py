@@ -164,13 +164,13 @@ def make_stream(
     n: int, q: int, t: int, *, poisson: bool, cumulative=False, order=0, identity=False
 ):
     """Segment and batch sizes for ``n`` states, ``q`` projections and ``t`` observations:
-    a segment has 128 steps (512 for a dense chain, whose steps cost little beside each
-    segment's mixing) and its vectors (``B x n``) stay under 8 MB where they can (a
-    segment holds whole sub-blocks of the Poisson mixture, at least 32 steps), a (batch
-    x segment x q) block under 2 MB, and a batch is no larger than the observations need
-    (a power of two, at most 64: the windows of a small batch are close, so its blocks
-    hold few steps outside them)."""
-    segment = 512 if n <= DENSE_STATES else 128  # small chains: cheap steps, costly segments
+    a segment has 128 steps (vectors are rescaled once per segment: a series must not
+    decay by more than the float range within one) and its vectors (``B x n``) stay
+    under 8 MB where they can (a segment holds whole sub-blocks of the Poisson mixture, at
+    least 32 steps), a (batch x segment x q) block under 2 MB, and a batch is no larger
+    than the observations need (a power of two, at most 64: the windows of a small batch
+    are close, so its blocks hold few steps outside them)."""
+    segment = 128
     while segment > max(SUB.values()) and segment * max(n, q) > 2**20:
         segment //= 2
     batch = min(64, 1 << max(0, t - 1).bit_length())
@@ -343,17 +343,24 @@ def _combine(log_w, top, sums):
     sub-block and column, where a log-sum-exp costs two transcendentals), unless a live
     sum then falls below the float range's floor (the Poisson weights and the
     coefficients peak in sub-blocks far apart): then by the log-sum-exp (exact)."""
-    top_w = jnp.max(log_w, axis=1)
+    # each (observation, sub-block)'s sums scaled to max 1 over the columns, their scale
+    # moved into the weights: every term is then at most its two scaled factors, so a
+    # term lost to underflow is below e^-708 of the scale and the check below sees it
+    peak = jnp.max(sums, axis=1)  # (batch, M)
+    peak = jnp.where(peak > 0, peak, 1.0)
+    sums = sums / peak[:, None]
+    log_w_sums = log_w + jnp.log(peak)
+    top_w = jnp.max(log_w_sums, axis=1)
     top_w = jnp.where(jnp.isfinite(top_w), top_w, 0.0)
     top_c = jnp.max(top, axis=0)  # (finite: `_poisson_mix`)
-    a = jnp.exp(log_w - top_w[:, None])  # (batch, M)
+    a = jnp.exp(log_w_sums - top_w[:, None])  # (batch, M)
     b = jnp.exp(top - top_c[None])  # (M, q)
     linear = jnp.einsum("im,mq,iqm->iq", a, b, sums)
     floor = jnp.finfo(sums.dtype).tiny ** 0.8
     live = jnp.any(jnp.isfinite(log_w)[:, None] & (sums > 0), axis=-1)
     return jax.lax.cond(
         jnp.any(live & (linear < floor)),
-        lambda: _log_sum(log_w, top, sums),
+        lambda: _log_sum(log_w_sums, top, sums),
         lambda: safe_log(linear) + top_w[:, None] + top_c[None],
     )
 
@@ -681,12 +688,16 @@ def _shared_control(kernel, members: bool):
                         x,
                         batched,
                     )
-                    if members:
-                        x = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), x)
+                    if members:  # (explicit sizes: a leaf may be empty)
+                        x = jax.tree.map(
+                            lambda a: a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:]), x
+                        )
                 merged.append(x)
             out = _shared_control(kernel, True)(*merged)
             if members:
-                out = jax.tree.map(lambda a: a.reshape((axis_size, -1) + a.shape[1:]), out)
+                out = jax.tree.map(
+                    lambda a: a.reshape((axis_size, a.shape[0] // axis_size) + a.shape[1:]), out
+                )
             return out, jax.tree.map(lambda _: True, out)
         for i, reduce in ((_LO_MIN, jnp.min), (_HI_MAX, jnp.max)):
             if in_batched[i]:
