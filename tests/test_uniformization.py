@@ -110,8 +110,9 @@ def test_linear_combination_keeps_a_term_with_huge_powers():
 def test_fast_decay_within_a_segment_keeps_far_tails():
     """A small (dense) chain whose series decays by 0.2 per step (e^-206 per 128-step
     segment): vectors are rescaled once per segment, so a segment must not span more
-    decay than the float range (512-step segments lost these far tails). Continuous
-    (closed form: a mixture of two exponentials) and discrete (geometric)."""
+    decay than the float range (512-step segments lost these far tails). Values and
+    gradients (the adjoint) against closed forms: a mixture of two exponentials, and a
+    geometric law for the discrete case."""
     alpha, S = np.array([0.5, 0.5]), np.diag([-1.0, -0.8])
     dist = pj.Graph.from_matrices(alpha, S).compile()()
     t = np.array([500.0, 2000.0, 2500.0])
@@ -119,6 +120,23 @@ def test_fast_decay_within_a_segment_keeps_far_tails():
     np.testing.assert_allclose(
         np.asarray(dist.logpdf(t, method="uniformization")), want, rtol=1e-13
     )
+    # gradients through the adjoint, whose steps carry the rescaling factors: two states
+    # exiting at theta_0 and theta_1 (f = sum_i theta_i e^{-theta_i t} / 2)
+    graph = pj.Graph(1)
+    a, b, end = (graph.find_or_create_vertex([i]) for i in (1, 2, 3))
+    graph.starting_vertex().add_edge(a, 0.5)
+    graph.starting_vertex().add_edge(b, 0.5)
+    a.add_edge_parameterized(end, 0.0, [1.0, 0.0])
+    b.add_edge_parameterized(end, 0.0, [0.0, 1.0])
+    model = graph.compile()
+    theta = np.array([1.0, 0.8])
+    value, grad = jax.value_and_grad(lambda th: model(th).logpdf(t).sum())(jnp.asarray(theta))
+    log_terms = np.log(0.5 * theta)[None] - np.outer(t, theta)  # (t, i)
+    log_f = np.logaddexp(log_terms[:, 0], log_terms[:, 1])
+    share = np.exp(log_terms - log_f[:, None])  # each term's share of f
+    want_grad = np.sum(share * (1 / theta[None] - t[:, None]), axis=0)
+    np.testing.assert_allclose(float(value), log_f.sum(), rtol=1e-13)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-11)
     geometric = pj.Graph.from_matrices(np.array([1.0]), np.array([[0.1]]), discrete=True)
     k = np.array([100, 300, 400])
     want = (k - 1) * np.log(0.1) + np.log(0.9)
