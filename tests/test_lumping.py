@@ -220,3 +220,27 @@ def test_jacobian_of_a_vmapped_likelihood():
         np.testing.assert_allclose(np.asarray(jac[i, :, i]), np.asarray(want), rtol=1e-11)
         others = np.delete(np.asarray(jac[i]), i, axis=1)
         assert np.all(others == 0.0)
+
+
+def test_guarded_batches_keep_the_lumped_chain():
+    """model.guarded (the batch-safe path of the inference code) keeps the rates as data
+    and the lumping: admissible thetas give model(theta)'s values and gradients, and
+    inadmissible ones (negative, NaN) stand-in values that are masked, with zero gradient
+    and without poisoning the batch's shared uniformization rate."""
+    model = pj.models.kingman(10).compile()
+    t = np.array([0.3, 1.0, 2.5])
+    dist, ok = model.guarded(jnp.array([1.3]))
+    assert bool(ok) and dist.lumping is not None
+
+    def masked(theta):
+        dist, ok = model.guarded(theta)
+        return jnp.where(ok, dist.logpdf(t).sum(), -jnp.inf)
+
+    thetas = jnp.array([[1.3], [-1.0], [np.nan], [0.7]])
+    value, grad = jax.jit(jax.vmap(jax.value_and_grad(masked)))(thetas)
+    for i in (0, 3):
+        want, want_grad = jax.value_and_grad(lambda th: model(th).logpdf(t).sum())(thetas[i])
+        np.testing.assert_allclose(float(value[i]), float(want), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(grad[i]), np.asarray(want_grad), rtol=1e-10)
+    assert np.all(np.asarray(value[1:3]) == -np.inf)
+    assert np.all(np.asarray(grad[1:3]) == 0.0)

@@ -134,6 +134,19 @@ class LinearPlan(eqx.Module):
         )
 
 
+def _stand_in_where(ok, constants, out_degree) -> tuple[Array, Array, Array, Array]:
+    """The rate constants ``(base, coefficients, state_base, state_coefficients)`` of
+    ``constants`` (a `LinearRates` or a `Lumping`) where ``ok``, else the stand-in's:
+    every edge at rate 1 (base 1, coefficients 0; each state's total its out-degree)."""
+    dtype = out_degree.dtype
+    return (
+        jnp.where(ok, jnp.asarray(constants.base, dtype), 1.0),
+        jnp.where(ok, jnp.asarray(constants.coefficients, dtype), 0.0),
+        jnp.where(ok, jnp.asarray(constants.state_base, dtype), out_degree),
+        jnp.where(ok, jnp.asarray(constants.state_coefficients, dtype), 0.0),
+    )
+
+
 class Model(eqx.Module):
     """A compiled phase-type model: static structure, parameters supplied per call.
 
@@ -370,15 +383,35 @@ class Model(eqx.Module):
         ``1 / (out-degree + 1)``; initial mass spread evenly), so evaluating it cannot
         fail or hang and the caller masks the result (e.g. a log density of ``-inf``).
         """
-        rates, _, _, _, problems = self._evaluate(theta, True)
+        rates, rate, _, alpha, problems = self._evaluate(theta, True)
         ok = ~jnp.any(problems)
         stand_in = jnp.ones_like(rates)
+        src = self.structure.src
+        out_degree = _sparse.segment_sum(jnp.ones_like(src, rates.dtype), src, self.n_transient)
         if self.discrete:
-            src = self.structure.src
-            out_degree = _sparse.segment_sum(jnp.ones_like(src, rates.dtype), src, self.n_transient)
             stand_in = stand_in.at[self.edge_index].set(1.0 / (out_degree[src] + 1.0))
         stand_in = stand_in.at[self.init_index].set(1.0 / max(self.init_index.shape[0], 1))
-        return self._build(*self._parts(jnp.where(ok, rates, stand_in))), ok
+        if self.discrete or not isinstance(rate, LinearRates):
+            return self._build(*self._parts(jnp.where(ok, rates, stand_in))), ok
+        # rates kept as data (and the lumping with them): each constant is chosen between
+        # the model's and the stand-in's (base 1, coefficients 0), so a bad theta adds no
+        # gradient and the lumped chain stays evaluable
+        # (theta too: a stand-in coefficient 0 times a NaN theta would be NaN)
+        theta = jnp.where(ok, rate.theta, 0.0)
+        linear = LinearRates(*_stand_in_where(ok, rate, out_degree), theta, rate.scale)
+        alpha = jnp.where(ok, alpha, self._alpha(stand_in))
+        lumping = self.lumping
+        if lumping is not None:
+            lumped_src = lumping.structure.src
+            degree = _sparse.segment_sum(
+                jnp.ones_like(lumped_src, rates.dtype), lumped_src, lumping.n_blocks
+            )
+            lumping = eqx.tree_at(
+                lambda x: (x.base, x.coefficients, x.state_base, x.state_coefficients),
+                lumping,
+                _stand_in_where(ok, lumping, degree),
+            )
+        return PhaseType(self.structure, None, linear.totals(), alpha, linear, lumping), ok
 
 
 def compile_graph(
