@@ -244,3 +244,31 @@ def test_guarded_batches_keep_the_lumped_chain():
         np.testing.assert_allclose(np.asarray(grad[i]), np.asarray(want_grad), rtol=1e-10)
     assert np.all(np.asarray(value[1:3]) == -np.inf)
     assert np.all(np.asarray(grad[1:3]) == 0.0)
+
+
+def test_out_of_range_guard_follows_the_lumped_chain():
+    """Two states swapping at rate 100 and both exiting at theta lump to one (Exp(theta)):
+    its densities need about 40 series terms at t = 5, not the full chain's ~600, so a
+    Likelihood capped at 64 terms with out_of_range='-inf' gives the value, as logpdf
+    itself does, not -inf."""
+    from phasejax import infer
+
+    graph = pj.Graph(1)
+    a, b, end = (graph.find_or_create_vertex([i]) for i in (1, 2, 3))
+    graph.starting_vertex().add_edge(a, 0.5)
+    graph.starting_vertex().add_edge(b, 0.5)
+    a.add_edge(b, 100.0)
+    b.add_edge(a, 100.0)
+    a.add_edge_parameterized(end, 0.0, [1.0])
+    b.add_edge_parameterized(end, 0.0, [1.0])
+    model = graph.compile()
+    assert model.lumping is not None and model.lumping.n_blocks == 1
+    data = jnp.array([0.5, 2.0, 5.0])
+    lik = infer.Likelihood(model, logpdf_kwargs={"max_steps": 64}, out_of_range="-inf")
+    target = infer.Posterior(lik, data, prior=infer.Gamma(2.0, 1.0))
+    theta = 1.0
+    want = np.sum(np.log(theta) - theta * np.asarray(data))  # Exp(theta)
+    np.testing.assert_allclose(float(target.log_likelihood(jnp.array([theta]))), want, rtol=1e-12)
+    np.testing.assert_allclose(
+        float(model(jnp.array([theta])).logpdf(data, max_steps=64).sum()), want, rtol=1e-12
+    )

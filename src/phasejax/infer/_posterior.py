@@ -92,15 +92,18 @@ def _series_fits(dist, data: Array, discrete: bool, kwargs: dict) -> Array:
     """Whether ``logpdf``/``logpmf`` of ``data`` stays within ``max_steps`` series terms.
 
     The library's own check (its right Poisson truncation point of ``max(diag) *
-    max(t)``, clipped so huge rates cannot overflow, or the largest step count).
-    ``False`` where the library would raise.
+    max(t)`` on the chain the densities run on, lumped where the model lumps, clipped so
+    huge rates cannot overflow, or the largest step count). ``False`` where the library
+    would raise.
     """
     max_steps = kwargs.get("max_steps", DEFAULT_MAX_STEPS)
     if max_steps is None:  # no cap: every observation fits
         return jnp.asarray(True)
     if discrete:
         return jnp.max(data) <= max_steps
-    mu = jax.lax.stop_gradient(jnp.max(dist.diag) * jnp.max(data)).astype(dist.diag.dtype)
+    # the chain the densities run on: the lumped one where the model lumps
+    diag = dist.diag if dist.lumping is None else dist._lumped().diag
+    mu = jax.lax.stop_gradient(jnp.max(diag) * jnp.max(data)).astype(diag.dtype)
     return right_point(mu, kwargs.get("tol", DEFAULT_TOL)) <= max_steps
 
 
