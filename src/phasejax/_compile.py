@@ -27,7 +27,7 @@ from ._graph import Graph
 from ._lumping import Lumping
 from ._solve import AbstractSolver, LevelSweep, LinearRates
 from ._structure import Structure, is_traced, make_structure
-from ._topology import reachable, transient_vertices
+from ._topology import group_sums, reachable, transient_vertices
 
 _TOL = 1e-12
 
@@ -123,15 +123,16 @@ class LinearPlan(eqx.Module):
     @classmethod
     def build(cls, base, coef, inner, src, n) -> LinearPlan:
         """``inner``: the transient edges; ``src``: their source states (``0..n-1``)."""
-        state_coefficients = np.zeros((n, coef.shape[1]))
-        np.add.at(state_coefficients, src, coef[inner])
-        rows = np.unique(np.column_stack([base, coef]).view(np.int64), axis=0).view(np.float64)
-        return cls(
-            np.bincount(src, weights=base[inner], minlength=n),
-            state_coefficients,
-            rows[:, 0],
-            rows[:, 1:],
-        )
+        weights = np.column_stack([base, coef])
+        totals = group_sums(src, weights[inner], n)
+        rows = np.unique(weights.view(np.int64), axis=0).view(np.float64)
+        return cls(totals[:, 0], totals[:, 1:], rows[:, 0], rows[:, 1:])
+
+
+def _out_degree(structure: Structure, dtype) -> Float[Array, " n"]:
+    """Each transient state's number of out-edges (absorption included)."""
+    src = structure.src
+    return _sparse.segment_sum(jnp.ones_like(src, dtype), src, structure.n_transient)
 
 
 def _stand_in_where(ok, constants, out_degree) -> tuple[Array, Array, Array, Array]:
@@ -387,7 +388,7 @@ class Model(eqx.Module):
         ok = ~jnp.any(problems)
         stand_in = jnp.ones_like(rates)
         src = self.structure.src
-        out_degree = _sparse.segment_sum(jnp.ones_like(src, rates.dtype), src, self.n_transient)
+        out_degree = _out_degree(self.structure, rates.dtype)
         if self.discrete:
             stand_in = stand_in.at[self.edge_index].set(1.0 / (out_degree[src] + 1.0))
         stand_in = stand_in.at[self.init_index].set(1.0 / max(self.init_index.shape[0], 1))
@@ -402,14 +403,10 @@ class Model(eqx.Module):
         alpha = jnp.where(ok, alpha, self._alpha(stand_in))
         lumping = self.lumping
         if lumping is not None:
-            lumped_src = lumping.structure.src
-            degree = _sparse.segment_sum(
-                jnp.ones_like(lumped_src, rates.dtype), lumped_src, lumping.n_blocks
-            )
             lumping = eqx.tree_at(
                 lambda x: (x.base, x.coefficients, x.state_base, x.state_coefficients),
                 lumping,
-                _stand_in_where(ok, lumping, degree),
+                _stand_in_where(ok, lumping, _out_degree(lumping.structure, rates.dtype)),
             )
         return PhaseType(self.structure, None, linear.totals(), alpha, linear, lumping), ok
 

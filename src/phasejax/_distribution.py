@@ -351,15 +351,7 @@ class PhaseType(AbstractPhaseType):
         ``alpha`` summed over each block, the lumped rates at this ``theta`` and scale."""
         lumping, linear = self.lumping, self.linear
         assert lumping is not None and linear is not None  # (__init__)
-        dtype = self.diag.dtype
-        lumped = LinearRates(
-            jnp.asarray(lumping.base, dtype),
-            jnp.asarray(lumping.coefficients, dtype),
-            jnp.asarray(lumping.state_base, dtype),
-            jnp.asarray(lumping.state_coefficients, dtype),
-            linear.theta,
-            linear.scale,
-        )
+        lumped = lumping.rates(linear.theta, linear.scale)
         alpha = _sparse.segment_sum(self.alpha, lumping.block, lumping.n_blocks)
         # zero, but it carries ``diag`` into the lumped chain: under jit, model(theta)'s
         # admissibility checks hang on ``diag`` and would otherwise be dropped as unused
@@ -406,10 +398,8 @@ class PhaseType(AbstractPhaseType):
                 if lump:  # the lumped chain's total out-rates (at most the full chain's)
                     lumping, linear = self.lumping, self.linear
                     assert lumping is not None and linear is not None
-                    theta = np.asarray(linear.theta)
-                    diag = float(linear.scale) * (
-                        lumping.state_base + lumping.state_coefficients @ theta
-                    )
+                    theta, scale = np.asarray(linear.theta), np.asarray(linear.scale)
+                    diag = lumping.rates(theta, scale, np).totals()
                 mu = float(np.max(diag, initial=0.0)) * finite
         n = structure.n_transient
         method = _expm.choose(method, kind, n, structure.src.shape[0], mu, tol)

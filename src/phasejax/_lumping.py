@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ._solve import LinearRates
 from ._structure import Structure, make_structure
-from ._topology import group, heights
+from ._topology import group, group_sums, heights
 
 # Moore rounds before giving up (no lumping: always exact, only slower): at most 256, and
 # at most about 2^25 edge visits in all (a long cycle splits one state per round)
@@ -52,9 +53,7 @@ def _totals(src, dst, weights, block, m):
     own = target == block[src]
     key = src.astype(np.int64) * (m + 1) + target
     keys, inverse = np.unique(key[~own], return_inverse=True)
-    totals = np.stack(
-        [np.bincount(inverse, w, keys.size) for w in weights[~own].T], axis=1
-    ).reshape(keys.size, weights.shape[1])
+    totals = group_sums(inverse, weights[~own], keys.size)
     flow = np.any(totals != 0, axis=1)
     keys, totals = keys[flow], totals[flow] + 0.0  # -0.0 -> 0.0: one bit pattern per value
     return keys // (m + 1), keys % (m + 1), totals
@@ -126,6 +125,24 @@ class Lumping(eqx.Module):
     def n_blocks(self) -> int:
         return self.structure.n_transient
 
+    def rates(
+        self,
+        theta: Float[Array, " p"] | Float[np.ndarray, " p"],
+        scale: Float[Array, ""] | Float[np.ndarray, ""],
+        xnp=jnp,
+    ) -> LinearRates:
+        """The lumped chain's rates at ``theta`` and ``scale`` (those of the full chain's
+        `LinearRates`), in ``theta``'s dtype; ``xnp=np`` evaluates on the host."""
+        dtype = theta.dtype
+        return LinearRates(
+            xnp.asarray(self.base, dtype),
+            xnp.asarray(self.coefficients, dtype),
+            xnp.asarray(self.state_base, dtype),
+            xnp.asarray(self.state_coefficients, dtype),
+            xnp.asarray(theta),
+            xnp.asarray(scale, dtype),
+        )
+
     @classmethod
     def build(cls, structure: Structure, base: np.ndarray, coef: np.ndarray) -> Lumping | None:
         """The lumping of a continuous chain (``structure``) whose transient edges have
@@ -138,7 +155,7 @@ class Lumping(eqx.Module):
             return None
         l_src, l_dst, totals = lumped_chain(src, dst, weights, block)
         m = int(block.max()) + 1
-        state_totals = np.stack([np.bincount(l_src, w, m) for w in totals.T], axis=1)
+        state_totals = group_sums(l_src, totals, m)
         # each block reports the vertex of its first state
         vertices = np.asarray(structure.transient_vertices)[first_states(block)]
         return cls(

@@ -27,6 +27,13 @@ def group(key: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
     return grouped.indices, grouped.indptr
 
 
+def group_sums(key: np.ndarray, weights: np.ndarray, n_keys: int) -> np.ndarray:
+    """Sums of the rows of ``weights`` (``(items, k)``) by integer key in ``0..n_keys-1``
+    (``(n_keys, k)``; rows summed in input order)."""
+    sums = [np.bincount(key, column, n_keys) for column in weights.T]
+    return np.stack(sums, axis=1).reshape(n_keys, weights.shape[1])
+
+
 def rank(key: np.ndarray, n_keys: int) -> np.ndarray:
     """Position of each item among the items of its key, in input order (see `group`)."""
     order, ptr = group(key, n_keys)

@@ -323,18 +323,17 @@ def _poisson_mix(blocks: _Blocks, coeff):
     unit = jnp.exp(log_c - top[:, None])
     if log_c.shape[2] >= MATMUL_COLUMNS:
         # many columns (the members of a batch side by side): one matrix product of the
-        # powers x_i^r with the scaled coefficients
+        # powers x_i^r with the scaled coefficients, the sub-blocks summed linearly
         sums = jnp.einsum("ir,mrq->iqm", _powers(blocks), unit)
-    else:
-        # Horner in x_i (one fused chain of multiply-adds, no small matrix
-        # products), sub-blocks on the minor axis (XLA CPU reduces over it fastest)
-        x = blocks.x[:, None, None]
-        unit = jnp.transpose(unit, (1, 2, 0))  # (SUB, q, M)
-        sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
-        for r in range(sub - 2, -1, -1):
-            sums = sums * x + unit[r]
-    combine = _log_sum if log_c.shape[2] < MATMUL_COLUMNS else _combine
-    return combine(blocks.log_w, top, sums)
+        return _combine(blocks.log_w, top, sums)
+    # Horner in x_i (one fused chain of multiply-adds, no small matrix
+    # products), sub-blocks on the minor axis (XLA CPU reduces over it fastest)
+    x = blocks.x[:, None, None]
+    unit = jnp.transpose(unit, (1, 2, 0))  # (SUB, q, M)
+    sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
+    for r in range(sub - 2, -1, -1):
+        sums = sums * x + unit[r]
+    return _log_sum(blocks.log_w, top, sums)
 
 
 def _combine(log_w, top, sums):
@@ -538,9 +537,7 @@ def _advance(cfg: Stream, op, src, dst, proj, lam, offset, members: bool):
     def one(op, proj, offset, s, v, carry):
         return _segment(cfg, op, src, dst, proj, lam, offset, s, v, carry)
 
-    if members:
-        one = jax.vmap(one, in_axes=(0, 0, 0, None, 0, 0))
-    return partial(one, op, proj, offset)
+    return partial(_each(one, members, (0, 0, 0, None, 0, 0)), op, proj, offset)
 
 
 def _each(fn, members: bool, in_axes: int | tuple[int | None, ...] = 0) -> Callable[..., Any]:
@@ -585,6 +582,8 @@ def _forward(
             # mu = 0: Pois(k - 1; 0) is 1 at k = 1 only (segment 0)
             at_zero = jnp.where(s == 0, safe_log(coeff[1]), -jnp.inf) + log_scale
             coeff = jnp.concatenate([coeff, ks.astype(dtype)[:, None] * coeff], axis=1)
+            # each column's scale, for the shifted columns too
+            log_scale = jnp.tile(jnp.broadcast_to(log_scale, (cols,)), 2)
         if not cfg.poisson:
             log_row, unit = _rows(coeff)
 
@@ -601,7 +600,7 @@ def _forward(
                     jnp.full((mu_b.shape[0], coeff.shape[1]), -jnp.inf, dtype),
                     jnp.logaddexp,
                 )
-                part = part + (jnp.tile(log_scale, 2) if shift and members else log_scale)
+                part = part + log_scale
             else:
                 lead, top = _lead(_indicator(ks, lo_b, hi_b, dtype), log_row)
                 part = safe_log(lead @ unit) + top[:, None] + log_scale
