@@ -473,3 +473,13 @@ def test_infinite_theta_names_an_edge_that_depends_on_it():
         ValueError, match=r"infinite because theta\[1\] = inf: edge 1 \(vertex 1 -> vertex 2\)"
     ):
         g.compile()(jnp.array([1.0, np.inf]))
+
+
+def test_bad_theta_under_an_eager_gradient_names_the_edge():
+    """theta carries a tangent (eager grad, jacfwd), the problem flags do not: the message
+    still names the edge (not a tracer conversion error)."""
+    model = pj.models.kingman(5).compile()
+    loglik = lambda th: jnp.sum(model(th).logpdf(np.array([1.0])))  # noqa: E731
+    for transform in (jax.grad, jax.jacfwd):
+        with pytest.raises(ValueError, match=r"edge rate is negative: edge \d+ .* rate -10.0"):
+            transform(loglik)(jnp.array([-1.0]))

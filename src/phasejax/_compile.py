@@ -113,20 +113,25 @@ class LinearPlan(eqx.Module):
     the per-state sums of the transient edges' base weights and coefficients (total
     out-rates, as `LinearRates.totals`), and the distinct rows of ``(base, coefficients)``
     over every edge, on which the rate checks run (equal rows give bitwise equal rates;
-    ``-0.0`` is kept apart from ``0.0``)."""
+    ``-0.0`` is kept apart from ``0.0``). ``constant_alpha``: the starting vertex's edges
+    do not depend on ``theta`` (the initial vector is built from ``base`` alone, so it
+    carries no derivative: `phasejax._tangents` then gives a likelihood's gradient)."""
 
     state_base: Float[np.ndarray, " n"]
     state_coefficients: Float[np.ndarray, "n p"]
     distinct_base: Float[np.ndarray, " U"]
     distinct_coefficients: Float[np.ndarray, "U p"]
+    constant_alpha: bool = eqx.field(static=True)
 
     @classmethod
-    def build(cls, base, coef, inner, src, n) -> LinearPlan:
-        """``inner``: the transient edges; ``src``: their source states (``0..n-1``)."""
+    def build(cls, base, coef, inner, src, n, init) -> LinearPlan:
+        """``inner``: the transient edges; ``src``: their source states (``0..n-1``);
+        ``init``: the starting vertex's edges."""
         weights = np.column_stack([base, coef])
         totals = group_sums(src, weights[inner], n)
         rows = np.unique(weights.view(np.int64), axis=0).view(np.float64)
-        return cls(totals[:, 0], totals[:, 1:], rows[:, 0], rows[:, 1:])
+        constant = not np.any(coef[init])
+        return cls(totals[:, 0], totals[:, 1:], rows[:, 0], rows[:, 1:], constant)
 
 
 def _out_degree(structure: Structure, dtype) -> Float[Array, " n"]:
@@ -305,7 +310,8 @@ class Model(eqx.Module):
             checked = rates
         else:  # the rates are formed where needed (a reduction, a sweep's blocks)
             rate = self._linear(plan, jnp.asarray(theta, rates.dtype))
-            diag, alpha = rate.totals(), self._alpha(rates)
+            constant = jnp.asarray(self.base, rates.dtype) if plan.constant_alpha else rates
+            diag, alpha = rate.totals(), self._alpha(constant)
             # equal rows of (base, coefficients) give bitwise equal rates
             checked = plan.distinct_base + plan.distinct_coefficients @ rate.theta
         return rates, rate, diag, alpha, self._problems(rates, checked, diag, alpha, require_exit)
@@ -365,6 +371,8 @@ class Model(eqx.Module):
             diag = eqx.branched_error_if(diag, bad, kind, messages)
         elif np.any(problems):
             kind = int(np.argmax(np.asarray(problems)))
+            # (values: under an eager grad or jacfwd theta and the rates carry tangents)
+            theta, rates, diag = jax.lax.stop_gradient((theta, rates, diag))
             raise ValueError(self._name_problem(kind, theta, np.asarray(rates), np.asarray(diag)))
         return self._build(rate, diag, alpha)
 
@@ -517,7 +525,7 @@ def compile_graph(
         initial=None if initial is None else initial[transient],
         edge_vertices=_HostArray(np.stack([src, dst], axis=1)),
         rate_fn=linear_rates if rate_fn is None else rate_fn,
-        linear_plan=LinearPlan.build(base, coef, inner, position[src[inner]], n)
+        linear_plan=LinearPlan.build(base, coef, inner, position[src[inner]], n, init)
         if linear
         else None,
         lumping=Lumping.build(structure, base[inner], coef[inner])

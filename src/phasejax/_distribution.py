@@ -24,6 +24,7 @@ import functools
 import inspect
 import warnings
 from math import comb, factorial
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from . import _expm, _sparse
+from . import _expm, _sparse, _tangents
 from . import _uniformization as _unif
 from ._lumping import Lumping
 from ._sample import sample_paths
@@ -418,6 +419,14 @@ class PhaseType(AbstractPhaseType):
             inverse = np.empty_like(perm)
             inverse[perm] = np.arange(perm.size)
             t, inverse = jnp.asarray(values.ravel()[perm]), jnp.asarray(inverse.reshape(t.shape))
+        if kind == "logpdf" and plan is None and _tangents.applies(self):
+            # its theta-gradient from the forward series of an augmented chain, one program
+            def kernel(dist, t, inverse, kind):
+                return dist._transient_kernel(
+                    t, kind, tol, max_steps, checked, 0, lump, None, inverse
+                )
+
+            return _tangents.log_density(self, t, inverse, kernel)
         return self._transient_kernel(t, kind, tol, max_steps, checked, order, lump, plan, inverse)
 
     @eqx.filter_jit
@@ -426,12 +435,12 @@ class PhaseType(AbstractPhaseType):
         dist = self._lumped() if lump else self
         return dist._transient_values(t, kind, tol, max_steps, checked, order, plan, inverse)
 
-    def _transient_values(self, t, kind, tol, max_steps, checked, order, plan, inverse):
+    def _transient_values(self, t, kind, tol, max_steps, checked, order, plan, inverse) -> Any:
         """One kernel per ``kind``: ``"logpdf"``, ``"sf"``, ``"cdf"``, ``"state"``
         (``alpha e^{St}``, transient states), ``"occupancy"`` (``int_0^t alpha e^{Su} du``)
         and ``"integral"`` (``int_0^t u^order alpha e^{Su} 1 du``), flattened over ``t``;
         by uniformization, or by dense scaling and squaring (`phasejax._expm`) given a
-        ``plan``.
+        ``plan``. ``"dlogpdf"``: the pair ``(log f, d log f / d theta)`` (`phasejax._tangents`).
 
         ``inverse``: ``None``, or ``t`` is flat and sorted (finite times ascending, ``inf``
         as 0) and the answer at the original position ``j`` is that at ``inverse[j]``
@@ -462,6 +471,16 @@ class PhaseType(AbstractPhaseType):
                 lam,
                 finite_t,
             )
+        elif kind == "dlogpdf":  # (log f, its theta-Jacobian) by `phasejax._tangents`
+            assert self.linear is not None  # (`_tangents.applies`)
+            m = self.structure
+            mu, lo, hi = self._window(tol, max_steps, lam, finite_t, flat)
+            args = (self.alpha, m.src, m.dst, jax.lax.stop_gradient(lam), mu, lo, hi, finite_t)
+            log_f, jacobian = _tangents.log_density_jacobian(
+                self.linear, *args, inverse is not None
+            )
+            jacobian = jnp.where(infinite[:, None], 0.0, jacobian)  # t = inf: -inf, fixed
+            return restore(jnp.where(infinite, -jnp.inf, log_f)), restore(jacobian)
         else:
             presorted = inverse is not None
             log_v = self._series(kind, tol, max_steps, order, lam, finite_t, flat, presorted)
@@ -486,12 +505,18 @@ class PhaseType(AbstractPhaseType):
             value = jnp.where(infinite[:, None], 0.0, value)
         return restore(value)
 
+    @staticmethod
+    def _window(tol, max_steps, lam, finite_t, flat):
+        """``mu = Lambda t`` and each time's series window ``[0, hi]`` (`right_point`;
+        ``max_steps``, optional, raises naming the time that needs more)."""
+        mu = lam * finite_t
+        hi = jnp.asarray(_unif.check_cap(_unif.right_point(mu, tol), max_steps, flat, "time"))
+        return mu, jnp.zeros_like(hi), hi
+
     def _series(self, kind, tol, max_steps, order, lam, finite_t, flat, presorted=False):
         """``log`` of ``kind`` per time by uniformization (`_mix`), shape ``(t, q)``
         (``presorted``: ``finite_t`` is non-decreasing)."""
-        mu = lam * finite_t
-        hi = _unif.check_cap(_unif.right_point(mu, tol), max_steps, flat, "time")
-        lo = jnp.zeros_like(hi)
+        mu, lo, hi = self._window(tol, max_steps, lam, finite_t, flat)
         n = self.structure.n_transient
         ones = jnp.ones(n, self.diag.dtype)
         proj = {"logpdf": self.exit, "cdf": self.exit, "sf": ones, "integral": ones}.get(kind)

@@ -1,0 +1,190 @@
+"""Log-densities whose theta-gradient comes from the forward series itself.
+
+For rates linear in ``theta`` (`LinearRates`: ``S(theta)``, exit rates ``s(theta)``) the
+derivative of ``f(t) = alpha e^{St} s`` along ``theta_i`` follows from Van Loan's block
+identity, with ``D_i = dS / dtheta_i``:
+
+    exp(t [[S, D], [0, S]]) = [[e^{St}, int_0^t e^{S(t-u)} D e^{Su} du], [0, e^{St}]],
+
+    df/dtheta_i = alpha (int_0^t e^{S(t-u)} D_i e^{Su} du) s + alpha e^{St} ds_i.
+
+Split ``D_i = D_i+ - D_i-`` and ``ds_i = ds_i+ - ds_i-`` into non-negative parts. On
+``1 + 2p`` copies of the states the matrix
+
+    A = [[S, D_1+, D_1-, ...], [0, S, 0, ...], [0, 0, S, ...], ...]
+
+has the diagonal of ``S`` and non-negative entries off it, so ``P = I + A / Lambda`` is
+non-negative for the same ``Lambda`` and the uniformization engine
+(`phasejax._uniformization.mix`) runs it as it runs any chain: one series from
+``[alpha, 0, ...]`` with the ``1 + 2p`` non-negative projections
+
+    [s; 0; ...],   [ds_i+; ..., s (copy 1 + 2i), ...],   [ds_i-; ..., s (copy 2 + 2i), ...]
+
+gives ``f`` and ``df/dtheta_i`` as the difference of the last two, each mixed in log space
+like any projection (far tails keep their relative accuracy). The truncation is the same
+as for ``f`` (same ``Lambda t``, same windows).
+
+A likelihood's gradient then costs one forward series of the larger chain: no
+checkpoints, no replay, no adjoint pass, and it compiles as one program (the reverse pass
+multiplies the cotangents by the saved Jacobian), which is what a first call waits for.
+It applies where only ``theta`` is differentiated (the usual likelihood gradient) and
+``theta`` has at most `FORWARD_PARAMS` entries (the chain grows by ``2p`` copies); if the
+initial vector, the rate scale or the times carry derivatives too, the engine's reverse
+mode runs instead (through the same ``custom_vjp``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from . import _sparse
+from . import _uniformization as _unif
+from ._solve import LinearRates
+
+FORWARD_PARAMS = 2  # at most this many parameters: the augmented chain has 1 + 2p copies
+
+
+def applies(dist) -> bool:
+    """Whether `log_density` serves ``dist`` (static: a continuous model with linear rates
+    and at most `FORWARD_PARAMS` parameters)."""
+    linear = dist.linear
+    return (
+        linear is not None
+        and not dist.structure.discrete
+        and linear.theta.shape[-1] <= FORWARD_PARAMS
+    )
+
+
+def _exit(rate: Array, src: Array, dst: Array, n: int) -> Array:
+    """Per-state sums of ``rate`` (``(e, ...)``) over the edges into absorption."""
+    into = (dst == n).reshape(dst.shape + (1,) * (rate.ndim - 1))
+    return _sparse.segment_sum(jnp.where(into, rate, 0.0), src, n)
+
+
+def _augmented(linear: LinearRates, alpha, src, dst):
+    """Rates, total out-rates, projections, initial vector and edges of ``A`` (module doc)."""
+    n, p = alpha.shape[0], linear.theta.shape[0]
+    copies = 1 + 2 * p
+    size = copies * n
+    rate, diag = linear.rates(), linear.totals()
+    internal = dst < n
+    # the copies of S: each copy's edges, absorption (dst = n) mapped to the new size
+    offsets = np.arange(copies)[:, None] * n
+    copy_src = (src[None] + offsets).ravel()
+    copy_dst = jnp.where(internal[None], dst[None] + offsets, size).ravel()
+    # D_i: off the diagonal the edge coefficients, on it minus the totals' coefficients;
+    # columns ordered (D_1+, D_1-, D_2+, ...), each into its own copy
+    d_edges = linear.scale * linear.coefficients  # (e, p)
+    d_diag = -linear.scale * linear.state_coefficients  # (n, p)
+
+    def split(x):  # (m, p) -> (m, 2p): positive and negative parts, interleaved
+        return jnp.stack([jnp.maximum(x, 0.0), jnp.maximum(-x, 0.0)], axis=2).reshape(
+            x.shape[0], 2 * p
+        )
+
+    targets = np.arange(1, copies) * n  # the first state of each tangent copy
+    states = jnp.arange(n, dtype=src.dtype)
+    cross_src = jnp.concatenate([jnp.repeat(src, 2 * p), jnp.repeat(states, 2 * p)])
+    cross_dst = jnp.concatenate(
+        [
+            jnp.where(internal[:, None], dst[:, None] + targets[None], size).ravel(),
+            (states[:, None] + targets[None]).ravel(),
+        ]
+    )
+    cross_rate = jnp.concatenate(
+        [jnp.where(internal[:, None], split(d_edges), 0.0).ravel(), split(d_diag).ravel()]
+    )
+    exit_rates = _exit(rate, src, dst, n)
+    # projections: [s; 0...] and, per tangent column c, ds_c on copy 0 and s on copy c
+    top = jnp.concatenate([exit_rates[:, None], split(_exit(d_edges, src, dst, n))], axis=1)
+    lower = exit_rates[None, :, None] * np.eye(copies)[1:, None, :]  # (2p, n, 1 + 2p)
+    proj = jnp.concatenate([top, lower.reshape(2 * p * n, copies)], axis=0)
+    return (
+        jnp.concatenate([jnp.tile(rate, copies), cross_rate]),
+        jnp.tile(diag, copies),
+        proj,
+        jnp.concatenate([alpha, jnp.zeros(size - n, alpha.dtype)]),
+        jnp.concatenate([copy_src, cross_src]),
+        jnp.concatenate([copy_dst, cross_dst]),
+    )
+
+
+def log_density_jacobian(
+    linear: LinearRates,
+    alpha: Float[Array, " n"],
+    src: Int[Array, " e"],
+    dst: Int[Array, " e"],
+    lam: Float[Array, ""],
+    mu: Float[Array, " t"],
+    lo: Int[Array, " t"],
+    hi: Int[Array, " t"],
+    key: Float[Array, " t"],
+    presorted: bool,
+) -> tuple[Float[Array, " t"], Float[Array, "t p"]]:
+    """``log f(t_i)`` and ``d log f(t_i) / d theta`` (0 where ``f = 0``) by one series of the
+    augmented chain (module doc); the other arguments as for
+    `phasejax._uniformization.mix`. Not differentiable itself (a second derivative
+    raises)."""
+    linear = eqx.tree_at(lambda x: x.theta, linear, _unif.first_order_only(linear.theta))
+    rate, diag, proj, alpha_aug, src_aug, dst_aug = _augmented(linear, alpha, src, dst)
+    cfg = _unif.make_stream(diag.shape[0], proj.shape[1], mu.shape[0], poisson=True)
+    args = (rate, diag, proj, alpha_aug, src_aug, dst_aug, lam, mu, lo, hi)
+    out = _unif.mix(cfg, *args, key=key, presorted=presorted)
+    log_f = out[:, 0]
+    finite = jnp.isfinite(log_f)[:, None]
+    base = jnp.where(finite, log_f[:, None], 0.0)
+    # d log f / d theta_i = (df_i+ - df_i-) / f
+    jacobian = jnp.exp(out[:, 1::2] - base) - jnp.exp(out[:, 2::2] - base)
+    return log_f, jnp.where(finite, jacobian, 0.0)
+
+
+def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any]) -> Array:
+    """``kernel(dist, t, inverse, "logpdf")`` (``log f`` at ``t``: the value program
+    unchanged), its derivative in ``dist.linear.theta`` from ``kernel(..., "dlogpdf")`` (the value and
+    the Jacobian in one program, `log_density_jacobian`): a ``custom_vjp`` whose reverse
+    pass multiplies the cotangents by the Jacobian.
+
+    ``dist.diag`` is the rates' totals at ``theta`` (as ``model(theta)`` builds it), so
+    its derivative is part of theta's. Where anything else carries a derivative (the
+    initial vector, the rate scale, ``t``), the reverse pass is the engine's adjoint.
+    """
+    theta, diag = dist.linear.theta, dist.diag
+    hollow = eqx.tree_at(lambda d: (d.diag, d.linear.theta), dist, (None, None))
+    dynamic, static = eqx.partition(hollow, eqx.is_array)
+
+    def rebuild(theta, diag, dynamic):
+        full = eqx.combine(dynamic, static)
+        return eqx.tree_at(
+            lambda d: (d.diag, d.linear.theta), full, (diag, theta), is_leaf=lambda x: x is None
+        )
+
+    # (every array an argument: a closure over one traced by an outer jit would leak)
+    def evaluate(theta, diag, dynamic, t, inverse):
+        return kernel(rebuild(theta, diag, dynamic), t, inverse, "logpdf")
+
+    def forward(theta, diag, dynamic, t, inverse):
+        values = jax.tree.map(lambda x: x.value, (theta, diag, dynamic, t, inverse))
+        if any(x.perturbed for x in jax.tree.leaves((dynamic, t))):
+            log_f, pullback = jax.vjp(evaluate, *values)  # the engine's adjoint
+            return log_f, (log_f, pullback, None)
+        log_f, jacobian = kernel(rebuild(*values[:3]), *values[3:], "dlogpdf")
+        return log_f, (log_f, None, jacobian)
+
+    def backward(residuals, g):
+        log_f, pullback, jacobian = residuals
+        if isinstance(g, jax.custom_derivatives.SymbolicZero):
+            g = jnp.zeros_like(log_f)
+        if pullback is not None:
+            return pullback(g)
+        return jnp.tensordot(g, jacobian, axes=g.ndim), None, None, None, None
+
+    value = jax.custom_vjp(evaluate)
+    value.defvjp(forward, backward, symbolic_zeros=True)
+    return value(theta, diag, dynamic, t, inverse)
