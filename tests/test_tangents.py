@@ -79,9 +79,7 @@ def test_gradient_against_van_loan_and_differences(seed, lump):
         # central differences of the library's own log-likelihood
         loglik = jax.jit(lambda th: jnp.sum(model(th).logpdf(TIMES)))
         h = 1e-5
-        fd = [
-            (loglik(theta + h * e) - loglik(theta - h * e)) / (2 * h) for e in np.eye(theta.size)
-        ]
+        fd = [(loglik(theta + h * e) - loglik(theta - h * e)) / (2 * h) for e in np.eye(theta.size)]
         np.testing.assert_allclose(jax.grad(loglik)(jnp.asarray(theta)), fd, rtol=1e-7)
     # a batch of thetas (one uniformization rate shared) gives each theta's gradient
     thetas = jnp.array([[0.6, 1.4], [1.3, 0.7], [1.0, 1.0]])
@@ -127,6 +125,35 @@ def test_likelihood_gradient_runs_no_adjoint(monkeypatch):
 
 def test_second_derivative_raises():
     model = pj.models.kingman(5).compile()
-    loglik = lambda th: jnp.sum(model(th).logpdf(jnp.array([0.5, 1.0])))  # noqa: E731
+    loglik = lambda th: jnp.sum(model(th).logpdf(jnp.array([0.5, 1.0])))
     with pytest.raises(NotImplementedError, match="second derivatives"):
         jax.hessian(loglik)(jnp.array([1.0]))
+
+
+def test_eager_gradient_compiles_for_latency(monkeypatch):
+    """Outside any jit the Jacobian kernel of a small chain is the program compiled for
+    latency (`LATENCY_OPTIONS`); under jit, vmap or for the value alone it is not. Both
+    give the same numbers."""
+    from phasejax._distribution import PhaseType
+
+    calls = []
+    latency_kernel = PhaseType._transient_kernel_latency
+
+    def counted(self, t, kind, *rest):
+        calls.append(kind)
+        return latency_kernel(self, t, kind, *rest)
+
+    monkeypatch.setattr(PhaseType, "_transient_kernel_latency", counted)
+    model = pj.models.kingman(6).compile()
+    t = np.asarray(model(jnp.array([1.0])).sample(jax.random.key(1), (50,)))
+    loglik = lambda th: jnp.sum(model(th).logpdf(t))
+    theta = jnp.array([1.4])
+    eager = jax.value_and_grad(loglik)(theta)
+    assert calls == ["dlogpdf"]
+    jitted = jax.jit(jax.value_and_grad(loglik))(theta)
+    batched = jax.vmap(jax.value_and_grad(loglik))(theta[None])
+    loglik(theta)
+    assert calls == ["dlogpdf"]
+    for other in (jitted, (batched[0][0], batched[1][0])):
+        np.testing.assert_allclose(eager[0], other[0], rtol=1e-13)
+        np.testing.assert_allclose(eager[1], other[1], rtol=1e-12)

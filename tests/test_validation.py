@@ -479,7 +479,7 @@ def test_bad_theta_under_an_eager_gradient_names_the_edge():
     """theta carries a tangent (eager grad, jacfwd), the problem flags do not: the message
     still names the edge (not a tracer conversion error)."""
     model = pj.models.kingman(5).compile()
-    loglik = lambda th: jnp.sum(model(th).logpdf(np.array([1.0])))  # noqa: E731
+    loglik = lambda th: jnp.sum(model(th).logpdf(np.array([1.0])))
     for transform in (jax.grad, jax.jacfwd):
         with pytest.raises(ValueError, match=r"edge rate is negative: edge \d+ .* rate -10.0"):
             transform(loglik)(jnp.array([-1.0]))

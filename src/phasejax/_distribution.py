@@ -43,6 +43,12 @@ DEFAULT_TOL = 1e-12
 # discrete quantities whose series window ends at step k - 1 (the rest end at k)
 _ENDS_BEFORE_K = ("pmf", "cdf", "visits")
 DEFAULT_MAX_STEPS = None  # no cap: the series runs as long as the data need
+# XLA CPU's classic loop emitter compiles each fused kernel about twice as fast as its
+# newer fusion emitters; on the small dense chains `_tangents` uses it for (called outside
+# any jit: JAX takes compiler options from a top-level program only) the kernels run as
+# fast. Options of one executable (part of the persistent cache's key), not global flags;
+# other backends ignore a CPU option.
+LATENCY_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
 def _jit_checking_rewards(method):
@@ -421,19 +427,24 @@ class PhaseType(AbstractPhaseType):
             t, inverse = jnp.asarray(values.ravel()[perm]), jnp.asarray(inverse.reshape(t.shape))
         if kind == "logpdf" and plan is None and _tangents.applies(self):
             # its theta-gradient from the forward series of an augmented chain, one program
-            def kernel(dist, t, inverse, kind):
-                return dist._transient_kernel(
-                    t, kind, tol, max_steps, checked, 0, lump, None, inverse
-                )
+            def kernel(dist, t, inverse, kind, latency=False):
+                run = dist._transient_kernel_latency if latency else dist._transient_kernel
+                return run(t, kind, tol, max_steps, checked, 0, lump, None, inverse)
 
-            return _tangents.log_density(self, t, inverse, kernel)
+            return _tangents.log_density(self, t, inverse, kernel, structure.n_transient)
         return self._transient_kernel(t, kind, tol, max_steps, checked, order, lump, plan, inverse)
 
-    @eqx.filter_jit
-    def _transient_kernel(self, t, kind, tol, max_steps, checked, order, lump, plan, inverse):
-        """`_transient_values` compiled, on the lumped chain when ``lump``."""
+    def _transient_body(self, t, kind, tol, max_steps, checked, order, lump, plan, inverse):
+        """`_transient_values`, on the lumped chain when ``lump``."""
         dist = self._lumped() if lump else self
         return dist._transient_values(t, kind, tol, max_steps, checked, order, plan, inverse)
+
+    _transient_kernel = eqx.filter_jit(_transient_body)
+    # compiled for a fast first answer (`LATENCY_OPTIONS`): only as a top-level program
+    _transient_kernel_latency = eqx.filter_jit(  # (jit's keywords pass through; untyped)
+        _transient_body,
+        compiler_options=LATENCY_OPTIONS,  # pyright: ignore[reportCallIssue]
+    )
 
     def _transient_values(self, t, kind, tol, max_steps, checked, order, plan, inverse) -> Any:
         """One kernel per ``kind``: ``"logpdf"``, ``"sf"``, ``"cdf"``, ``"state"``

@@ -47,6 +47,7 @@ from jaxtyping import Array, Float, Int
 from . import _sparse
 from . import _uniformization as _unif
 from ._solve import LinearRates
+from ._structure import is_traced
 
 FORWARD_PARAMS = 2  # at most this many parameters: the augmented chain has 1 + 2p copies
 
@@ -145,11 +146,14 @@ def log_density_jacobian(
     return log_f, jnp.where(finite, jacobian, 0.0)
 
 
-def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any]) -> Array:
+def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any], n: int) -> Array:
     """``kernel(dist, t, inverse, "logpdf")`` (``log f`` at ``t``: the value program
     unchanged), its derivative in ``dist.linear.theta`` from ``kernel(..., "dlogpdf")`` (the value and
     the Jacobian in one program, `log_density_jacobian`): a ``custom_vjp`` whose reverse
-    pass multiplies the cotangents by the Jacobian.
+    pass multiplies the cotangents by the Jacobian. ``n``: the states of the chain the
+    kernel runs (lumped or not); ``kernel(..., latency=True)`` compiles for a fast first
+    answer (`phasejax._distribution.LATENCY_OPTIONS`), asked for where that chain is
+    small and the call is a top-level program.
 
     ``dist.diag`` is the rates' totals at ``theta`` (as ``model(theta)`` builds it), so
     its derivative is part of theta's. Where anything else carries a derivative (the
@@ -174,7 +178,11 @@ def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any
         if any(x.perturbed for x in jax.tree.leaves((dynamic, t))):
             log_f, pullback = jax.vjp(evaluate, *values)  # the engine's adjoint
             return log_f, (log_f, pullback, None)
-        log_f, jacobian = kernel(rebuild(*values[:3]), *values[3:], "dlogpdf")
+        # a top-level program (no tracer: not inside a jit, vmap or outer derivative)
+        # on a small chain: compiled for latency
+        top_level = not any(is_traced(x) for x in jax.tree.leaves(values))
+        latency = top_level and n <= _unif.DENSE_STATES
+        log_f, jacobian = kernel(rebuild(*values[:3]), *values[3:], "dlogpdf", latency)
         return log_f, (log_f, None, jacobian)
 
     def backward(residuals, g):
