@@ -26,11 +26,14 @@ as for ``f`` (same ``Lambda t``, same windows).
 
 A likelihood's gradient then costs one forward series of the larger chain: no
 checkpoints, no replay, no adjoint pass, and it compiles as one program (the reverse pass
-multiplies the cotangents by the saved Jacobian), which is what a first call waits for.
-It applies where only ``theta`` is differentiated (the usual likelihood gradient) and
-``theta`` has at most `FORWARD_PARAMS` entries (the chain grows by ``2p`` copies); if the
-initial vector, the rate scale or the times carry derivatives too, the engine's reverse
-mode runs instead (through the same ``custom_vjp``).
+multiplies the cotangents by the saved Jacobian) instead of two, which is what a first
+call waits for. It serves calls outside any ``jit`` or ``vmap`` where only ``theta`` is
+differentiated (the usual likelihood gradient) and ``theta`` has at most
+`FORWARD_PARAMS` entries (the chain grows by ``2p`` copies). Elsewhere the engine's
+adjoint runs (through the same ``custom_vjp``): inside a ``jit`` it is about 10 % faster
+per call once compiled, under ``vmap`` it mixes one column per member instead of
+``1 + 2p`` (Kingman n = 10, 100 thetas: 24 against 35 ms), and it serves derivatives in
+the initial vector, the rate scale or the times.
 """
 
 from __future__ import annotations
@@ -131,9 +134,7 @@ def log_density_jacobian(
 ) -> tuple[Float[Array, " t"], Float[Array, "t p"]]:
     """``log f(t_i)`` and ``d log f(t_i) / d theta`` (0 where ``f = 0``) by one series of the
     augmented chain (module doc); the other arguments as for
-    `phasejax._uniformization.mix`. Not differentiable itself (a second derivative
-    raises)."""
-    linear = eqx.tree_at(lambda x: x.theta, linear, _unif.first_order_only(linear.theta))
+    `phasejax._uniformization.mix`. Run as a top-level program (`log_density`)."""
     rate, diag, proj, alpha_aug, src_aug, dst_aug = _augmented(linear, alpha, src, dst)
     cfg = _unif.make_stream(diag.shape[0], proj.shape[1], mu.shape[0], poisson=True)
     args = (rate, diag, proj, alpha_aug, src_aug, dst_aug, lam, mu, lo, hi)
@@ -148,16 +149,20 @@ def log_density_jacobian(
 
 def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any], n: int) -> Array:
     """``kernel(dist, t, inverse, "logpdf")`` (``log f`` at ``t``: the value program
-    unchanged), its derivative in ``dist.linear.theta`` from ``kernel(..., "dlogpdf")`` (the value and
-    the Jacobian in one program, `log_density_jacobian`): a ``custom_vjp`` whose reverse
-    pass multiplies the cotangents by the Jacobian. ``n``: the states of the chain the
-    kernel runs (lumped or not); ``kernel(..., latency=True)`` compiles for a fast first
-    answer (`phasejax._distribution.LATENCY_OPTIONS`), asked for where that chain is
-    small and the call is a top-level program.
+    unchanged) as a ``custom_vjp``. Called outside any ``jit`` or ``vmap`` (a top-level
+    program, where the first answer waits for compilation), its derivative in
+    ``dist.linear.theta`` comes from ``kernel(..., "dlogpdf")``: the value and the
+    Jacobian in one program (`log_density_jacobian`), the reverse pass the product of the
+    cotangents with the Jacobian. ``n``: the states of the chain the kernel runs (lumped or
+    not); ``kernel(..., latency=True)`` compiles for a fast first answer
+    (`phasejax._distribution.LATENCY_OPTIONS`), asked for where that chain is small.
 
-    ``dist.diag`` is the rates' totals at ``theta`` (as ``model(theta)`` builds it), so
-    its derivative is part of theta's. Where anything else carries a derivative (the
-    initial vector, the rate scale, ``t``), the reverse pass is the engine's adjoint.
+    Inside a ``jit`` or ``vmap`` the engine's adjoint serves instead (per call about 10 %
+    faster, and under ``vmap`` up to 1.5x: its batch mixes one column per member, the
+    augmented chain ``1 + 2p``), as it does where anything but ``theta`` carries a
+    derivative (the initial vector, the rate scale, ``t``). ``dist.diag`` is the rates'
+    totals at ``theta`` (as ``model(theta)`` builds it), so its derivative is part of
+    theta's.
     """
     theta, diag = dist.linear.theta, dist.diag
     hollow = eqx.tree_at(lambda d: (d.diag, d.linear.theta), dist, (None, None))
@@ -175,13 +180,12 @@ def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any
 
     def forward(theta, diag, dynamic, t, inverse):
         values = jax.tree.map(lambda x: x.value, (theta, diag, dynamic, t, inverse))
-        if any(x.perturbed for x in jax.tree.leaves((dynamic, t))):
+        # a top-level program: no tracer (not inside a jit, a vmap or an outer derivative)
+        top_level = not any(is_traced(x) for x in jax.tree.leaves(values))
+        if not top_level or any(x.perturbed for x in jax.tree.leaves((dynamic, t))):
             log_f, pullback = jax.vjp(evaluate, *values)  # the engine's adjoint
             return log_f, (log_f, pullback, None)
-        # a top-level program (no tracer: not inside a jit, vmap or outer derivative)
-        # on a small chain: compiled for latency
-        top_level = not any(is_traced(x) for x in jax.tree.leaves(values))
-        latency = top_level and n <= _unif.DENSE_STATES
+        latency = n <= _unif.DENSE_STATES
         log_f, jacobian = kernel(rebuild(*values[:3]), *values[3:], "dlogpdf", latency)
         return log_f, (log_f, None, jacobian)
 

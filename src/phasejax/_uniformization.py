@@ -738,14 +738,14 @@ def _stream(cfg, *args):
 
 
 @jax.custom_jvp
-def first_order_only(x):
+def _first_order_only(x):
     """Identity whose derivative raises: the stream's adjoint is not itself differentiable
     (its while loops and saved log-weights are first-order only), so a second derivative
     through it would be silently wrong rather than merely unavailable."""
     return x
 
 
-@first_order_only.defjvp
+@_first_order_only.defjvp
 def _first_order_only_jvp(primals, tangents):
     raise NotImplementedError(
         "second derivatives (jax.hessian, jacfwd or grad of a gradient) do not pass through "
@@ -760,7 +760,7 @@ def _stream_fwd(cfg, *primals):
     shift = cfg.poisson and primals[_MU].perturbed
     args = tuple(x.value for x in primals)
     # under an outer derivative of this gradient the inputs carry tangents: raise there
-    args = tuple(first_order_only(x) if eqx.is_inexact_array(x) else x for x in args)
+    args = tuple(_first_order_only(x) if eqx.is_inexact_array(x) else x for x in args)
     out, ckpt = _forward_kernel(cfg, shift)(*args)
     q = out.shape[1] // 2 if shift else out.shape[1]
     log_f = out[:, :q]
