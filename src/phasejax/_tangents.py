@@ -178,24 +178,33 @@ def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any
     def evaluate(theta, diag, dynamic, t, inverse):
         return kernel(rebuild(theta, diag, dynamic), t, inverse, "logpdf")
 
-    def forward(theta, diag, dynamic, t, inverse):
-        values = jax.tree.map(lambda x: x.value, (theta, diag, dynamic, t, inverse))
+    def forward(*primals):
+        values = jax.tree.map(lambda x: x.value, primals)
+        # the arguments that carry a derivative (theta, and diag with it, at least)
+        active = [any(x.perturbed for x in jax.tree.leaves(arg)) for arg in primals]
         # a top-level program: no tracer (not inside a jit, a vmap or an outer derivative)
         top_level = not any(is_traced(x) for x in jax.tree.leaves(values))
-        if not top_level or any(x.perturbed for x in jax.tree.leaves((dynamic, t))):
-            log_f, pullback = jax.vjp(evaluate, *values)  # the engine's adjoint
-            return log_f, (log_f, pullback, None)
+        if not top_level or any(active[2:]):  # the engine's adjoint, for the active ones
+            # (only: a derivative in t would cost the forward pass a column per projection)
+            def of_active(*args):
+                it = iter(args)
+                return evaluate(*(next(it) if a else v for a, v in zip(active, values)))
+
+            log_f, pullback = jax.vjp(of_active, *(v for a, v in zip(active, values) if a))
+            # which arguments got cotangents, as the residuals' structure
+            return log_f, (log_f, pullback, tuple(() if a else None for a in active))
         latency = n <= _unif.DENSE_STATES
         log_f, jacobian = kernel(rebuild(*values[:3]), *values[3:], "dlogpdf", latency)
-        return log_f, (log_f, None, jacobian)
+        return log_f, (log_f, jacobian, None)
 
     def backward(residuals, g):
-        log_f, pullback, jacobian = residuals
+        log_f, pullback_or_jacobian, active = residuals
         if isinstance(g, jax.custom_derivatives.SymbolicZero):
             g = jnp.zeros_like(log_f)
-        if pullback is not None:
-            return pullback(g)
-        return jnp.tensordot(g, jacobian, axes=g.ndim), None, None, None, None
+        if active is None:  # the saved Jacobian
+            return jnp.tensordot(g, pullback_or_jacobian, axes=g.ndim), None, None, None, None
+        it = iter(pullback_or_jacobian(g))
+        return tuple(None if a is None else next(it) for a in active)
 
     value = jax.custom_vjp(evaluate)
     value.defvjp(forward, backward, symbolic_zeros=True)
