@@ -59,8 +59,9 @@ cotangents are the transposed block products; those of ``mu`` (hence ``t``) come
 the forward pass, which then also mixes ``k c'_k`` (``d Pois(k; mu) / d mu =
 Pois(k; mu) (k / mu - 1)``). Exact for the truncated sums, in the rates, ``proj``,
 ``alpha``, ``offset`` and ``mu``; ``Lambda`` is held under ``stop_gradient``: the exact
-sum does not depend on it. (A log-likelihood's gradient in ``theta`` for linear rates
-comes instead from the forward series of an augmented chain, `phasejax._tangents`.)
+sum does not depend on it. (Called outside any ``jit``, a log-likelihood's gradient in
+``theta`` for linear rates with at most two parameters comes instead from the forward
+series of an augmented chain, `phasejax._tangents`: one program to compile.)
 """
 
 from __future__ import annotations
