@@ -148,8 +148,8 @@ class AbstractPhaseType(eqx.Module):
     @property
     def exit(self) -> Float[Array, " n"]:
         """Exit rate (continuous) or exit probability (discrete) of each transient state."""
-        to_absorption = jnp.where(self.structure.dst == self.structure.n_transient, self.rate, 0.0)
-        return _sparse.segment_sum(to_absorption, self.structure.src, self.structure.n_transient)
+        m = self.structure
+        return _sparse.absorption_sums(self.rate, m.src, m.dst, m.n_transient)
 
     def _mix(
         self,

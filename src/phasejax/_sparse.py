@@ -38,6 +38,13 @@ def segment_sum(values: Array, segment_ids: Int[Array, " e"], n: int) -> Array:
     return out.at[jnp.minimum(segment_ids, n)].add(values)[:n]
 
 
+def absorption_sums(values: Array, src: Int[Array, " e"], dst: Int[Array, " e"], n: int) -> Array:
+    """Per-state sums of ``values`` (shape (e, ...)) over the edges into absorption
+    (``dst == n``): the exit rates, for ``values`` the rates."""
+    into = _bcast(dst == n, values)
+    return segment_sum(jnp.where(into, values, 0.0), src, n)
+
+
 def offdiag_matvec(
     src: Int[Array, " e"], dst: Int[Array, " e"], rate: Float[Array, " e"], x: Array
 ) -> Array:

@@ -66,12 +66,6 @@ def applies(dist) -> bool:
     )
 
 
-def _exit(rate: Array, src: Array, dst: Array, n: int) -> Array:
-    """Per-state sums of ``rate`` (``(e, ...)``) over the edges into absorption."""
-    into = (dst == n).reshape(dst.shape + (1,) * (rate.ndim - 1))
-    return _sparse.segment_sum(jnp.where(into, rate, 0.0), src, n)
-
-
 def _augmented(linear: LinearRates, alpha, src, dst):
     """Rates, total out-rates, projections, initial vector and edges of ``A`` (module doc)."""
     n, p = alpha.shape[0], linear.theta.shape[0]
@@ -105,9 +99,11 @@ def _augmented(linear: LinearRates, alpha, src, dst):
     cross_rate = jnp.concatenate(
         [jnp.where(internal[:, None], split(d_edges), 0.0).ravel(), split(d_diag).ravel()]
     )
-    exit_rates = _exit(rate, src, dst, n)
+    exit_rates = _sparse.absorption_sums(rate, src, dst, n)
     # projections: [s; 0...] and, per tangent column c, ds_c on copy 0 and s on copy c
-    top = jnp.concatenate([exit_rates[:, None], split(_exit(d_edges, src, dst, n))], axis=1)
+    top = jnp.concatenate(
+        [exit_rates[:, None], split(_sparse.absorption_sums(d_edges, src, dst, n))], axis=1
+    )
     unit = np.eye(copies, dtype=exit_rates.dtype)[1:, None, :]  # (theta's dtype: float32 too)
     lower = exit_rates[None, :, None] * unit  # (2p, n, 1 + 2p)
     proj = jnp.concatenate([top, lower.reshape(2 * p * n, copies)], axis=0)
