@@ -484,13 +484,9 @@ class PhaseType(AbstractPhaseType):
                 finite_t,
             )
         elif kind == "dlogpdf":  # (log f, its theta-Jacobian) by `phasejax._tangents`
-            assert self.linear is not None  # (`_tangents.applies`)
-            m = self.structure
             mu, lo, hi = self._window(tol, max_steps, lam, finite_t, flat)
-            args = (self.alpha, m.src, m.dst, jax.lax.stop_gradient(lam), mu, lo, hi, finite_t)
-            log_f, jacobian = _tangents.log_density_jacobian(
-                self.linear, *args, inverse is not None
-            )
+            window = (jax.lax.stop_gradient(lam), mu, lo, hi, finite_t, inverse is not None)
+            log_f, jacobian = _tangents.log_density_jacobian(self, *window)
             jacobian = jnp.where(infinite[:, None], 0.0, jacobian)  # t = inf: -inf, fixed
             return restore(jnp.where(infinite, -jnp.inf, log_f)), restore(jacobian)
         else:

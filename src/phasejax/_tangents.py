@@ -45,7 +45,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 from . import _sparse
 from . import _uniformization as _unif
@@ -73,10 +73,14 @@ def _augmented(linear: LinearRates, alpha, src, dst):
     size = copies * n
     rate, diag = linear.rates(), linear.totals()
     internal = dst < n
-    # the copies of S: each copy's edges, absorption (dst = n) mapped to the new size
-    offsets = np.arange(copies)[:, None] * n
-    copy_src = (src[None] + offsets).ravel()
-    copy_dst = jnp.where(internal[None], dst[None] + offsets, size).ravel()
+
+    def into(offsets):  # (e, k): each edge's target in the copies at ``offsets``
+        return jnp.where(internal[:, None], dst[:, None] + offsets[None], size)  # (absorbed)
+
+    # the copies of S, copy by copy
+    offsets = np.arange(copies) * n
+    copy_src = (src[None] + offsets[:, None]).ravel()
+    copy_dst = into(offsets).T.ravel()
     # D_i: off the diagonal the edge coefficients, on it minus the totals' coefficients;
     # columns ordered (D_1+, D_1-, D_2+, ...), each into its own copy
     d_edges = linear.scale * linear.coefficients  # (e, p)
@@ -92,7 +96,7 @@ def _augmented(linear: LinearRates, alpha, src, dst):
     cross_src = jnp.concatenate([jnp.repeat(src, 2 * p), jnp.repeat(states, 2 * p)])
     cross_dst = jnp.concatenate(
         [
-            jnp.where(internal[:, None], dst[:, None] + targets[None], size).ravel(),
+            into(targets).ravel(),
             (states[:, None] + targets[None]).ravel(),
         ]
     )
@@ -118,21 +122,16 @@ def _augmented(linear: LinearRates, alpha, src, dst):
 
 
 def log_density_jacobian(
-    linear: LinearRates,
-    alpha: Float[Array, " n"],
-    src: Int[Array, " e"],
-    dst: Int[Array, " e"],
-    lam: Float[Array, ""],
-    mu: Float[Array, " t"],
-    lo: Int[Array, " t"],
-    hi: Int[Array, " t"],
-    key: Float[Array, " t"],
-    presorted: bool,
+    dist, lam, mu, lo, hi, key, presorted: bool
 ) -> tuple[Float[Array, " t"], Float[Array, "t p"]]:
-    """``log f(t_i)`` and ``d log f(t_i) / d theta`` (0 where ``f = 0``) by one series of the
-    augmented chain (module doc); the other arguments as for
-    `phasejax._uniformization.mix`. Run as a top-level program (`log_density`)."""
-    rate, diag, proj, alpha_aug, src_aug, dst_aug = _augmented(linear, alpha, src, dst)
+    """``log f(t_i)`` and ``d log f(t_i) / d theta`` (0 where ``f = 0``) of ``dist`` (linear
+    rates: `applies`) by one series of its augmented chain (module doc); the window
+    arguments as for `phasejax._uniformization.mix`. Run as a top-level program
+    (`log_density`)."""
+    m = dist.structure
+    rate, diag, proj, alpha_aug, src_aug, dst_aug = _augmented(
+        dist.linear, dist.alpha, m.src, m.dst
+    )
     cfg = _unif.make_stream(diag.shape[0], proj.shape[1], mu.shape[0], poisson=True)
     args = (rate, diag, proj, alpha_aug, src_aug, dst_aug, lam, mu, lo, hi)
     out = _unif.mix(cfg, *args, key=key, presorted=presorted)
@@ -184,7 +183,8 @@ def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any
         top_level = not any(is_traced(x) for x in jax.tree.leaves(values))
         # theta and diag (its totals, as model(theta) builds it) carry the derivative alone
         forward_mode = top_level and active[:2] == [True, True] and not any(active[2:])
-        if not (forward_mode and _is_totals(rebuild(*values[:3]))):
+        concrete = rebuild(*values[:3]) if forward_mode else None
+        if concrete is None or not _is_totals(concrete):
             # the adjoint, in the active arguments only (a derivative in t would cost the
             # forward pass a column per projection)
             def of_active(*args):
@@ -195,7 +195,7 @@ def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any
             # which arguments got cotangents, as the residuals' structure
             return log_f, (log_f, pullback, tuple(() if a else None for a in active))
         latency = n <= _unif.DENSE_STATES
-        log_f, jacobian = kernel(rebuild(*values[:3]), *values[3:], "dlogpdf", latency)
+        log_f, jacobian = kernel(concrete, *values[3:], "dlogpdf", latency)
         return log_f, (log_f, jacobian, None)
 
     def backward(residuals, g):
@@ -216,11 +216,6 @@ def _is_totals(dist) -> bool:
     """Whether ``dist.diag`` is its rates' totals at its theta (on the host, concrete
     values), as ``model(theta)`` builds it: the forward rule's derivative in theta then
     stands for diag's too (a distribution edited by hand takes the adjoint)."""
-    linear = dist.linear
-    state_base, state_coefficients, theta, scale = (
-        np.asarray(x)
-        for x in (linear.state_base, linear.state_coefficients, linear.theta, linear.scale)
-    )
-    totals = scale * (state_base + state_coefficients @ theta)
+    totals = jax.tree.map(np.asarray, dist.linear).totals()  # (evaluated by numpy)
     rtol = 1e3 * np.finfo(totals.dtype).eps
     return bool(np.allclose(np.asarray(dist.diag), totals, rtol=rtol, atol=0.0))
