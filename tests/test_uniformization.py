@@ -73,38 +73,43 @@ def test_log_poisson_weights_against_scipy():
     assert math.isclose(float(unif._log_pois(jnp.array(0.0), jnp.array(0.0))), 0.0)
 
 
-@pytest.mark.parametrize("apart", [0.0, 900.0])
-def test_linear_combination_of_sub_blocks_against_log_sum_exp(apart):
-    """`_combine` (many columns: sub-blocks summed linearly, scaled per observation and per
-    column) equals the log-sum-exp; where the Poisson weights and the coefficients peak
-    ``apart`` (in log scale) in different sub-blocks, the scaled products underflow and it
-    must fall back to the log-sum-exp rather than return -inf."""
+@pytest.mark.parametrize(("first", "apart"), [(0, 0.0), (128, 0.0), (0, 600.0)])
+def test_poisson_product_against_log_sum_exp(first, apart):
+    """`_poisson_product` (many columns: one matrix product of the Poisson weights scaled
+    per observation with the coefficients scaled per column) against scipy's log pmf and
+    a log-sum-exp over each window widened to whole sub-blocks: means from 0 to 1e5,
+    windows ending inside the segment, empty, or not reaching it, a zero column. Where
+    the coefficients decay by ``e^-apart`` across the segment while the weights grow,
+    the scaled products underflow and it must fall back to the log-sum-exp rather than
+    return -inf."""
     rng = np.random.default_rng(1)
-    log_w = rng.normal(0.0, 3.0, (5, 4)) + np.linspace(-apart, 0.0, 4)  # peaks at m = 3
-    log_w[0, :2] = -np.inf  # an observation whose window misses two sub-blocks
-    top = rng.normal(0.0, 3.0, (4, 9)) + np.linspace(0.0, -apart, 4)[:, None]  # at m = 0
-    sums = rng.uniform(0.5, 2.0, (5, 9, 4))
-    sums[1, 2] = 0.0  # a column with no mass for one observation
-    want = unif._log_sum(jnp.asarray(log_w), jnp.asarray(top), jnp.asarray(sums))
-    got = unif._combine(jnp.asarray(log_w), jnp.asarray(top), jnp.asarray(sums))
-    # unscaled, the far-apart case underflows where the answer is finite (the fallback)
-    scaled_w = np.exp(log_w - np.max(log_w, axis=1, keepdims=True))
-    scaled_c = np.exp(top - np.max(top, axis=0))
-    naive = np.einsum("im,mq,iqm->iq", scaled_w, scaled_c, sums)
-    assert np.any((naive < 1e-250) & np.isfinite(np.asarray(want))) == (apart > 0)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-13)
-    assert np.all(np.isfinite(np.asarray(got)[np.isfinite(np.asarray(want))]))
-
-
-def test_linear_combination_keeps_a_term_with_huge_powers():
-    """A sub-block whose Poisson weight is tiny (e^-800) but whose sums are huge (e^600,
-    large powers of mu / rho) holds the dominant term (e^-200 against e^-400): scaling
-    the sums into the weights keeps it from underflowing unseen."""
-    q = 8
-    log_w = jnp.array([[0.0, -800.0]])
-    top = jnp.stack([jnp.full(q, -400.0), jnp.zeros(q)])
-    sums = jnp.stack([jnp.ones((1, q)), jnp.full((1, q), np.exp(600.0))], axis=-1)
-    np.testing.assert_allclose(np.asarray(unif._combine(log_w, top, sums)), -200.0, rtol=1e-14)
+    ks = np.arange(first, first + 128)
+    mu = np.array([0.0, 1e-4, 3.0, 40.0, 150.0, 1e3, 1e5, 60.0, 80.0])
+    hi = np.array([40, 40, 100, 140, 300, 2000, 10**6, -1, 20])
+    lo = np.zeros_like(hi)
+    decay = -apart * np.linspace(0.0, 1.0, 128)[:, None]
+    log_c = rng.normal(0.0, 2.0, (128, 9)) + decay
+    log_c[:, 4] = -np.inf
+    coeff = np.exp(log_c)
+    cols = unif._columns(jnp.asarray(ks), jnp.asarray(coeff))
+    got = np.asarray(
+        unif._poisson_product(
+            jnp.asarray(ks), jnp.asarray(mu), jnp.asarray(lo), jnp.asarray(hi), cols
+        )
+    )
+    sub = unif.SUB[8]
+    widened = (ks - ks % sub)[None] <= hi[:, None]
+    log_w = np.where(widened, scipy.stats.poisson.logpmf(ks[None], mu[:, None]), -np.inf)
+    log_w[0] = np.where(ks == 0, 0.0, -np.inf)  # Pois(0; 0) = 1
+    want = scipy.special.logsumexp(log_w[:, :, None] + log_c[None], axis=1)
+    assert np.array_equal(np.isfinite(got), np.isfinite(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-13, atol=1e-11)
+    # the scaled products underflow (the fallback ran) exactly in the far-apart case
+    top = np.max(log_w, axis=1, keepdims=True)
+    lead = np.exp(log_w - np.where(np.isfinite(top), top, 0.0))
+    naive = lead @ (coeff / np.maximum(coeff.max(axis=0), 1e-300))
+    assert np.any((naive < 1e-250) & finite) == (apart > 0)
 
 
 def test_fast_decay_within_a_segment_keeps_far_tails():

@@ -24,9 +24,10 @@ def pad_zero(x: Float[Array, "n ..."]) -> Float[Array, "n+1 ..."]:
     return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)], axis=0)
 
 
-def _bcast(w: Float[Array, " e"], x: Array) -> Array:
-    """Reshape a per-edge vector so it broadcasts against ``x`` of shape (e, ...)."""
-    return w.reshape(w.shape + (1,) * (x.ndim - 1))
+def _bcast(w: Float[Array, "e ..."], x: Array) -> Array:
+    """Reshape per-edge values (``(e,)``, or ``(e, m)`` for ``m`` members side by side on
+    the minor axis) so they broadcast against ``x`` of shape ``(e, ...)``."""
+    return w.reshape(w.shape + (1,) * (x.ndim - w.ndim))
 
 
 def segment_sum(values: Array, segment_ids: Int[Array, " e"], n: int) -> Array:

@@ -22,15 +22,19 @@ visits only the batches whose windows it meets. Within a (batch, segment) block 
 Poisson weights factorise by sub-blocks of 32 steps ``k = k_m + r``:
 ``Pois(k; mu_i) = Pois(k_m; mu_i) (mu_i / rho)^r rho^r k_m! / k!``, so a block is one
 Horner evaluation in ``mu_i / rho`` per (observation, sub-block) of coefficients
-scaled per sub-block (a matrix product of the powers with the coefficients when there
-are many columns), and a log-sum-exp over the sub-blocks: about one multiply-add and a
-sixteenth of a transcendental per term (windows rounded out to whole sub-blocks). Small
-chains (at most ``DENSE_STATES`` states) step with the dense ``P``.
+scaled per sub-block, and a log-sum-exp over the sub-blocks: about one multiply-add and
+a sixteenth of a transcendental per term (windows rounded out to whole sub-blocks).
+With many columns (``MATMUL_COLUMNS``), a block is instead one matrix product of the
+observations' Poisson weights (scaled per observation: one exp per observation and
+step, shared by every column) with the coefficients (scaled per column),
+`_poisson_product`. Small chains (at most ``DENSE_STATES`` states) of one member step
+with the dense ``P``.
 
 **Batches.** Under ``vmap`` over parameter vectors the members share ``Lambda`` (the
 batch's largest, `uniformization_rate`), hence the observations' ``mu``, windows and
 Poisson weights: the kernels' vmap rule makes the batch a members' axis, each member
-runs its own series and their coefficients are mixed side by side as ``M q`` columns of
+runs its own series (the members step together by their edges, on the minor axis,
+`_segment_steps`) and their coefficients are mixed side by side as ``M q`` columns of
 one block product. Other batches (e.g. over time sets) share the loop control (the
 union of their windows' bounds), so loops stay loops and offsets stay slices; the
 members run in lockstep, vectorised, each selecting its own terms.
@@ -87,7 +91,7 @@ from ._structure import is_traced
 SUB = {8: 32, 4: 4}
 SPAN = {8: 40.0, 4: 40.0}
 DENSE_STATES = 32  # chains of at most this many states step with a dense matrix
-MATMUL_COLUMNS = 8  # mixed columns from which a block is a matrix product, not Horner
+MATMUL_COLUMNS = 8  # mixed columns from which a block is one matrix product, not Horner
 CHECKPOINTS = 64  # fewest stored vectors per level of checkpointing
 # the forward pass's checkpoints (all members of a batch together) use at most this much
 # (float64), below glibc's largest mmap threshold (32 MiB): a larger buffer would be mapped
@@ -120,10 +124,11 @@ class _Dense(NamedTuple):
     P: Array
 
 
-def _operator(rate, diag, src, dst) -> _Sparse | _Dense:
-    """``P`` of the stream: dense for small chains, else its edges."""
-    n = diag.shape[0]
-    if n > DENSE_STATES:
+def _operator(rate, diag, src, dst, members: bool = False) -> _Sparse | _Dense:
+    """``P`` of the stream: dense for small chains of one member, else its edges (members
+    step side by side on the minor axis, `_run_segment`)."""
+    n = diag.shape[-1]
+    if members or n > DENSE_STATES:
         return _Sparse(rate, diag)
     P = jnp.eye(n, dtype=diag.dtype) - jnp.diag(diag)
     return _Dense(P.at[src, dst].add(rate, mode="drop"))  # (absorption, dst = n, dropped)
@@ -315,21 +320,16 @@ def _powers(blocks: _Blocks) -> Array:
 
 
 def _poisson_mix(blocks: _Blocks, coeff):
-    """``log sum_k Pois(k; mu_i) coeff_kq`` over the segment (``(batch, q)``): one matrix
-    product of the powers with the coefficients, each sub-block scaled to max 1, and a
-    log-sum-exp over the sub-blocks (a few transcendentals per ``SUB`` terms)."""
+    """``log sum_k Pois(k; mu_i) coeff_kq`` over the segment (``(batch, q)``) for a few
+    columns: each sub-block's coefficients scaled to max 1, Horner in ``x_i`` (one fused
+    chain of multiply-adds, a few transcendentals per ``SUB`` terms) and a log-sum-exp
+    over the sub-blocks."""
     n_sub, sub = blocks.log_ratio.shape
     log_c = safe_log(coeff).reshape(n_sub, sub, -1) + blocks.log_ratio[:, :, None]
     top = jnp.max(log_c, axis=1)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     unit = jnp.exp(log_c - top[:, None])
-    if log_c.shape[2] >= MATMUL_COLUMNS:
-        # many columns (the members of a batch side by side): one matrix product of the
-        # powers x_i^r with the scaled coefficients, the sub-blocks summed linearly
-        sums = jnp.einsum("ir,mrq->iqm", _powers(blocks), unit)
-        return _combine(blocks.log_w, top, sums)
-    # Horner in x_i (one fused chain of multiply-adds, no small matrix
-    # products), sub-blocks on the minor axis (XLA CPU reduces over it fastest)
+    # sub-blocks on the minor axis (XLA CPU reduces over it fastest)
     x = blocks.x[:, None, None]
     unit = jnp.transpose(unit, (1, 2, 0))  # (SUB, q, M)
     sums = jnp.broadcast_to(unit[-1], (x.shape[0],) + unit.shape[1:])
@@ -338,32 +338,56 @@ def _poisson_mix(blocks: _Blocks, coeff):
     return _log_sum(blocks.log_w, top, sums)
 
 
-def _combine(log_w, top, sums):
-    """``log sum_m exp(log_w_im + top_mq) sums_iqm`` (``(batch, q)``): linearly, with
-    ``exp(log_w)`` scaled per observation and ``exp(top)`` per column (a multiply-add per
-    sub-block and column, where a log-sum-exp costs two transcendentals), unless a live
-    sum then falls below the float range's floor (the Poisson weights and the
-    coefficients peak in sub-blocks far apart): then by the log-sum-exp (exact)."""
-    # each (observation, sub-block)'s sums scaled to max 1 over the columns, their scale
-    # moved into the weights: every term is then at most its two scaled factors, so a
-    # term lost to underflow is below e^-708 of the scale and the check below sees it
-    peak = jnp.max(sums, axis=1)  # (batch, M)
-    peak = jnp.where(peak > 0, peak, 1.0)
-    sums = sums / peak[:, None]
-    log_w_sums = log_w + jnp.log(peak)
-    top_w = jnp.max(log_w_sums, axis=1)
-    top_w = jnp.where(jnp.isfinite(top_w), top_w, 0.0)
-    top_c = jnp.max(top, axis=0)  # (finite: `_poisson_mix`)
-    a = jnp.exp(log_w_sums - top_w[:, None])  # (batch, M)
-    b = jnp.exp(top - top_c[None])  # (M, q)
-    linear = jnp.einsum("im,mq,iqm->iq", a, b, sums)
-    floor = jnp.finfo(sums.dtype).tiny ** 0.8
-    live = jnp.any(jnp.isfinite(log_w)[:, None] & (sums > 0), axis=-1)
-    return jax.lax.cond(
+class _Columns(NamedTuple):
+    """A segment's coefficients for `_poisson_product`: each column scaled to max 1
+    (``unit``, ``(B, q)``) and ``log`` of its scale; ``cum_k = sum_{j=k_0+1}^{k} log j``
+    over the segment's steps ``k`` (from its first, ``k_0``)."""
+
+    unit: Array
+    log_scale: Array
+    cum: Array
+
+
+def _columns(ks, coeff) -> _Columns:
+    col_max = jnp.max(jnp.abs(coeff), axis=0)
+    unit = coeff / jnp.where(col_max > 0, col_max, 1.0)
+    logs = jnp.log(jnp.maximum(ks, 1).astype(coeff.dtype))
+    cum = jnp.cumsum(jnp.where(ks > ks[0], logs, 0.0))
+    return _Columns(unit, safe_log(col_max), cum)
+
+
+def _poisson_product(ks, mu, lo, hi, cols: _Columns):
+    """``log sum_k Pois(k; mu_i) coeff_kq`` over the segment (``(batch, q)``) for many
+    columns (the members of a batch side by side): one matrix product ``A @ unit`` with
+    ``A_ik = Pois(k; mu_i) / max_k Pois(k; mu_i)`` (within the window), from
+    ``log Pois(k; mu) = log Pois(k_0; mu) + (k - k_0) log mu - cum_k`` (one exp per
+    observation and step, shared by every column).
+
+    Both factors are at most 1, so a product lost to underflow is below the float
+    range's floor; where a live sum then falls below ``tiny^0.8`` (the Poisson weights
+    and the coefficients peak far apart within the segment), it is recomputed by a
+    log-sum-exp (exact)."""
+    dtype = cols.unit.dtype
+    r = (ks - ks[0]).astype(dtype)
+    log_mu = safe_log(mu)[:, None]
+    exponent = jnp.where(r[None] > 0, r[None] * log_mu, 0.0) - cols.cum[None]
+    # windows widened to whole sub-blocks, as in `_poisson_blocks` (the adjoint's)
+    sub = SUB[jnp.dtype(dtype).itemsize]
+    starts = ks - ks % sub
+    inside = (starts[None] <= hi[:, None]) & (starts[None] + sub - 1 >= lo[:, None])
+    exponent = jnp.where(inside, exponent, -jnp.inf)
+    top = jnp.max(exponent, axis=1)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    exponent = exponent - top[:, None]
+    linear = jnp.exp(exponent) @ cols.unit
+    live = jnp.any(inside, axis=1)[:, None] & jnp.isfinite(cols.log_scale)[None]
+    floor = jnp.finfo(dtype).tiny ** 0.8
+    log_sum = jax.lax.cond(
         jnp.any(live & (linear < floor)),
-        lambda: _log_sum(log_w_sums, top, sums),
-        lambda: safe_log(linear) + top_w[:, None] + top_c[None],
+        lambda: jax.nn.logsumexp(exponent[:, :, None] + safe_log(cols.unit)[None], axis=1),
+        lambda: safe_log(linear),
     )
+    return log_sum + (_log_pois(ks[0].astype(dtype), mu) + top)[:, None] + cols.log_scale[None]
 
 
 def _log_sum(log_w, top, sums):
@@ -391,12 +415,40 @@ def _poisson_mix_grad(blocks: _Blocks, log_r, g):
 
 def _run_segment(cfg: Stream, op, src, dst, v):
     """The ``B`` vectors ``v_0 .. v_{B-1}`` of a segment from its first vector, and ``v_B``."""
+    return _segment_steps(cfg.segment)(op, src, dst, v)
 
-    def body(v, _):
-        return _step(op, src, dst, v), v
 
-    v_end, vs = jax.lax.scan(body, v, None, length=cfg.segment)
-    return vs, v_end
+@functools.cache
+def _segment_steps(length: int):
+    """`_run_segment` of ``length`` steps, with a vmap rule: members stepping by their edges
+    run as one chain with the members on the minor axis (``v``: ``(n, M)``, rates
+    ``(e, M)``): each step is then one gather and one segment sum over rows of ``M``
+    contiguous values, where a vmapped step gathers and scatters per member (or, dense,
+    makes ``M`` tiny matrix products): 2-4x faster per step."""
+
+    def run(op, src, dst, v):
+        def body(v, _):
+            return _step(op, src, dst, v), v
+
+        v_end, vs = jax.lax.scan(body, v, None, length=length)
+        return vs, v_end
+
+    steps = jax.custom_batching.custom_vmap(run)
+
+    @steps.def_vmap
+    def rule(axis_size, in_batched, op, src, dst, v):
+        op_batched, src_batched, dst_batched, v_batched = in_batched
+        if isinstance(op, _Sparse) and all(op_batched) and not (src_batched or dst_batched):
+            v = v if v_batched else jnp.broadcast_to(v, (axis_size,) + v.shape)
+            minor = _Sparse(op.rate.T, op.diag.T)
+            vs, v_end = run(minor, src, dst, v.T)  # (B, n, M), (n, M)
+            return (jnp.transpose(vs, (2, 0, 1)), v_end.T), (True, True)
+        axes = (jax.tree.map(lambda b: 0 if b else None, op_batched),) + tuple(
+            0 if b else None for b in (src_batched, dst_batched, v_batched)
+        )
+        return jax.vmap(run, in_axes=axes)(op, src, dst, v), (True, True)
+
+    return steps
 
 
 def _rising(cfg: Stream, ks, dtype):
@@ -571,7 +623,9 @@ def _forward(
     stride = _stride(count, n_seg)
     ks0 = jnp.arange(cfg.segment)
     width = 2 * cols if shift else cols
-    op = _each(_operator, members, (0, 0, None, None))(rate, diag, src, dst)
+    op = _each(partial(_operator, members=members), members, (0, 0, None, None))(
+        rate, diag, src, dst
+    )
     advance = _advance(cfg, op, src, dst, proj, lam, offset, members)
 
     def mix(s, coeff, log_scale, m, acc):
@@ -588,11 +642,16 @@ def _forward(
             log_scale = jnp.tile(jnp.broadcast_to(log_scale, (cols,)), 2)
         if not cfg.poisson:
             log_row, unit = _rows(coeff)
+        many = cfg.poisson and coeff.shape[1] >= MATMUL_COLUMNS
+        if many:
+            columns = _columns(ks, coeff)
 
         def one(b, state):
             m, acc = state
             mu_b, lo_b, hi_b = (_slice(x, b, cfg.batch) for x in data[:3])
-            if cfg.poisson:
+            if many:
+                part = _poisson_product(ks, mu_b, lo_b, hi_b, columns) + log_scale
+            elif cfg.poisson:
                 part = _by_scale(
                     ks,
                     mu_b,
@@ -814,7 +873,9 @@ def _backward(cfg, members, rate, diag, proj, alpha, offset, src, dst, lam, *res
     stride = _stride(jax.tree.leaves(ckpt)[0].shape[int(members)], n_seg)  # as stored
     inner_stride = _stride(CHECKPOINTS, stride)
     ks0 = jnp.arange(cfg.segment)
-    op = _each(_operator, members, (0, 0, None, None))(rate, diag, src, dst)
+    op = _each(partial(_operator, members=members), members, (0, 0, None, None))(
+        rate, diag, src, dst
+    )
     advance = _advance(cfg, op, src, dst, proj, lam, offset, members)
 
     def mix_grad(s, coeff, log_scale):
