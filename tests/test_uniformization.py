@@ -76,8 +76,9 @@ def test_log_poisson_weights_against_scipy():
 @pytest.mark.parametrize(("first", "apart"), [(0, 0.0), (128, 0.0), (0, 600.0)])
 def test_poisson_product_against_log_sum_exp(first, apart):
     """`_poisson_product` (many columns: one matrix product of the Poisson weights scaled
-    per observation with the coefficients scaled per column) against scipy's log pmf and
-    a log-sum-exp over each window widened to whole sub-blocks: means from 0 to 1e5,
+    per observation with the coefficients scaled per column) and its transpose for the
+    coefficients' cotangent, against scipy's log pmf and a log-sum-exp over each window
+    widened to whole sub-blocks: means from 0 to 1e5,
     windows ending inside the segment, empty, or not reaching it, a zero column. Where
     the coefficients decay by ``e^-apart`` across the segment while the weights grow,
     the scaled products underflow and it must fall back to the log-sum-exp rather than
@@ -105,6 +106,26 @@ def test_poisson_product_against_log_sum_exp(first, apart):
     assert np.array_equal(np.isfinite(got), np.isfinite(want))
     finite = np.isfinite(want)
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-13, atol=1e-11)
+    # the coefficients' cotangent, sum_i g_iq Pois(k; mu_i) / f_iq, against the terms
+    g = rng.normal(size=got.shape)
+    log_r = -np.where(finite, want, 0.0)
+    g_c = unif._poisson_product_grad(
+        jnp.asarray(ks),
+        cols.cum,
+        jnp.asarray(mu),
+        jnp.asarray(lo),
+        jnp.asarray(hi),
+        jnp.asarray(log_r),
+        jnp.asarray(np.where(finite, g, 0.0)),
+    )
+    # (each observation's largest Pois(k; mu_i) / f_iq capped at e^300: the far-apart case)
+    peak = np.max(log_w, axis=1)[:, None, None]
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    log_ratio = np.minimum(log_r[:, None] + peak, 300.0) - peak
+    ratio = np.exp(np.where(np.isfinite(log_w[:, :, None]), log_w[:, :, None] + log_ratio, -np.inf))
+    assert np.any(log_r[:, None] + peak > 300.0) == (apart > 0)
+    want_g = np.einsum("ikq,iq->kq", ratio, np.where(finite, g, 0.0))
+    np.testing.assert_allclose(np.asarray(g_c), want_g, rtol=1e-10, atol=1e-300)
     # the scaled products underflow (the fallback ran) exactly in the far-apart case
     top = np.max(log_w, axis=1, keepdims=True)
     lead = np.exp(log_w - np.where(np.isfinite(top), top, 0.0))
