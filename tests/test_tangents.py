@@ -131,9 +131,10 @@ def test_second_derivative_raises():
 
 
 def test_eager_gradient_compiles_for_latency(monkeypatch):
-    """Outside any jit the Jacobian kernel of a small chain is the program compiled for
-    latency (`LATENCY_OPTIONS`); under jit, vmap or for the value alone it is not. Both
-    give the same numbers."""
+    """Outside any jit the kernels of a small chain (the Jacobian, values such as the
+    log-density and cdf) are the programs compiled for latency (`LATENCY_OPTIONS`); under
+    jit or vmap, or for a chain over ``DENSE_STATES`` states, they are not. Both give the
+    same numbers."""
     from phasejax._distribution import PhaseType
 
     calls = []
@@ -152,11 +153,17 @@ def test_eager_gradient_compiles_for_latency(monkeypatch):
     assert calls == ["dlogpdf"]
     jitted = jax.jit(jax.value_and_grad(loglik))(theta)
     batched = jax.vmap(jax.value_and_grad(loglik))(theta[None])
-    loglik(theta)
     assert calls == ["dlogpdf"]
+    value = loglik(theta)
+    cdf = model(theta).cdf(t)
+    assert calls == ["dlogpdf", "logpdf", "cdf"]
+    pj.models.kingman(10).compile(lump=False)(theta).cdf(t)  # 41 states
+    assert calls == ["dlogpdf", "logpdf", "cdf"]
     for other in (jitted, (batched[0][0], batched[1][0])):
         np.testing.assert_allclose(eager[0], other[0], rtol=1e-13)
         np.testing.assert_allclose(eager[1], other[1], rtol=1e-12)
+    np.testing.assert_allclose(value, eager[0], rtol=1e-13)
+    np.testing.assert_allclose(cdf, jax.jit(lambda th: model(th).cdf(t))(theta), rtol=1e-13)
 
 
 @pytest.mark.parametrize("times", [[0.0, 1.0], [np.inf, 1.0], [1e-8, 1.0]])

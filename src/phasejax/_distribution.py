@@ -426,14 +426,20 @@ class PhaseType(AbstractPhaseType):
             inverse = np.empty_like(perm)
             inverse[perm] = np.arange(perm.size)
             t, inverse = jnp.asarray(values.ravel()[perm]), jnp.asarray(inverse.reshape(t.shape))
+        small = structure.n_transient <= _unif.DENSE_STATES
+
+        def kernel(dist, t, inverse, kind):
+            # a top-level program (no tracer: outside any jit, vmap or derivative) of a small
+            # chain compiles for a fast first answer (about half the compile time; per call
+            # 5-30 % slower: loops should jit)
+            fast = small and _unif.is_concrete(dist, t, inverse)
+            run = dist._transient_kernel_latency if fast else dist._transient_kernel
+            return run(t, kind, tol, max_steps, checked, order, lump, plan, inverse)
+
         if kind == "logpdf" and plan is None and _tangents.applies(self):
             # its theta-gradient from the forward series of an augmented chain, one program
-            def kernel(dist, t, inverse, kind, latency=False):
-                run = dist._transient_kernel_latency if latency else dist._transient_kernel
-                return run(t, kind, tol, max_steps, checked, 0, lump, None, inverse)
-
-            return _tangents.log_density(self, t, inverse, kernel, structure.n_transient)
-        return self._transient_kernel(t, kind, tol, max_steps, checked, order, lump, plan, inverse)
+            return _tangents.log_density(self, t, inverse, kernel)
+        return kernel(self, t, inverse, kind)
 
     def _transient_body(self, t, kind, tol, max_steps, checked, order, lump, plan, inverse):
         """`_transient_values`, on the lumped chain when ``lump``."""

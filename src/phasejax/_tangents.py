@@ -143,15 +143,14 @@ def log_density_jacobian(
     return log_f, jnp.where(finite, jacobian, 0.0)
 
 
-def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any], n: int) -> Array:
+def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any]) -> Array:
     """``kernel(dist, t, inverse, "logpdf")`` (``log f`` at ``t``: the value program
     unchanged) as a ``custom_vjp``. Called outside any ``jit`` or ``vmap`` (a top-level
     program, where the first answer waits for compilation), its derivative in
     ``dist.linear.theta`` comes from ``kernel(..., "dlogpdf")``: the value and the
     Jacobian in one program (`log_density_jacobian`), the reverse pass the product of the
-    cotangents with the Jacobian. ``n``: the states of the chain the kernel runs (lumped or
-    not); ``kernel(..., latency=True)`` compiles for a fast first answer
-    (`phasejax._distribution.LATENCY_OPTIONS`), asked for where that chain is small.
+    cotangents with the Jacobian (``kernel`` compiles a top-level program of a small chain
+    for a fast first answer, `phasejax._distribution.LATENCY_OPTIONS`).
 
     Inside a ``jit`` or ``vmap`` the engine's adjoint serves instead (per call about 10 %
     faster, and under ``vmap`` up to 1.5x: its batch mixes one column per member, the
@@ -194,8 +193,7 @@ def log_density(dist, t: Array, inverse: Array | None, kernel: Callable[..., Any
             log_f, pullback = jax.vjp(of_active, *(v for a, v in zip(active, values) if a))
             # which arguments got cotangents, as the residuals' structure
             return log_f, (log_f, pullback, tuple(() if a else None for a in active))
-        latency = n <= _unif.DENSE_STATES
-        log_f, jacobian = kernel(concrete, *values[3:], "dlogpdf", latency)
+        log_f, jacobian = kernel(concrete, *values[3:], "dlogpdf")
         return log_f, (log_f, jacobian, None)
 
     def backward(residuals, g):
