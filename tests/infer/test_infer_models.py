@@ -183,7 +183,7 @@ CONJ_OPT = schedule_adam(CONJ_STEPS)  # one instance: equal static config -> sha
 
 
 def conj_target(model, data):
-    likelihood = infer.Likelihood(model, logpdf_kwargs={"max_steps": 128})
+    likelihood = infer.Likelihood(model)
     return infer.Posterior(likelihood, data, prior=infer.Gamma(CONJ_A, CONJ_B))
 
 
@@ -256,7 +256,7 @@ def test_kingman_posterior_covers_truth(kingman5, regularize):
     # strength 0 is the unregularised posterior (schedules are checked in
     # test_posterior_log_density_terms)
     reg = infer.MomentRegularization(strength=jnp.asarray(20.0 if regularize else 0.0), n_moments=3)
-    likelihood = infer.Likelihood(kingman5, logpdf_kwargs={"max_steps": 1024})
+    likelihood = infer.Likelihood(kingman5)
     target = infer.Posterior(
         likelihood, data, prior=infer.LogNormal(0.0, 1.0), moment_regularization=reg
     )
@@ -275,7 +275,7 @@ def test_rabbit_flooding_two_parameters_cover_truth():
     # leave 0.8 just outside the 95% interval, as one dataset in ~20 does per parameter
     data = model(truth).sample(jax.random.PRNGKey(12), (60,))
     steps = 200
-    likelihood = infer.Likelihood(model, logpdf_kwargs={"max_steps": 512})
+    likelihood = infer.Likelihood(model)
     target = infer.Posterior(likelihood, data, prior=infer.Gamma(2.0, 1.0))
     fit = infer.fit_svgd(target, n_particles=32, steps=steps, optimizer=schedule_adam(steps))
     assert fit.particles.shape == (32, 2)
@@ -293,7 +293,7 @@ def test_init_options(erlang1):
         z = _initial_particles(target, None, 50, jax.random.PRNGKey(0), 0.5)
         assert z.shape == (50, 1) and bool(jnp.all(jnp.isfinite(z)))
         assert len(np.unique(np.asarray(z))) == 50  # no coincident particles
-    likelihood = infer.Likelihood(erlang1, logpdf_kwargs={"max_steps": 64})
+    likelihood = infer.Likelihood(erlang1)
     improper = infer.Posterior(likelihood, data, prior=lambda th: -th[0])
     with pytest.raises(ValueError, match="cannot be sampled"):
         infer.fit_svgd(improper, n_particles=4, steps=1)
@@ -342,7 +342,7 @@ def test_kingman_100_particles_1000_observations_compile_once(kingman5):
 
     data = kingman5(jnp.array([1.0])).sample(jax.random.PRNGKey(3), (1000,))
     t0 = time.perf_counter()
-    likelihood = infer.Likelihood(kingman5, logpdf_kwargs={"max_steps": 512})
+    likelihood = infer.Likelihood(kingman5)
     target = infer.Posterior(likelihood, data, prior=Counting(2.0, 2.0))
     fit = infer.fit_svgd(target, n_particles=100, steps=100, init=jnp.array([1.0]), init_scale=0.2)
     fit.particles.block_until_ready()

@@ -105,7 +105,7 @@ def test_discrete_reward_log_density_is_the_reward_transformed_pmf(dph):
 
 def test_discrete_reward_svgd_and_map_recover_truth(dph):
     _, model, data = dph
-    likelihood = infer.Likelihood(model, rewards=DPH_REWARDS, logpdf_kwargs={"max_steps": 128})
+    likelihood = infer.Likelihood(model, rewards=DPH_REWARDS)
     post = infer.Posterior(likelihood, data, prior=PRIOR)
     mean, sd = _grid_posterior(post, jnp.linspace(0.3, 1.0, 281))
     # theta must stay below 2 (probabilities): start the particles near 1
@@ -132,7 +132,7 @@ def test_continuous_reward_svgd_covers_truth():
     data = jax.jit(lambda key: model(jnp.array([truth])).sample(key, (200,), lineages))(
         jax.random.PRNGKey(3)
     )
-    likelihood = infer.Likelihood(model, rewards=lineages, logpdf_kwargs={"max_steps": 512})
+    likelihood = infer.Likelihood(model, rewards=lineages)
     post = infer.Posterior(likelihood, data, prior=infer.LogNormal(0.0, 1.0))
     mean, sd = _grid_posterior(post, jnp.linspace(0.5, 3.0, 501))
     fit = infer.fit_svgd(

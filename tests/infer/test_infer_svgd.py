@@ -280,7 +280,7 @@ MULTI = textwrap.dedent(
 
     model = pj.models.erlang(1).compile()
     data = model(jnp.array([2.0])).sample(jax.random.PRNGKey(0), (20,))
-    lik = infer.Likelihood(model, logpdf_kwargs={"max_steps": 128})
+    lik = infer.Likelihood(model)
     target = infer.Posterior(lik, data, prior=infer.Gamma(2.0, 1.0))
     a = infer.fit_svgd(target, n_particles=8, steps=30)
     b = infer.fit_svgd(target, shard=False, n_particles=8, steps=30)

@@ -132,7 +132,7 @@ def test_convergence_diagnostics_and_warning():
     barely moves (drift): it warns; the default settings converge and do not."""
     model = pj.models.erlang(1).compile()
     data = model(jnp.array([2.0])).sample(jax.random.PRNGKey(0), (40,))
-    lik = infer.Likelihood(model, logpdf_kwargs={"max_steps": 128})
+    lik = infer.Likelihood(model)
     target = infer.Posterior(lik, data, prior=infer.Gamma(3.0, 1.5))
     with pytest.warns(RuntimeWarning, match="has not converged"):
         slow = infer.fit_svgd(target, n_particles=16, steps=100, optimizer=optax.adam(1e-4))
