@@ -167,3 +167,22 @@ def test_fast_decay_within_a_segment_keeps_far_tails():
     k = np.array([100, 300, 400])
     want = (k - 1) * np.log(0.1) + np.log(0.9)
     np.testing.assert_allclose(np.asarray(geometric.compile()().logpmf(k)), want, rtol=1e-13)
+
+
+@pytest.mark.filterwarnings("ignore:float32 transient quantities")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_batch_of_thetas_matches_each_theta(dtype):
+    """A vmap over 12 thetas (members side by side: the minor-axis steps, and in float64
+    the one-product mixing of `_poisson_product`; Horner in float32) gives each theta's
+    own log-density, from t = 0 and 1e-5 to the far tail: to rounding in float64, to
+    float32's documented 1e-5."""
+    model = pj.models.kingman(8).compile()
+    t = jnp.asarray([0.0, 1e-5, 0.01, 0.3, 1.0, 3.0, 10.0, 40.0], dtype)
+    thetas = jnp.asarray(np.linspace(0.5, 2.0, 12)[:, None], dtype)
+    batch = np.asarray(jax.vmap(lambda th: model(th).logpdf(t))(thetas), np.float64)
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    for i in (0, 5, 11):
+        own = np.asarray(model(thetas[i]).logpdf(t), np.float64)
+        assert np.array_equal(np.isfinite(own), np.isfinite(batch[i]))
+        finite = np.isfinite(own)
+        np.testing.assert_allclose(batch[i][finite], own[finite], rtol=rtol)

@@ -24,7 +24,7 @@ Poisson weights factorise by sub-blocks of 32 steps ``k = k_m + r``:
 Horner evaluation in ``mu_i / rho`` per (observation, sub-block) of coefficients
 scaled per sub-block, and a log-sum-exp over the sub-blocks: about one multiply-add and
 a sixteenth of a transcendental per term (windows rounded out to whole sub-blocks).
-With many columns (``MATMUL_COLUMNS``), a block is instead one matrix product of the
+With many columns (``MATMUL_COLUMNS``, float64), a block is instead one matrix product of the
 observations' Poisson weights (scaled per observation: one exp per observation and
 step, shared by every column) with the coefficients (scaled per column),
 `_poisson_product` (its transpose, `_poisson_product_grad`, gives the coefficients'
@@ -379,6 +379,14 @@ def _scaled_weights(ks, cum, mu, lo, hi):
     return exponent - top[:, None], peak, jnp.any(inside, axis=1)
 
 
+def _by_product(cfg: Stream, coeff) -> bool:
+    """Whether a segment's coefficients (``(B, q)``) mix by `_poisson_product`: Poisson
+    weights, many columns, float64. (In float32 its weights, ``exp((k - k_0) log mu -
+    cum_k)`` with terms up to about ``127 log mu``, would lose 1e-4 to rounding for large
+    ``mu``: Horner's sub-blocks keep float32's 1e-5.)"""
+    return cfg.poisson and coeff.shape[1] >= MATMUL_COLUMNS and coeff.dtype.itemsize == 8
+
+
 def _poisson_product(ks, mu, lo, hi, cols: _Columns):
     """``log sum_k Pois(k; mu_i) coeff_kq`` over the segment (``(batch, q)``) for many
     columns (the members of a batch side by side): one matrix product ``A @ unit`` with
@@ -701,7 +709,7 @@ def _forward(
             log_scale = jnp.tile(jnp.broadcast_to(log_scale, (cols,)), 2)
         if not cfg.poisson:
             log_row, unit = _rows(coeff)
-        many = cfg.poisson and coeff.shape[1] >= MATMUL_COLUMNS
+        many = _by_product(cfg, coeff)
         if many:
             columns = _columns(ks, coeff)
 
@@ -945,7 +953,7 @@ def _backward(cfg, members, rate, diag, proj, alpha, offset, src, dst, lam, *res
         ks = s * cfg.segment + ks0
         if members:  # side by side, as in the forward pass
             coeff, log_scale = _fold(coeff), jnp.repeat(log_scale, q)
-        many = cfg.poisson and coeff.shape[1] >= MATMUL_COLUMNS
+        many = _by_product(cfg, coeff)
         cum = _log_falling(ks, coeff.dtype) if many else None
 
         def one(b, g_c):
