@@ -44,10 +44,10 @@ DEFAULT_TOL = 1e-12
 _ENDS_BEFORE_K = ("pmf", "cdf", "visits")
 DEFAULT_MAX_STEPS = None  # no cap: the series runs as long as the data need
 # XLA CPU's classic loop emitter compiles each fused kernel about twice as fast as its
-# newer fusion emitters, and its code runs 2-30 % slower (measured on `_tangents`' eager
-# gradient kernel, chains of 9-29 states): used for that kernel alone, on chains of at
-# most 32 states, and only as a top-level program (JAX takes compiler options from one
-# only; programs inside the user's jit keep the defaults). Options of one executable
+# newer fusion emitters, and its code runs 5-30 % slower (measured on the transient
+# kernels, chains of 9-29 states): used for transient kernels of chains of at most 32
+# states, and only as top-level programs (JAX takes compiler options from one only;
+# programs inside the user's jit keep the defaults). Options of one executable
 # (part of the persistent cache's key), not global flags; other backends ignore them.
 LATENCY_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 

@@ -24,8 +24,8 @@ Poisson weights factorise by sub-blocks of 32 steps ``k = k_m + r``:
 Horner evaluation in ``mu_i / rho`` per (observation, sub-block) of coefficients
 scaled per sub-block, and a log-sum-exp over the sub-blocks: about one multiply-add and
 a sixteenth of a transcendental per term (windows rounded out to whole sub-blocks).
-With many columns (``MATMUL_COLUMNS``, float64), a block is instead one matrix product of the
-observations' Poisson weights (scaled per observation: one exp per observation and
+With many columns (``MATMUL_COLUMNS``, float64), a block is instead one matrix product of
+the observations' Poisson weights (scaled per observation: one exp per observation and
 step, shared by every column) with the coefficients (scaled per column),
 `_poisson_product` (its transpose, `_poisson_product_grad`, gives the coefficients'
 cotangents). Small chains (at most ``DENSE_STATES`` states) of one member step
@@ -35,10 +35,10 @@ with the dense ``P``.
 batch's largest, `uniformization_rate`), hence the observations' ``mu``, windows and
 Poisson weights: the kernels' vmap rule makes the batch a members' axis, each member
 runs its own series (the members step together by their edges, on the minor axis,
-`_members_minor`; the adjoint's steps likewise) and their coefficients are mixed side by side as ``M q`` columns of
-one block product. Other batches (e.g. over time sets) share the loop control (the
-union of their windows' bounds), so loops stay loops and offsets stay slices; the
-members run in lockstep, vectorised, each selecting its own terms.
+`_members_minor`; the adjoint's steps likewise) and their coefficients are mixed side by
+side as ``M q`` columns of one block product. Other batches (e.g. over time sets) share
+the loop control (the union of their windows' bounds), so loops stay loops and offsets
+stay slices; the members run in lockstep, vectorised, each selecting its own terms.
 
 **Truncation.** For ``mu = Lambda t`` the Poisson right tail obeys (Bernstein)
 ``P(N >= mu + x) <= exp(-x^2 / (2 (mu + x / 3)))``; with ``L = log(2 / tol)`` each
@@ -126,8 +126,9 @@ class _Dense(NamedTuple):
 
 
 def _operator(rate, diag, src, dst, members: bool = False) -> _Sparse | _Dense:
-    """``P`` of the stream: dense for small chains of one member, else its edges (members
-    step side by side on the minor axis, `_run_segment`)."""
+    """``P`` of the stream: dense for small chains of one member, else its edges (with
+    ``members``, ``rate`` and ``diag`` carry a leading members' axis: they step side by
+    side on the minor axis, `_run_segment`)."""
     n = diag.shape[-1]
     if members or n > DENSE_STATES:
         return _Sparse(rate, diag)
@@ -268,12 +269,17 @@ class _Blocks(NamedTuple):
     log_ratio: Array  # (M, SUB): r log rho - sum_{j=1..r} log(k_m + j)
 
 
+def _meets(starts, lo, hi, sub: int):
+    """Whether the sub-block of ``sub`` steps from each of ``starts`` meets each window
+    ``[lo_i, hi_i]`` (``(batch, len(starts))``): windows widen to whole sub-blocks."""
+    return (starts[None] <= hi[:, None]) & (starts[None] + sub - 1 >= lo[:, None])
+
+
 def _poisson_blocks(ks, mu, lo, hi, member, log_rho) -> _Blocks:
     dtype = mu.dtype
     sub = SUB[dtype.itemsize]
     starts = ks[::sub]
-    inside = (starts[None] <= hi[:, None]) & (starts[None] + sub - 1 >= lo[:, None])
-    inside = inside & member[:, None]
+    inside = _meets(starts, lo, hi, sub) & member[:, None]
     log_w = jnp.where(inside, _log_pois(starts.astype(dtype)[None], mu[:, None]), -jnp.inf)
     x = jnp.where(member, jnp.exp(safe_log(mu) - log_rho), 0.0)  # 0 where mu = 0
     r = jnp.arange(sub)
@@ -341,7 +347,8 @@ def _poisson_mix(blocks: _Blocks, coeff):
 
 class _Columns(NamedTuple):
     """A segment's coefficients for `_poisson_product`: each column scaled to max 1
-    (``unit``, ``(B, q)``), ``log`` of its scale, and `_log_falling` of the steps."""
+    (``unit``, ``(B, q)``), ``log`` of its scale (with the column's own ``log_scale``), and
+    `_log_falling` of the steps."""
 
     unit: Array
     log_scale: Array
@@ -355,10 +362,11 @@ def _log_falling(ks, dtype):
     return jnp.cumsum(jnp.where(ks > ks[0], logs, 0.0))
 
 
-def _columns(ks, coeff) -> _Columns:
+def _columns(ks, coeff, log_scale: ArrayLike = 0.0) -> _Columns:
+    """Once per segment (every batch of observations visiting it shares it)."""
     col_max = jnp.max(jnp.abs(coeff), axis=0)
     unit = coeff / jnp.where(col_max > 0, col_max, 1.0)
-    return _Columns(unit, safe_log(col_max), _log_falling(ks, coeff.dtype))
+    return _Columns(unit, safe_log(col_max) + log_scale, _log_falling(ks, coeff.dtype))
 
 
 def _scaled_weights(ks, cum, mu, lo, hi):
@@ -370,8 +378,7 @@ def _scaled_weights(ks, cum, mu, lo, hi):
     r = (ks - ks[0]).astype(dtype)
     exponent = jnp.where(r[None] > 0, r[None] * safe_log(mu)[:, None], 0.0) - cum[None]
     sub = SUB[jnp.dtype(dtype).itemsize]
-    starts = ks - ks % sub
-    inside = (starts[None] <= hi[:, None]) & (starts[None] + sub - 1 >= lo[:, None])
+    inside = _meets(ks - ks % sub, lo, hi, sub)
     exponent = jnp.where(inside, exponent, -jnp.inf)
     top = jnp.max(exponent, axis=1)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
@@ -690,9 +697,7 @@ def _forward(
     stride = _stride(count, n_seg)
     ks0 = jnp.arange(cfg.segment)
     width = 2 * cols if shift else cols
-    op = _each(partial(_operator, members=members), members, (0, 0, None, None))(
-        rate, diag, src, dst
-    )
+    op = _operator(rate, diag, src, dst, members)
     advance = _advance(cfg, op, src, dst, proj, lam, offset, members)
 
     def mix(s, coeff, log_scale, m, acc):
@@ -711,13 +716,13 @@ def _forward(
             log_row, unit = _rows(coeff)
         many = _by_product(cfg, coeff)
         if many:
-            columns = _columns(ks, coeff)
+            columns = _columns(ks, coeff, log_scale)
 
         def one(b, state):
             m, acc = state
             mu_b, lo_b, hi_b = (_slice(x, b, cfg.batch) for x in data[:3])
             if many:
-                part = _poisson_product(ks, mu_b, lo_b, hi_b, columns) + log_scale
+                part = _poisson_product(ks, mu_b, lo_b, hi_b, columns)
             elif cfg.poisson:
                 part = _by_scale(
                     ks,
@@ -940,9 +945,7 @@ def _backward(cfg, members, rate, diag, proj, alpha, offset, src, dst, lam, *res
     stride = _stride(jax.tree.leaves(ckpt)[0].shape[int(members)], n_seg)  # as stored
     inner_stride = _stride(CHECKPOINTS, stride)
     ks0 = jnp.arange(cfg.segment)
-    op = _each(partial(_operator, members=members), members, (0, 0, None, None))(
-        rate, diag, src, dst
-    )
+    op = _operator(rate, diag, src, dst, members)
     advance = _advance(cfg, op, src, dst, proj, lam, offset, members)
 
     def mix_grad(s, coeff, log_scale):
